@@ -1,0 +1,90 @@
+"""Read and validate learning-history files without loading them whole."""
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .schema import DATASETS, ROOT_ATTRS, SCHEMA_VERSION, SPLITS, DatasetError
+
+
+def open_histories(path) -> h5py.File:
+    """Open a history file read-only with a chunk cache sized for window sampling."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such history file; run the workflow's `dataset` rule to create it")
+    try:
+        return h5py.File(path, "r", rdcc_nbytes=64 * 2**20)
+    except OSError as e:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({e.__class__.__name__}); delete it and rerun the workflow") from None
+
+
+def task_table(f: h5py.File) -> list:
+    """[(task_id, split, task dict)] in file order."""
+    return [(tid, g.attrs["split"], json.loads(g.attrs["task"])) for tid, g in f["tasks"].items()]
+
+
+def validate_file(path) -> dict:
+    """Check a history file against the contract; raise DatasetError with a one-line reason.
+
+    Returns a summary: family, number of train/test tasks, H, T, E, obs_dim, act_dim.
+    """
+    path = Path(path)
+    try:
+        with open_histories(path) as f:
+            return _validate(f, path)
+    except (OSError, KeyError, RuntimeError) as e:  # h5py reports truncated data as OSError on read
+        raise DatasetError(f"{path}: corrupt or truncated HDF5 ({e}); delete it and rerun the workflow") from None
+
+
+def _validate(f: h5py.File, path: Path) -> dict:
+    missing = [a for a in ROOT_ATTRS if a not in f.attrs]
+    if missing:
+        raise DatasetError(f"{path}: not an adbench history file (missing root attribute {missing[0]!r})")
+    if int(f.attrs["schema_version"]) != SCHEMA_VERSION:
+        raise DatasetError(f"{path}: schema_version {int(f.attrs['schema_version'])}, this adbench reads {SCHEMA_VERSION}; regenerate the dataset")
+    if "tasks" not in f or len(f["tasks"]) == 0:
+        raise DatasetError(f"{path}: no task groups under /tasks")
+    horizon, episodes = int(f.attrs["horizon"]), int(f.attrs["episodes"])
+    shape, counts = None, {s: 0 for s in SPLITS}
+    for tid, g in f["tasks"].items():
+        where = f"{path}: tasks/{tid}"
+        split = g.attrs.get("split")
+        if split not in SPLITS:
+            raise DatasetError(f"{where}: split attribute {split!r}, expected one of {list(SPLITS)}")
+        counts[split] += 1
+        for name, (dtype, rank) in DATASETS.items():
+            if name not in g:
+                raise DatasetError(f"{where}: missing dataset {name!r}")
+            d = g[name]
+            if d.dtype != np.dtype(dtype) or d.ndim != rank:
+                raise DatasetError(f"{where}/{name}: dtype {d.dtype} rank {d.ndim}, expected {dtype} rank {rank}")
+        h, t = g["rewards"].shape
+        this = (h, t, g["observations"].shape[2], g["actions"].shape[2])
+        if shape is None:
+            shape = this
+        for name in ("observations", "actions", "terminated", "truncated"):
+            if g[name].shape[:2] != (h, t):
+                raise DatasetError(f"{where}/{name}: shape {g[name].shape[:2]} does not match rewards {(h, t)}")
+        if this != shape:
+            raise DatasetError(f"{where}: shape (H, T, obs, act) {this} differs from other tasks' {shape}")
+        if t != horizon * episodes or g["episode_returns"].shape != (h, episodes):
+            raise DatasetError(f"{where}: T={t} and episode_returns {g['episode_returns'].shape} do not match horizon {horizon} x episodes {episodes}")
+        for name in ("observations", "actions", "rewards", "episode_returns"):
+            data = g[name][...]
+            if not np.all(np.isfinite(data)):
+                raise DatasetError(f"{where}/{name}: contains NaN or inf")
+        trunc = g["truncated"][...]
+        ends = np.zeros(t, bool)
+        ends[horizon - 1::horizon] = True
+        if not np.array_equal(trunc | g["terminated"][...], np.broadcast_to(ends, (h, t))):
+            raise DatasetError(f"{where}: episode boundaries are not every {horizon} steps")
+        sums = g["rewards"][...].reshape(h, episodes, horizon).sum(-1)
+        if not np.allclose(sums, g["episode_returns"][...], rtol=1e-4, atol=1e-3 * horizon):
+            raise DatasetError(f"{where}: episode_returns do not equal the summed rewards")
+    if counts["train"] == 0:
+        raise DatasetError(f"{path}: no train tasks")
+    return {"family": str(f.attrs["family"]), "n_train": counts["train"], "n_test": counts["test"],
+            "H": shape[0], "T": shape[1], "E": episodes, "horizon": horizon,
+            "obs_dim": shape[2], "act_dim": shape[3]}

@@ -1,0 +1,100 @@
+"""AD training windows: C consecutive episodes (every k-th, AD's subsampling) of one learning history.
+
+A window is turned into AD tokens: at step t the model sees (observation_t, action_{t-1},
+reward_{t-1}, episode-start flag) and predicts action_t. The previous action and reward are those of
+the window's own previous step (zeros at the window's first step), exactly as in-context
+evaluation feeds them, so training and evaluation see the same kind of sequence.
+"""
+
+import numpy as np
+import torch
+
+from .reader import open_histories, task_table
+from .schema import DatasetError
+
+
+def window_span(context_episodes: int, stride: int) -> int:
+    """How many history episodes a window of `context_episodes` at `stride` covers."""
+    return (context_episodes - 1) * stride + 1
+
+
+def make_tokens(obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, horizon: int) -> dict:
+    """(B, L, ...) arrays of consecutive steps -> model inputs and targets."""
+    b, length = rewards.shape
+    prev_action = np.zeros_like(actions)
+    prev_action[:, 1:] = actions[:, :-1]
+    prev_reward = np.zeros_like(rewards)
+    prev_reward[:, 1:] = rewards[:, :-1]
+    start = np.zeros((b, length), np.float32)
+    start[:, ::horizon] = 1.0
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in {
+        "obs": obs, "prev_action": prev_action, "prev_reward": prev_reward, "episode_start": start,
+        "action": actions}.items()}
+
+
+class WindowSampler:
+    """Samples batches of windows lazily from the train split of a history file (one handle per process)."""
+
+    def __init__(self, path, context_episodes: int, stride: int, batch_size: int, seed: int):
+        self.path, self.context_episodes, self.stride, self.batch_size = path, context_episodes, stride, batch_size
+        self.rng = np.random.default_rng(seed)
+        self._file = None
+        f = self.file
+        self.horizon, self.episodes = int(f.attrs["horizon"]), int(f.attrs["episodes"])
+        self.train_ids = [tid for tid, split, _ in task_table(f) if split == "train"]
+        if not self.train_ids:
+            raise DatasetError(f"{path}: no train tasks to sample windows from")
+        self.histories = f["tasks"][self.train_ids[0]]["rewards"].shape[0]
+        span = window_span(context_episodes, stride)
+        if span > self.episodes:
+            raise DatasetError(
+                f"context of {context_episodes} episodes at stride {stride} spans {span} episodes, but histories in {path} "
+                f"have {self.episodes}; lower context_episodes or dataset.episode_stride, or generate longer histories")
+
+    @property
+    def file(self):
+        if self._file is None:
+            self._file = open_histories(self.path)
+        return self._file
+
+    def __getstate__(self):  # a worker opens its own handle
+        return {**self.__dict__, "_file": None}
+
+    @property
+    def tokens_per_window(self) -> int:
+        return self.context_episodes * self.horizon
+
+    def sample(self) -> dict:
+        b, c, k, h = self.batch_size, self.context_episodes, self.stride, self.horizon
+        tasks = self.rng.integers(len(self.train_ids), size=b)
+        hists = self.rng.integers(self.histories, size=b)
+        starts = self.rng.integers(self.episodes - window_span(c, k) + 1, size=b)
+        parts = {"observations": [], "actions": [], "rewards": []}
+        for task, hist, e0 in zip(tasks, hists, starts):
+            g = self.file["tasks"][self.train_ids[task]]
+            for name in parts:
+                if k == 1:
+                    parts[name].append(g[name][hist, e0 * h:(e0 + c) * h])
+                else:
+                    parts[name].append(np.concatenate([g[name][hist, (e0 + j * k) * h:(e0 + j * k + 1) * h] for j in range(c)]))
+        arrays = {name: np.stack(v) for name, v in parts.items()}
+        return make_tokens(arrays["observations"], arrays["actions"], arrays["rewards"], h)
+
+
+def input_statistics(path) -> dict:
+    """Mean and std of observations and rewards over the train split, read one task at a time."""
+    with open_histories(path) as f:
+        n, obs_sum, obs_sq, rew_sum, rew_sq = 0, 0.0, 0.0, 0.0, 0.0
+        for tid, split, _ in task_table(f):
+            if split != "train":
+                continue
+            g = f["tasks"][tid]
+            obs = g["observations"][...].reshape(-1, g["observations"].shape[-1]).astype(np.float64)
+            rew = g["rewards"][...].reshape(-1).astype(np.float64)
+            n += len(rew)
+            obs_sum, obs_sq = obs_sum + obs.sum(0), obs_sq + (obs**2).sum(0)
+            rew_sum, rew_sq = rew_sum + rew.sum(), rew_sq + (rew**2).sum()
+    obs_mean, rew_mean = obs_sum / n, rew_sum / n
+    obs_std = np.sqrt(np.maximum(obs_sq / n - obs_mean**2, 0.0)) + 1e-6
+    rew_std = float(np.sqrt(max(rew_sq / n - rew_mean**2, 0.0)) + 1e-6)
+    return {"obs_mean": obs_mean.tolist(), "obs_std": obs_std.tolist(), "reward_mean": float(rew_mean), "reward_std": rew_std}

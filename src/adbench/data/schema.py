@@ -1,0 +1,20 @@
+"""The learning-history HDF5 contract (ARCHITECTURE.md): names, dtypes and ranks of every dataset."""
+
+SCHEMA_VERSION = 1
+
+# name -> (dtype, rank); shapes are (H, T, dim), (H, T) or (H, E)
+DATASETS = {
+    "observations": ("float32", 3),
+    "actions": ("float32", 3),
+    "rewards": ("float32", 2),
+    "terminated": ("bool", 2),
+    "truncated": ("bool", 2),
+    "episode_returns": ("float32", 2),
+}
+SPLITS = ("train", "test")
+ROOT_ATTRS = ("family", "schema_version", "source_algorithm", "source_settings", "config_digest",
+              "package_versions", "horizon", "episodes")
+
+
+class DatasetError(ValueError):
+    """A history file that does not meet the contract."""

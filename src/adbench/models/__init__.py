@@ -1,0 +1,56 @@
+"""Sequence backbones (Mamba S6, causal transformer) behind one interface, and the AD policy."""
+
+import torch
+
+from .mamba import MambaBackbone, mamba_layer_params
+from .policy import ADPolicy
+from .scan import selective_scan, selective_scan_ref
+from .transformer import TransformerBackbone, transformer_layer_params
+
+ARCHITECTURES = ("mamba", "transformer")
+
+
+class ModelError(ValueError):
+    """A model request or checkpoint that cannot be honoured."""
+
+
+def matched_mlp_hidden(d_model: int, d_state: int, d_conv: int, expand: int) -> int:
+    """Transformer MLP width that gives a layer the same parameter count as a Mamba layer."""
+    attn = transformer_layer_params(d_model, 0)
+    return max(1, round((mamba_layer_params(d_model, d_state, d_conv, expand) - attn) / (2 * d_model)))
+
+
+def build(arch: str, obs_dim: int, act_dim: int, d_model: int = 64, n_layers: int = 2, d_state: int = 16,
+          d_conv: int = 4, expand: int = 2, n_heads: int = 4, head: str = "gaussian", window: int = 1024) -> ADPolicy:
+    """An AD policy of the given architecture; `window` (tokens) is the transformer's attention span."""
+    if arch == "mamba":
+        backbone = MambaBackbone(d_model, n_layers, d_state=d_state, d_conv=d_conv, expand=expand)
+    elif arch == "transformer":
+        backbone = TransformerBackbone(d_model, n_layers, n_heads, matched_mlp_hidden(d_model, d_state, d_conv, expand), window)
+    else:
+        raise ModelError(f"unknown architecture {arch!r}; known architectures: {list(ARCHITECTURES)}")
+    return ADPolicy(obs_dim, act_dim, backbone, d_model, head)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_checkpoint(path, model: ADPolicy, arch: str, model_config: dict, extra: dict | None = None) -> None:
+    torch.save({"arch": arch, "obs_dim": model.obs_dim, "act_dim": model.act_dim, "model_config": model_config,
+                "state_dict": model.state_dict(), **(extra or {})}, path)
+
+
+def load_checkpoint(path, expect_arch: str | None = None) -> tuple[ADPolicy, dict]:
+    """Rebuild a policy from a checkpoint (weights_only: no code is unpickled)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(f"{path}: not a readable adbench checkpoint ({e.__class__.__name__}); retrain it") from None
+    if not isinstance(ckpt, dict) or "arch" not in ckpt or "state_dict" not in ckpt:
+        raise ModelError(f"{path}: not an adbench checkpoint (no 'arch'/'state_dict')")
+    if expect_arch is not None and ckpt["arch"] != expect_arch:
+        raise ModelError(f"{path}: checkpoint is a {ckpt['arch']!r} model, expected {expect_arch!r}")
+    model = build(ckpt["arch"], ckpt["obs_dim"], ckpt["act_dim"], **ckpt["model_config"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model, ckpt

@@ -1,0 +1,71 @@
+"""The AD policy: step embedding -> backbone -> action head, shared by every architecture.
+
+A token is (observation_t, action_{t-1}, reward_{t-1}, episode-start flag), normalised with the
+training data's statistics (stored in the model). The head is Gaussian (mean, state-dependent
+log-std, NLL loss) or deterministic (MSE).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
+
+
+class ADPolicy(nn.Module):
+    def __init__(self, obs_dim: int, act_dim: int, backbone: nn.Module, d_model: int, head: str = "gaussian"):
+        super().__init__()
+        if head not in ("gaussian", "mse"):
+            raise ValueError(f"unknown action head {head!r} (config model.head); use 'gaussian' or 'mse'")
+        self.obs_dim, self.act_dim, self.head_kind = obs_dim, act_dim, head
+        self.embed = nn.Linear(obs_dim + act_dim + 2, d_model)
+        self.backbone = backbone
+        self.head = nn.Linear(d_model, act_dim * (2 if head == "gaussian" else 1))
+        self.register_buffer("obs_mean", torch.zeros(obs_dim))
+        self.register_buffer("obs_std", torch.ones(obs_dim))
+        self.register_buffer("reward_stats", torch.tensor([0.0, 1.0]))
+
+    def set_input_statistics(self, stats: dict) -> None:
+        self.obs_mean.copy_(torch.tensor(stats["obs_mean"]))
+        self.obs_std.copy_(torch.tensor(stats["obs_std"]))
+        self.reward_stats.copy_(torch.tensor([stats["reward_mean"], stats["reward_std"]]))
+
+    def tokens(self, obs, prev_action, prev_reward, episode_start):
+        r = (prev_reward - self.reward_stats[0]) / self.reward_stats[1]
+        x = torch.cat([(obs - self.obs_mean) / self.obs_std, prev_action, r[..., None], episode_start[..., None]], dim=-1)
+        return self.embed(x)
+
+    def _head(self, h):
+        out = self.head(h)
+        if self.head_kind == "mse":
+            return out, None
+        mean, log_std = out.chunk(2, dim=-1)
+        # squash into [LOG_STD_MIN, LOG_STD_MAX] smoothly (as in CORL's and CleanRL's SAC actors)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        return mean, log_std
+
+    def forward(self, obs, prev_action, prev_reward, episode_start):
+        """Whole sequences (b, l, ...) -> action mean and log-std (None for the MSE head), (b, l, act_dim)."""
+        return self._head(self.backbone(self.tokens(obs, prev_action, prev_reward, episode_start)))
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        mean, log_std = self(batch["obs"], batch["prev_action"], batch["prev_reward"], batch["episode_start"])
+        target = batch["action"]
+        if log_std is None:
+            return F.mse_loss(mean, target)
+        return (0.5 * ((target - mean) / log_std.exp()) ** 2 + log_std).sum(-1).mean() / self.act_dim
+
+    def init_state(self, batch: int, device=None):
+        return self.backbone.init_state(batch, device)
+
+    def step(self, obs, prev_action, prev_reward, episode_start, state):
+        """One token per sequence (b, ...) -> (mean, log_std, new state)."""
+        h, state = self.backbone.step(self.tokens(obs, prev_action, prev_reward, episode_start), state)
+        mean, log_std = self._head(h)
+        return mean, log_std, state
+
+    @torch.no_grad()
+    def act(self, mean, log_std, sample: bool, generator=None):
+        if not sample or log_std is None:
+            return mean
+        return mean + log_std.exp() * torch.randn(mean.shape, generator=generator, device=mean.device)

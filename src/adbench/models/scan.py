@@ -1,0 +1,102 @@
+"""The selective scan of S6 (Mamba-1), with the signature and semantics of mamba_ssm's `selective_scan_fn`.
+
+h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,   y_t = C_t h_t + D u_t,   out = y * silu(z)
+
+`selective_scan_ref` is the plain sequential definition (the test oracle). `selective_scan` runs
+the same recurrence in chunks of time; under autograd each chunk is checkpointed (its states are
+recomputed in backward), so at most one chunk of the (batch, d_inner, length, d_state) state
+exists at a time and memory grows linearly, and modestly, with length.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+CHUNK = 64
+
+
+def _expand_bc(x: torch.Tensor, d: int) -> torch.Tensor:
+    """B or C as (batch or 1, d or 1, length or 1, n): (d, n) fixed, (b, n, l) variable, (b, g, n, l) grouped."""
+    if x.dim() == 2:
+        return x[None, :, None, :]
+    if x.dim() == 3:
+        return x.transpose(1, 2)[:, None]
+    groups = x.shape[1]
+    return x.repeat_interleave(d // groups, dim=1).transpose(2, 3)
+
+
+def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
+    """Cast to the compute dtype (at least float32, as the mamba_ssm kernels do) and apply the dt bias."""
+    ct = torch.promote_types(u.dtype, torch.float32)
+    delta = delta.to(ct)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(ct)[None, :, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    d = u.shape[1]
+    return u.to(ct), delta, A.to(ct), _expand_bc(B.to(ct), d), _expand_bc(C.to(ct), d)
+
+
+def _finish(y, u, D, z, dtype):
+    if D is not None:
+        y = y + u * D.to(y.dtype)[None, :, None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y.to(dtype)
+
+
+def _scan_chunk(u, delta, A, B, C, h):
+    """Sequential scan over one chunk: u, delta (b, d, l); B, C (b|1, d|1, l|1, n); h (b, d, n)."""
+    decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :])  # (b, d, l, n)
+    drive = (delta * u).unsqueeze(-1) * B
+    C = C.expand(-1, -1, u.shape[2], -1)
+    ys = []
+    # unbind, not indexing: indexing makes autograd allocate a full-size gradient per step
+    for decay_t, drive_t, c_t in zip(decay.unbind(2), drive.unbind(2), C.unbind(2)):
+        h = decay_t * h + drive_t
+        ys.append((h * c_t).sum(-1))
+    return torch.stack(ys, dim=-1), h
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, chunk: int = CHUNK):
+    """Chunked, memory-lean selective scan. Shapes as in mamba_ssm: u, delta, z (b, d, l); A (d, n);
+    B, C (d, n) | (b, n, l) | (b, g, n, l); D, delta_bias (d,). Returns out (b, d, l) [, last_state (b, d, n)]."""
+    dtype = u.dtype
+    u32, delta, A32, Bx, Cx = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    b, d, length = u32.shape
+    h = u32.new_zeros(b, d, A.shape[1])
+    ys = []
+    use_ckpt = torch.is_grad_enabled() and any(t.requires_grad for t in (u32, delta, A32, Bx, Cx))
+    for s in range(0, length, chunk):
+        e = min(s + chunk, length)
+        args = (u32[:, :, s:e], delta[:, :, s:e], A32,
+                Bx if Bx.shape[2] == 1 else Bx[:, :, s:e], Cx if Cx.shape[2] == 1 else Cx[:, :, s:e], h)
+        y, h = checkpoint(_scan_chunk, *args, use_reentrant=False) if use_ckpt else _scan_chunk(*args)
+        ys.append(y)
+    out = _finish(torch.cat(ys, dim=-1), u32, D, z, dtype)
+    return (out, h) if return_last_state else out
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):
+    """The recurrence written step by step over the full sequence, in the input dtype: the oracle."""
+    dtype = u.dtype
+    delta = delta + delta_bias[None, :, None] if delta_bias is not None else delta
+    delta = F.softplus(delta) if delta_softplus else delta
+    d = u.shape[1]
+    Bx, Cx = _expand_bc(B, d), _expand_bc(C, d)
+    h = u.new_zeros(u.shape[0], d, A.shape[1])
+    ys = []
+    for t in range(u.shape[2]):
+        bt = Bx[:, :, 0] if Bx.shape[2] == 1 else Bx[:, :, t]
+        ct = Cx[:, :, 0] if Cx.shape[2] == 1 else Cx[:, :, t]
+        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[..., None] * bt
+        ys.append((h * ct).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + u * D[None, :, None]
+    if z is not None:
+        y = y * F.silu(z)
+    y = y.to(dtype)
+    return (y, h) if return_last_state else y

@@ -1,0 +1,59 @@
+"""K independent networks held as stacked weights, evaluated with one batched matmul per layer."""
+
+import math
+
+import torch
+from torch import nn
+
+
+class RunningMeanStd:
+    """Per-learner running mean and variance (Welford-style merge of batch moments), shape (K, dim)."""
+
+    def __init__(self, num: int, dim: int):
+        self.mean = torch.zeros(num, dim, dtype=torch.float64)
+        self.var = torch.ones(num, dim, dtype=torch.float64)
+        self.count = 1e-4
+
+    def update(self, x: torch.Tensor) -> None:  # x: (K, N, dim)
+        x = x.double()
+        b_mean, b_var, b_count = x.mean(1), x.var(1, unbiased=False), x.shape[1]
+        delta, total = b_mean - self.mean, self.count + b_count
+        self.mean = self.mean + delta * b_count / total
+        m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
+        self.var, self.count = m2 / total, total
+
+
+class BatchedMLP(nn.Module):
+    """K separate tanh MLPs; input (K, N, in) -> (K, N, out). Orthogonal init as in CleanRL's PPO."""
+
+    def __init__(self, num: int, sizes: list, out_gain: float, generator: torch.Generator):
+        super().__init__()
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            gain = out_gain if i == len(sizes) - 2 else math.sqrt(2)
+            w = torch.empty(num, n_in, n_out)
+            for k in range(num):  # each learner gets its own orthogonal draw
+                q = torch.empty(n_out, n_in)
+                nn.init.orthogonal_(q, gain=gain, generator=generator)
+                w[k] = q.T
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(num, 1, n_out)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = torch.tanh(x)
+        return x
+
+
+def clip_grad_norm_per_learner(params: list, max_norm: float) -> torch.Tensor:
+    """Clip each learner's gradient to max_norm on its own: a global norm would couple the learners."""
+    grads = [p.grad for p in params if p.grad is not None]
+    num = grads[0].shape[0]
+    norms = torch.sqrt(sum((g.reshape(num, -1) ** 2).sum(1) for g in grads))
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(num, *([1] * (g.dim() - 1))))
+    return norms

@@ -1,0 +1,182 @@
+"""PPO with a Gaussian policy, K independent learners (one per task) trained in one process.
+
+Follows CleanRL's `ppo_continuous_action.py`: tanh 64-64 actor and critic with orthogonal init,
+state-independent log-std, observation normalisation and reward scaling with clipping, GAE(0.95),
+clipped surrogate (0.2), clipped value loss, annealed learning rate, per-minibatch advantage
+normalisation. Learners share nothing but the code path: weights, Adam state, normalisers and
+gradient clipping are per learner (stacked along the first axis). Time-limit truncation bootstraps
+from the value of the final observation (Pardo et al. 2018) rather than treating it as terminal.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..tasks import BatchedTasks
+from .batched_nets import BatchedMLP, RunningMeanStd, clip_grad_norm_per_learner
+
+
+@dataclass
+class PPOConfig:
+    learning_rate: float = 3e-4
+    """Adam step size (linearly annealed to 0 when anneal_lr)."""
+    anneal_lr: bool = True
+    rollout_episodes: int = 2
+    """episodes collected per learner between updates."""
+    update_epochs: int = 10
+    minibatches: int = 4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    hidden: int = 64
+    init_log_std: float = 0.0
+    clip_obs: float = 10.0
+    clip_reward: float = 10.0
+
+
+class BatchedPPO:
+    """K Gaussian actor-critics; `act` and `update` work on all learners at once."""
+
+    def __init__(self, num: int, obs_dim: int, act_dim: int, cfg: PPOConfig, seed: int):
+        self.cfg, self.num = cfg, num
+        gen = torch.Generator().manual_seed(seed)
+        sizes = [obs_dim, cfg.hidden, cfg.hidden]
+        self.actor = BatchedMLP(num, sizes + [act_dim], out_gain=0.01, generator=gen)
+        self.critic = BatchedMLP(num, sizes + [1], out_gain=1.0, generator=gen)
+        self.log_std = torch.nn.Parameter(torch.full((num, 1, act_dim), cfg.init_log_std))
+        self.params = list(self.actor.parameters()) + list(self.critic.parameters()) + [self.log_std]
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=1e-5)
+        self.obs_rms = RunningMeanStd(num, obs_dim)
+        self.ret_rms = RunningMeanStd(num, 1)
+        self.discounted = np.zeros(num)
+        self.sample_gen = torch.Generator().manual_seed(seed + 1)
+
+    def normalize_obs(self, obs: np.ndarray) -> torch.Tensor:  # (K, N, obs_dim)
+        x = (torch.as_tensor(obs, dtype=torch.float64) - self.obs_rms.mean[:, None]) / torch.sqrt(self.obs_rms.var[:, None] + 1e-8)
+        return x.clamp(-self.cfg.clip_obs, self.cfg.clip_obs).float()
+
+    def scale_reward(self, rewards: np.ndarray, episode_end: np.ndarray) -> np.ndarray:
+        """Divide by the running std of the discounted return (gym's NormalizeReward)."""
+        self.discounted = self.discounted * self.cfg.gamma + rewards
+        self.ret_rms.update(torch.as_tensor(self.discounted)[:, None, None])
+        self.discounted[episode_end] = 0.0
+        scaled = rewards / np.sqrt(self.ret_rms.var[:, 0].numpy() + 1e-8)
+        return np.clip(scaled, -self.cfg.clip_reward, self.cfg.clip_reward)
+
+    def dist(self, x: torch.Tensor) -> torch.distributions.Normal:
+        return torch.distributions.Normal(self.actor(x), self.log_std.exp().expand(-1, x.shape[1], -1))
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray):
+        """Sample one action per learner. Returns (action, log_prob, value) for obs (K, obs_dim)."""
+        self.obs_rms.update(torch.as_tensor(obs)[:, None])
+        x = self.normalize_obs(obs[:, None])
+        d = self.dist(x)
+        mean, std = d.mean, d.stddev
+        action = mean + std * torch.randn(mean.shape, generator=self.sample_gen)
+        return action[:, 0], d.log_prob(action).sum(-1)[:, 0], self.critic(x)[:, 0, 0]
+
+    @torch.no_grad()
+    def value(self, obs: np.ndarray) -> torch.Tensor:
+        return self.critic(self.normalize_obs(obs[:, None]))[:, 0, 0]
+
+    def update(self, batch: dict, lr_frac: float) -> dict:
+        """PPO epochs on a rollout. batch tensors are (K, N, ...) in time order."""
+        cfg = self.cfg
+        if cfg.anneal_lr:
+            self.optimizer.param_groups[0]["lr"] = lr_frac * cfg.learning_rate
+        adv = gae(batch["rewards"], batch["values"], batch["next_values"], batch["episode_end"], cfg.gamma, cfg.gae_lambda)
+        returns = adv + batch["values"]
+        x = self.normalize_obs(batch["obs"].numpy())
+        n = x.shape[1]
+        mb = max(1, n // cfg.minibatches)
+        stats = {}
+        for _ in range(cfg.update_epochs):
+            perm = torch.randperm(n, generator=self.sample_gen)
+            for start in range(0, n, mb):
+                idx = perm[start:start + mb]
+                d = self.dist(x[:, idx])
+                logp = d.log_prob(batch["actions"][:, idx]).sum(-1)
+                ratio = (logp - batch["log_probs"][:, idx]).exp()
+                a = adv[:, idx]
+                a = (a - a.mean(1, keepdim=True)) / (a.std(1, keepdim=True) + 1e-8)
+                pg_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean(1)
+                v = self.critic(x[:, idx])[..., 0]
+                v_old = batch["values"][:, idx]
+                v_clipped = v_old + (v - v_old).clamp(-cfg.clip_coef, cfg.clip_coef)
+                r = returns[:, idx]
+                v_loss = 0.5 * torch.max((v - r) ** 2, (v_clipped - r) ** 2).mean(1)
+                entropy = d.entropy().sum(-1).mean(1)
+                # Summing per-learner losses keeps each learner's gradient its own.
+                loss = (pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss).sum()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                clip_grad_norm_per_learner(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+        stats["pg_loss"] = float(pg_loss.mean().detach())
+        stats["v_loss"] = float(v_loss.mean().detach())
+        return stats
+
+
+def gae(rewards, values, next_values, episode_end, gamma, lam):
+    """Generalised advantage estimation over (K, N); `next_values` already hold V(s') (0 if terminal)."""
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_values[:, t] - values[:, t]
+        last = delta + gamma * lam * (~episode_end[:, t]) * last
+        adv[:, t] = last
+    return adv
+
+
+def run_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfig, seed: int, progress=None) -> dict:
+    """Train one PPO learner per task for `episodes` episodes; return the learning histories.
+
+    Returns numpy arrays with a leading learner axis: observations (K,T,obs), actions (K,T,act)
+    (the executed, clipped action), rewards, terminated, truncated (K,T), episode_returns (K,E).
+    """
+    if episodes % cfg.rollout_episodes:
+        raise ValueError(f"source.episodes ({episodes}) must be a multiple of source.ppo.rollout_episodes ({cfg.rollout_episodes})")
+    torch.manual_seed(seed)
+    env = BatchedTasks(family, tasks, horizon)
+    k, steps_per_rollout = env.num_tasks, cfg.rollout_episodes * env.horizon
+    agent = BatchedPPO(k, env.obs_dim, env.act_dim, cfg, seed)
+    total = episodes * env.horizon
+    hist = {
+        "observations": np.zeros((k, total, env.obs_dim), np.float32),
+        "actions": np.zeros((k, total, env.act_dim), np.float32),
+        "rewards": np.zeros((k, total), np.float32),
+        "terminated": np.zeros((k, total), bool),
+        "truncated": np.zeros((k, total), bool),
+    }
+    num_updates = episodes // cfg.rollout_episodes
+    obs = env.reset(seed=seed % (2**31))
+    bar = tqdm(range(num_updates), desc=f"ppo {family} x{k}", file=progress, mininterval=5, disable=progress is False)
+    t = 0
+    for update in bar:
+        buf = {key: [] for key in ("obs", "actions", "log_probs", "values", "rewards", "next_values", "episode_end")}
+        for _ in range(steps_per_rollout):
+            action, logp, value = agent.act(obs)
+            executed = np.clip(action.numpy(), -1.0, 1.0)
+            next_obs, reward, term, trunc = env.step(executed)
+            hist["observations"][:, t], hist["actions"][:, t] = obs, executed
+            hist["rewards"][:, t], hist["terminated"][:, t], hist["truncated"][:, t] = reward, term, trunc
+            end = term | trunc
+            next_value = agent.value(next_obs) * torch.as_tensor(~term)
+            buf["obs"].append(obs); buf["actions"].append(action); buf["log_probs"].append(logp)
+            buf["values"].append(value); buf["next_values"].append(next_value)
+            buf["rewards"].append(torch.as_tensor(agent.scale_reward(reward.astype(np.float64), end), dtype=torch.float32))
+            buf["episode_end"].append(torch.as_tensor(end))
+            obs = env.reset() if end.all() else next_obs
+            t += 1
+        batch = {key: torch.stack([torch.as_tensor(v) for v in vals], 1) for key, vals in buf.items()}
+        agent.update(batch, lr_frac=1.0 - update / num_updates)
+        recent = hist["rewards"][:, t - env.horizon:t].sum(1).mean()
+        bar.set_postfix(last_return=f"{recent:.1f}")
+    hist["episode_returns"] = hist["rewards"].reshape(k, episodes, env.horizon).sum(-1)
+    return hist

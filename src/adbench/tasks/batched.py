@@ -1,0 +1,34 @@
+"""Step K tasks of one family with one call, returning stacked arrays."""
+
+import numpy as np
+
+from .registry import get_family, make_env
+
+
+class BatchedTasks:
+    """K independent envs (one per task) stepped in lockstep.
+
+    Every family has a fixed horizon and no early termination, so all K episodes end together:
+    `step` reports `truncated` for all at once and the caller calls `reset` to start the next.
+    """
+
+    def __init__(self, family: str, tasks: list, horizon: int | None = None):
+        self.family = get_family(family)
+        self.horizon = int(horizon or self.family.horizon)
+        self.envs = [make_env(family, t, self.horizon) for t in tasks]
+        self.tasks = [env.task for env in self.envs]
+        self.num_tasks = len(self.envs)
+        self.obs_dim = self.envs[0].observation_space.shape[0]
+        self.act_dim = self.envs[0].action_space.shape[0]
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        seeds = [None] * self.num_tasks if seed is None else [seed + i for i in range(self.num_tasks)]
+        return np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seeds)]).astype(np.float32)
+
+    def step(self, actions: np.ndarray):
+        out = [env.step(a) for env, a in zip(self.envs, np.asarray(actions))]
+        obs = np.stack([o[0] for o in out]).astype(np.float32)
+        rewards = np.array([o[1] for o in out], dtype=np.float32)
+        terminated = np.array([o[2] for o in out], dtype=bool)
+        truncated = np.array([o[3] for o in out], dtype=bool)
+        return obs, rewards, terminated, truncated

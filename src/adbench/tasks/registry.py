@@ -1,0 +1,50 @@
+"""The registry of task families, task sampling and the deterministic train/test split."""
+
+import gymnasium as gym
+import numpy as np
+
+from . import pointnav
+from .base import Family, TaskError
+
+FAMILIES = {
+    "PointNav": Family("PointNav", pointnav.PointNavEnv, pointnav.sample, pointnav.check_task, horizon=50),
+}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise TaskError(f"unknown task family {name!r}; known families: {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def register_all() -> None:
+    for fam in FAMILIES.values():
+        if fam.env_id not in gym.registry:
+            gym.register(id=fam.env_id, entry_point=fam.env_class, kwargs={"horizon": fam.horizon})
+
+
+def make_env(family: str, task: dict, horizon: int | None = None):
+    """The unwrapped env of one task (no gymnasium wrappers: the batched stepper calls it directly)."""
+    fam = get_family(family)
+    return fam.env_class(task=fam.check_task(task), horizon=horizon or fam.horizon)
+
+
+def sample_tasks(family: str, n: int, seed: int) -> list:
+    """n tasks drawn from the family's task distribution with a seeded generator."""
+    if n < 0:
+        raise TaskError(f"{family}: number of tasks must be >= 0, got {n}")
+    return get_family(family).sample(np.random.default_rng(seed), n)
+
+
+def split_tasks(family: str, n_train: int, n_test: int, seed: int) -> tuple[list, list]:
+    """Disjoint train and test tasks: one seeded draw of n_train + n_test, train first."""
+    tasks = sample_tasks(family, n_train + n_test, seed)
+    train, test = tasks[:n_train], tasks[n_train:]
+    keys = {repr(t) for t in train}
+    if any(repr(t) in keys for t in test):
+        raise TaskError(f"{family}: train and test tasks overlap for seed {seed}; use another tasks.seed")
+    return train, test
+
+
+def task_ids(split: str, n: int) -> list:
+    return [f"{split}-{i:04d}" for i in range(n)]

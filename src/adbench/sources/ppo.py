@@ -177,6 +177,6 @@ def run_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfi
         batch = {key: torch.stack([torch.as_tensor(v) for v in vals], 1) for key, vals in buf.items()}
         agent.update(batch, lr_frac=1.0 - update / num_updates)
         recent = hist["rewards"][:, t - env.horizon:t].sum(1).mean()
-        bar.set_postfix(last_return=f"{recent:.1f}")
+        bar.set_postfix(last_return=f"{recent:.1f}", refresh=False)
     hist["episode_returns"] = hist["rewards"].reshape(k, episodes, env.horizon).sum(-1)
     return hist

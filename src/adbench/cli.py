@@ -1,0 +1,131 @@
+"""`adbench <stage> ...`: the only entry point the workflow rules call.
+
+Each stage takes its settings either as config files (`--config config.yaml override.yaml`, merged
+in order and validated against the schema) or as the JSON of the config sections it needs
+(`--settings '{...}'`, what the rules pass, so that a rule reruns only when its own sections change).
+"""
+
+import argparse
+import json
+import sys
+
+from . import config as cfglib
+
+
+def _settings(args, sections: list) -> dict:
+    if args.settings is not None:
+        try:
+            cfg = json.loads(args.settings)
+        except json.JSONDecodeError as e:
+            raise cfglib.ConfigError(f"--settings is not valid JSON ({e})") from None
+        return cfglib.validate(cfg, sections)
+    if not args.config:
+        raise cfglib.ConfigError("give --config FILE [FILE ...] or --settings JSON")
+    return cfglib.load(args.config)
+
+
+def cmd_check_config(args):
+    cfg = cfglib.load(args.config)
+    print(f"config OK: families {cfg['families']}, architectures {cfg['architectures']}, "
+          f"contexts {cfg['context_episodes']}, seeds {cfg['seeds']}")
+
+
+def cmd_histories(args):
+    from .histories import SECTIONS, run_shard
+    run_shard(_settings(args, SECTIONS), args.family, args.shard, args.out, progress=sys.stderr)
+
+
+def cmd_dataset(args):
+    from .histories import SECTIONS, merge_shards
+    summary = merge_shards(_settings(args, SECTIONS), args.family, args.shards, args.out)
+    print(json.dumps(summary))
+
+
+def cmd_validate(args):
+    from .data import validate_file
+    for path in args.files:
+        print(f"{path}: OK {json.dumps(validate_file(path))}")
+
+
+def cmd_train(args):
+    from .train import SECTIONS, run
+    run(_settings(args, SECTIONS), args.dataset, args.arch, args.ctx, args.seed, args.out_dir, progress=sys.stderr)
+
+
+def cmd_evaluate(args):
+    from .evaluate import SECTIONS, evaluate_model
+    evaluate_model(_settings(args, SECTIONS), args.dataset, args.model, args.out, progress=sys.stderr)
+
+
+def cmd_reference(args):
+    from .evaluate import SECTIONS, evaluate_references
+    evaluate_references(_settings(args, SECTIONS), args.dataset, args.out, progress=sys.stderr)
+
+
+def cmd_figures(args):
+    from .figures import SECTIONS, make_all
+    summary = make_all(_settings(args, SECTIONS), args.models, args.references, args.figure, args.summary_csv, args.summary_md)
+    print(summary.to_string(index=False))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adbench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="stage", required=True)
+
+    def stage(name, func, help_):
+        s = sub.add_parser(name, help=help_)
+        s.set_defaults(func=func)
+        if name not in ("validate",):
+            s.add_argument("--config", nargs="+", metavar="FILE", help="config files, merged in order")
+        if name not in ("validate", "check-config"):
+            s.add_argument("--settings", help="JSON of the config sections this stage needs")
+        return s
+
+    stage("check-config", cmd_check_config, "validate config files")
+    s = stage("histories", cmd_histories, "learning histories of one shard of tasks")
+    s.add_argument("--family", required=True)
+    s.add_argument("--shard", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s = stage("dataset", cmd_dataset, "merge history shards into one validated dataset")
+    s.add_argument("--family", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("shards", nargs="+")
+    s = stage("validate", cmd_validate, "check history files against the schema")
+    s.add_argument("files", nargs="+")
+    s = stage("train", cmd_train, "one AD training run")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--arch", required=True)
+    s.add_argument("--ctx", type=int, required=True, help="context length in episodes")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out-dir", required=True)
+    s = stage("evaluate", cmd_evaluate, "in-context evaluation of a trained model on held-out tasks")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--model", required=True)
+    s.add_argument("--out", required=True)
+    s = stage("reference", cmd_reference, "random-policy and source-algorithm curves on the held-out tasks")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--out", required=True)
+    s = stage("figures", cmd_figures, "figures and summary tables from the result CSVs")
+    s.add_argument("--models", nargs="+", required=True)
+    s.add_argument("--references", nargs="+", required=True)
+    s.add_argument("--figure", required=True)
+    s.add_argument("--summary-csv", required=True)
+    s.add_argument("--summary-md", required=True)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from .data import DatasetError
+    from .models import ModelError
+    from .tasks import TaskError
+    try:
+        args.func(args)
+    except (cfglib.ConfigError, DatasetError, ModelError, TaskError, ValueError, FloatingPointError, RuntimeError) as e:
+        print(f"adbench {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

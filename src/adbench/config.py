@@ -1,0 +1,82 @@
+"""Load, merge and validate experiment configs against the one schema, with one-line errors."""
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that does not match the schema; the message names the key and what is allowed."""
+
+
+def schema() -> dict:
+    return yaml.safe_load(resources.files("adbench").joinpath("config.schema.yaml").read_text())
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Nested update, as Snakemake merges --configfile overrides into the configfile."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+    return out
+
+
+def _key(path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<top level>"
+
+
+def _one_line(error: jsonschema.ValidationError) -> str:
+    where = _key(error.absolute_path)
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        return f"config is missing key '{_key([*error.absolute_path, missing])}' (required keys here: {error.validator_value})"
+    if error.validator == "additionalProperties" and isinstance(error.schema.get("properties"), dict):
+        return f"config key '{where}': {error.message}; allowed keys: {sorted(error.schema['properties'])}"
+    if error.validator == "enum":
+        return f"config key '{where}': {error.instance!r} is not allowed; allowed values: {error.validator_value}"
+    return f"config key '{where}': {error.message}"
+
+
+def validate(cfg: dict, sections: list | None = None) -> dict:
+    """Raise ConfigError (one line) unless `cfg` matches the schema; with `sections`, check only those keys."""
+    full = schema()
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config must be a mapping of keys to values, got {type(cfg).__name__}")
+    if sections is not None:
+        unknown = [s for s in sections if s not in full["properties"]]
+        if unknown:
+            raise ConfigError(f"unknown config section {unknown[0]!r}; sections: {sorted(full['properties'])}")
+        full = {**full, "required": list(sections), "properties": {s: full["properties"][s] for s in sections}}
+        cfg = {s: cfg[s] for s in sections if s in cfg}
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(full).iter_errors(cfg))
+    if error is not None:
+        raise ConfigError(_one_line(error))
+    return cfg
+
+
+def load(paths: list) -> dict:
+    """Merge YAML files in order (later override earlier) and validate the result."""
+    cfg: dict = {}
+    for path in paths:
+        try:
+            cfg = deep_merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+    return validate(cfg)
+
+
+def digest(cfg: dict) -> str:
+    """Stable short hash of a config (or a section of one), recorded in every output's provenance."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def horizon(cfg: dict, family: str, default: int) -> int:
+    return int(cfg["tasks"].get("horizon", {}).get(family, default))

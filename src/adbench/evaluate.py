@@ -1,0 +1,137 @@
+"""In-context evaluation on held-out tasks with frozen weights, and the reference curves (random, source).
+
+All test tasks x evaluation seeds run as one batch: one model step per environment step. Mamba
+carries its recurrent state across all episodes; the transformer slides its KV cache over the
+last `window` tokens. Output: a tidy table, one row per (family, arch, context, seed, eval_seed,
+task, episode) with the return.
+"""
+
+import csv
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data import DatasetError, open_histories, task_table, validate_file
+from .models import load_checkpoint
+from .seeding import derive_seed
+from .tasks import BatchedTasks
+
+SECTIONS = ["evaluate"]
+COLUMNS = ["family", "arch", "context_episodes", "seed", "eval_seed", "task", "episode", "return"]
+
+
+def test_tasks(dataset) -> list:
+    """[(task_id, task)] of the held-out split, exactly as stored in the dataset."""
+    with open_histories(dataset) as f:
+        tasks = [(tid, task) for tid, split, task in task_table(f) if split == "test"]
+    if not tasks:
+        raise DatasetError(f"{dataset}: no test tasks to evaluate on; set tasks.n_test >= 1 and regenerate the dataset")
+    return tasks
+
+
+def rollout(family: str, tasks: list, horizon: int, episodes: int, eval_seeds: list, policy, progress=None) -> np.ndarray:
+    """Run `policy` over `episodes` consecutive episodes of every (eval_seed, task); returns (seeds, tasks, episodes).
+
+    `policy(obs, prev_action, prev_reward, episode_start, generator) -> actions` sees the AD token of
+    each step; the previous action and reward carry across episode boundaries (zeros at the start).
+    """
+    batch_tasks = [task for _ in eval_seeds for task in tasks]
+    env = BatchedTasks(family, batch_tasks, horizon)
+    k = env.num_tasks
+    generator = torch.Generator().manual_seed(derive_seed(eval_seeds[0], "evaluate", family, len(eval_seeds)))
+    returns = np.zeros((k, episodes))
+    prev_action = np.zeros((k, env.act_dim), np.float32)
+    prev_reward = np.zeros(k, np.float32)
+    for ep in tqdm(range(episodes), desc=f"evaluate {family}", file=progress, mininterval=10):
+        obs = env.reset(seed=derive_seed(eval_seeds[0], "reset", ep) % 2**31)
+        for t in range(env.horizon):
+            start = np.full(k, 1.0 if t == 0 else 0.0, np.float32)
+            action = np.clip(policy(obs, prev_action, prev_reward, start, generator), -1.0, 1.0).astype(np.float32)
+            obs, reward, _, _ = env.step(action)
+            returns[:, ep] += reward
+            prev_action, prev_reward = action, reward
+    return returns.reshape(len(eval_seeds), len(tasks), episodes)
+
+
+class ModelPolicy:
+    """Adapts an AD policy to `rollout`: one batched recurrent step per call."""
+
+    def __init__(self, model, batch: int, sample: bool):
+        self.model, self.sample = model.eval(), sample
+        self.state = model.init_state(batch)
+        self.step_seconds, self.steps = 0.0, 0
+
+    @torch.no_grad()
+    def __call__(self, obs, prev_action, prev_reward, start, generator):
+        t0 = time.perf_counter()
+        mean, log_std, self.state = self.model.step(torch.from_numpy(obs), torch.from_numpy(prev_action),
+                                                    torch.from_numpy(prev_reward), torch.from_numpy(start), self.state)
+        action = self.model.act(mean, log_std, self.sample, generator).numpy()
+        self.step_seconds += time.perf_counter() - t0
+        self.steps += 1
+        return action
+
+
+def random_policy(obs, prev_action, prev_reward, start, generator):
+    return torch.rand(prev_action.shape, generator=generator).numpy() * 2 - 1
+
+
+def write_rows(path, rows: list) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def tidy(family, arch, ctx, seed, eval_seeds, task_ids, returns) -> list:
+    return [{"family": family, "arch": arch, "context_episodes": ctx, "seed": seed, "eval_seed": s,
+             "task": tid, "episode": e, "return": float(returns[i, j, e])}
+            for i, s in enumerate(eval_seeds) for j, tid in enumerate(task_ids) for e in range(returns.shape[2])]
+
+
+def evaluate_model(cfg: dict, dataset, model_path, out_path, progress=None) -> None:
+    ecfg = cfg["evaluate"]
+    torch.set_num_threads(ecfg["threads"])
+    info = validate_file(dataset)
+    model, ckpt = load_checkpoint(model_path)
+    meta = ckpt["meta"]
+    if (model.obs_dim, model.act_dim) != (info["obs_dim"], info["act_dim"]):
+        raise DatasetError(f"{model_path} expects obs/act dims {(model.obs_dim, model.act_dim)} but {dataset} has "
+                           f"{(info['obs_dim'], info['act_dim'])}; evaluate it on the dataset it was trained on")
+    tasks = test_tasks(dataset)
+    seeds = ecfg["seeds"]
+    policy = ModelPolicy(model, len(tasks) * len(seeds), ecfg["sample_actions"])
+    returns = rollout(info["family"], [t for _, t in tasks], meta["horizon"], ecfg["episodes"], seeds, policy, progress)
+    print(f"{policy.step_seconds / policy.steps * 1e3:.3f} ms per batched step of {len(tasks) * len(seeds)} sequences",
+          file=progress)
+    write_rows(out_path, tidy(info["family"], ckpt["arch"], meta["context_episodes"], meta["seed"], seeds,
+                              [tid for tid, _ in tasks], returns))
+
+
+def evaluate_references(cfg: dict, dataset, out_path, progress=None) -> None:
+    """A uniform-random policy on the same tasks and seeds, and the source's own test-task learning curves.
+
+    Source rows hold every history episode (seed = history index, eval_seed = -1); figures place
+    history episode e at in-context episode e / episode_stride.
+    """
+    ecfg = cfg["evaluate"]
+    info = validate_file(dataset)
+    tasks = test_tasks(dataset)
+    with open_histories(dataset) as f:
+        horizon = int(f.attrs["horizon"])
+        source = {tid: f["tasks"][tid]["episode_returns"][...] for tid, _ in tasks}
+    returns = rollout(info["family"], [t for _, t in tasks], horizon, ecfg["episodes"], ecfg["seeds"], random_policy, progress)
+    rows = tidy(info["family"], "random", 0, 0, ecfg["seeds"], [tid for tid, _ in tasks], returns)
+    for tid, curves in source.items():
+        for h, curve in enumerate(curves):
+            rows += [{"family": info["family"], "arch": "source", "context_episodes": 0, "seed": h, "eval_seed": -1,
+                      "task": tid, "episode": e, "return": float(r)} for e, r in enumerate(curve)]
+    write_rows(out_path, rows)

@@ -1,0 +1,84 @@
+"""The histories and dataset stages: run the source algorithm on a shard of tasks, merge shards into one file."""
+
+import math
+
+
+from . import config as cfglib
+from .data import atomic_h5, open_histories, validate_file, write_root_attrs, write_task
+from .provenance import git_revision, package_versions
+from .seeding import derive_seed
+from .sources import generate_histories
+from .tasks import get_family, split_tasks, task_ids
+
+SECTIONS = ["tasks", "source"]
+
+
+def all_tasks(cfg: dict, family: str) -> list:
+    """[(task_id, split, task)] for a family: train tasks then test tasks, from the seeded split."""
+    t = cfg["tasks"]
+    train, test = split_tasks(family, t["n_train"], t["n_test"], derive_seed(t["seed"], "tasks", family))
+    return (list(zip(task_ids("train", len(train)), ["train"] * len(train), train))
+            + list(zip(task_ids("test", len(test)), ["test"] * len(test), test)))
+
+
+def num_shards(cfg: dict) -> int:
+    t = cfg["tasks"]
+    return math.ceil((t["n_train"] + t["n_test"]) / cfg["source"]["tasks_per_shard"])
+
+
+def root_attrs(cfg: dict, family: str) -> dict:
+    src = cfg["source"]
+    return {
+        "family": family,
+        "source_algorithm": src["algorithm"],
+        "source_settings": src[src["algorithm"]],
+        "config_digest": cfglib.digest({s: cfg[s] for s in SECTIONS}),
+        "package_versions": package_versions(),
+        "git_revision": git_revision(),
+        "horizon": cfglib.horizon(cfg, family, get_family(family).horizon),
+        "episodes": src["episodes"],
+        "histories_per_task": src["histories_per_task"],
+    }
+
+
+def run_shard(cfg: dict, family: str, shard: int, out_path, progress=None) -> None:
+    """Learning histories of every task in one shard, written atomically to `out_path`."""
+    src = cfg["source"]
+    n = num_shards(cfg)
+    if not 0 <= shard < n:
+        raise ValueError(f"shard {shard} out of range: {family} has {n} shards at source.tasks_per_shard={src['tasks_per_shard']}")
+    per = src["tasks_per_shard"]
+    chunk = all_tasks(cfg, family)[shard * per:(shard + 1) * per]
+    h = src["histories_per_task"]
+    learners = [task for _, _, task in chunk for _ in range(h)]  # H independent learners per task
+    attrs = root_attrs(cfg, family)
+    hist = generate_histories(src["algorithm"], src[src["algorithm"]], family, learners, attrs["horizon"],
+                              src["episodes"], derive_seed(src["seed"], "histories", family, shard), progress=progress)
+    with atomic_h5(out_path) as f:
+        write_root_attrs(f, {**attrs, "shard": shard})
+        for i, (tid, split, task) in enumerate(chunk):
+            write_task(f, tid, task, split, {k: v[i * h:(i + 1) * h] for k, v in hist.items()})
+
+
+def merge_shards(cfg: dict, family: str, shard_paths: list, out_path) -> dict:
+    """One dataset file per family from its shards (chunks and compression copied as they are)."""
+    expected = [tid for tid, _, _ in all_tasks(cfg, family)]
+    with atomic_h5(out_path) as f:
+        write_root_attrs(f, root_attrs(cfg, family))
+        dst = f.create_group("tasks", track_order=True)
+        for path in shard_paths:
+            with open_histories(path) as shard:
+                if shard.attrs["family"] != family or shard.attrs["config_digest"] != f.attrs["config_digest"]:
+                    raise ValueError(f"{path}: shard of another family or config; delete it and rerun the workflow")
+                for tid in shard["tasks"]:
+                    shard.copy(shard["tasks"][tid], dst, name=tid)
+        got = list(dst)
+        if sorted(got) != sorted(expected):
+            raise ValueError(f"shards hold tasks {got}, expected {expected}")
+    return validate_file(out_path)
+
+
+def episode_returns(path, split: str) -> dict:
+    """{task_id: (H, E) returns} of one split, read from the dataset alone."""
+    with open_histories(path) as f:
+        return {tid: g["episode_returns"][...] for tid, g in f["tasks"].items() if g.attrs["split"] == split}

@@ -1,0 +1,134 @@
+"""One AD training run: a history dataset and a model config -> checkpoint and metrics.
+
+AdamW with linear warmup and cosine decay (to 10%), gradient clipping, periodic checkpoints that
+hold everything needed for an exact resume (weights, optimizer, step, sampler and torch RNG
+states, metrics so far), so an interrupted CPU run finishes with the same weights as an
+uninterrupted one.
+"""
+
+import csv
+import math
+import os
+import resource
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import config as cfglib
+from .data import WindowSampler, input_statistics, open_histories, validate_file
+from .models import build, count_parameters, save_checkpoint
+from .seeding import derive_seed
+
+SECTIONS = ["dataset", "model", "train"]
+METRICS = ["step", "loss", "lr", "tokens_per_s", "peak_mem_mib"]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; set train.device to 'cpu' or 'auto'")
+    return torch.device("cuda" if name in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+
+
+def lr_at(step: int, cfg: dict) -> float:
+    warm = cfg["warmup_steps"]
+    if step < warm:
+        return cfg["learning_rate"] * (step + 1) / warm
+    progress = (step - warm) / max(1, cfg["steps"] - warm)
+    return cfg["learning_rate"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def run(cfg: dict, dataset, arch: str, context_episodes: int, seed: int, out_dir, progress=None,
+        stop_after: int | None = None) -> Path:
+    """Train; write out_dir/model.pt and out_dir/metrics.csv. `stop_after` simulates an interruption."""
+    tcfg, out_dir = cfg["train"], Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = validate_file(dataset)
+    torch.set_num_threads(tcfg["threads"])
+    device = pick_device(tcfg["device"])
+    run_key = (info["family"], arch, context_episodes, seed)
+    torch.manual_seed(derive_seed(seed, "train-init", *run_key))
+    stride = cfg["dataset"]["episode_stride"]
+    sampler = WindowSampler(dataset, context_episodes, stride, tcfg["batch_size"], derive_seed(seed, "train-sampler", *run_key))
+    window = sampler.tokens_per_window
+    model_config = {**cfg["model"], "window": window}
+    model = build(arch, info["obs_dim"], info["act_dim"], **model_config)
+    model.set_input_statistics(input_statistics(dataset))
+    model.to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "A_log" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "A_log" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg["weight_decay"]},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=tcfg["learning_rate"])
+    settings_digest = cfglib.digest({"cfg": {s: cfg[s] for s in SECTIONS}, "run": list(run_key)})
+    ckpt_path, step, rows = out_dir / "checkpoint.pt", 0, []
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if ckpt.get("settings_digest") == settings_digest:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            sampler.rng.bit_generator.state = ckpt["sampler_rng"]
+            torch.set_rng_state(ckpt["torch_rng"])
+            step, rows = ckpt["step"], ckpt["metrics"]
+            print(f"resuming from {ckpt_path} at step {step}", file=progress)
+    print(f"{arch}: {count_parameters(model)} parameters, context {context_episodes} episodes = {window} tokens, "
+          f"device {device}", file=progress)
+    bar = tqdm(total=tcfg["steps"], initial=step, desc=f"train {arch} ctx{context_episodes}", file=progress, mininterval=10)
+    tokens, t0 = 0, time.perf_counter()
+    while step < tcfg["steps"]:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, tcfg)
+        batch = {k: v.to(device) for k, v in sampler.sample().items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model.loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
+        optimizer.step()
+        step += 1
+        tokens += batch["action"].shape[0] * batch["action"].shape[1]
+        bar.update(1)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower train.learning_rate")
+        if step % tcfg["log_every"] == 0 or step == tcfg["steps"]:
+            elapsed = time.perf_counter() - t0
+            rows.append({"step": step, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"],
+                         "tokens_per_s": tokens / elapsed, "peak_mem_mib": peak_memory_mib(device)})
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            tokens, t0 = 0, time.perf_counter()
+        if step % tcfg["checkpoint_every"] == 0 and step < tcfg["steps"]:
+            _atomic_save({"settings_digest": settings_digest, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                          "step": step, "metrics": rows}, ckpt_path)
+        if stop_after is not None and step >= stop_after:
+            raise KeyboardInterrupt(f"stopped after step {step} (stop_after)")
+    bar.close()
+    model.cpu()
+    with open_histories(dataset) as f:
+        horizon = int(f.attrs["horizon"])
+    meta = {"family": info["family"], "context_episodes": context_episodes, "seed": seed, "horizon": horizon,
+            "episode_stride": stride, "parameters": count_parameters(model), "steps": tcfg["steps"]}
+    final = out_dir / "model.pt"
+    tmp = final.with_name("model.pt.tmp")
+    save_checkpoint(tmp, model, arch, model_config, {"meta": meta})
+    os.replace(tmp, final)
+    tmp = out_dir / "metrics.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRICS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, out_dir / "metrics.csv")
+    ckpt_path.unlink(missing_ok=True)
+    return final

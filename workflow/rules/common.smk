@@ -1,0 +1,70 @@
+# The one place that knows the config: validation, per-rule settings, target lists, wildcards.
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+
+SRC = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC))  # the rules run this checkout's adbench, installed or not
+
+from adbench import config as adbench_config  # noqa: E402
+
+try:
+    adbench_config.validate(config)
+except adbench_config.ConfigError as error:
+    sys.exit(f"adbench: invalid config: {error}")
+
+# Rules call the package through its CLI (`python -m adbench`) with this checkout's src/ first on the
+# path, in whichever environment runs them (the project venv or an envs/ conda env). Snakemake formats
+# the prefix as it formats shell commands: the quadrupled braces reach bash as ${PYTHONPATH:+...}.
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(str(SRC))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
+
+wildcard_constraints:
+    family="|".join(config["families"]),
+    arch="|".join(config["architectures"]),
+    ctx=r"\d+",
+    seed=r"\d+",
+    shard=r"\d+",
+
+
+def settings(*sections):
+    """The config sections a rule depends on, as a shell-quoted JSON argument (and a rerun trigger)."""
+    return shlex.quote(json.dumps({s: config[s] for s in sections}, sort_keys=True))
+
+
+def num_shards():
+    t = config["tasks"]
+    return math.ceil((t["n_train"] + t["n_test"]) / config["source"]["tasks_per_shard"])
+
+
+def shard_paths(wildcards):
+    return expand("results/histories/{family}/shard-{shard}.h5", family=wildcards.family, shard=range(num_shards()))
+
+
+def model_runs():
+    """(family, arch, ctx, seed) of every AD training run."""
+    return expand("{family}/{arch}-ctx{ctx}-seed{seed}", family=config["families"], arch=config["architectures"],
+                  ctx=config["context_episodes"], seed=config["seeds"])
+
+
+def model_tables():
+    return [f"results/eval/{run}.csv" for run in model_runs()]
+
+
+def reference_tables():
+    return expand("results/eval/{family}/reference.csv", family=config["families"])
+
+
+def final_targets():
+    return [
+        "results/figures/in_context_return.png",
+        "results/tables/summary.csv",
+        "results/tables/summary.md",
+    ]
+
+
+def train_mem_mb(wildcards):
+    """Memory grows with the context (tokens per window): a generous linear estimate for CPU runs."""
+    return 2000 + 2 * int(wildcards.ctx) * config["train"]["batch_size"]

@@ -1,0 +1,41 @@
+rule evaluate:
+    input:
+        dataset="results/datasets/{family}.h5",
+        model="results/train/{family}/{arch}-ctx{ctx}-seed{seed}/model.pt",
+    output:
+        "results/eval/{family}/{arch}-ctx{ctx}-seed{seed}.csv",
+    log:
+        "results/logs/evaluate/{family}/{arch}-ctx{ctx}-seed{seed}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{family}/{arch}-ctx{ctx}-seed{seed}.tsv"
+    params:
+        settings=settings("evaluate"),
+    conda:
+        "../../envs/train.yaml"
+    threads: config["evaluate"]["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    shell:
+        "OMP_NUM_THREADS={threads} python -m adbench evaluate --settings {params.settings} --dataset {input.dataset} "
+        "--model {input.model} --out {output} 2> {log}"
+
+
+rule reference:
+    input:
+        dataset="results/datasets/{family}.h5",
+    output:
+        "results/eval/{family}/reference.csv",
+    log:
+        "results/logs/evaluate/{family}/reference.log",
+    params:
+        settings=settings("evaluate"),
+    conda:
+        "../../envs/sim.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "OMP_NUM_THREADS={threads} python -m adbench reference --settings {params.settings} --dataset {input.dataset} "
+        "--out {output} 2> {log}"

@@ -1,0 +1,22 @@
+rule train:
+    input:
+        dataset="results/datasets/{family}.h5",
+    output:
+        model="results/train/{family}/{arch}-ctx{ctx}-seed{seed}/model.pt",
+        metrics="results/train/{family}/{arch}-ctx{ctx}-seed{seed}/metrics.csv",
+    log:
+        "results/logs/train/{family}/{arch}-ctx{ctx}-seed{seed}.log",
+    benchmark:
+        "results/benchmarks/train/{family}/{arch}-ctx{ctx}-seed{seed}.tsv"
+    params:
+        settings=settings("dataset", "model", "train"),
+        out_dir=lambda wildcards, output: Path(output.model).parent,
+    conda:
+        "../../envs/train.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=train_mem_mb,
+        runtime=240,
+    shell:
+        "OMP_NUM_THREADS={threads} python -m adbench train --settings {params.settings} --dataset {input.dataset} "
+        "--arch {wildcards.arch} --ctx {wildcards.ctx} --seed {wildcards.seed} --out-dir {params.out_dir} 2> {log}"

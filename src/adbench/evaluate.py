@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from .data import DatasetError, open_histories, task_table, validate_file
 from .models import load_checkpoint
+from .progress import say
 from .seeding import derive_seed
 from .tasks import BatchedTasks
 
@@ -46,7 +47,7 @@ def rollout(family: str, tasks: list, horizon: int, episodes: int, eval_seeds: l
     returns = np.zeros((k, episodes))
     prev_action = np.zeros((k, env.act_dim), np.float32)
     prev_reward = np.zeros(k, np.float32)
-    for ep in tqdm(range(episodes), desc=f"evaluate {family}", file=progress, mininterval=10):
+    for ep in tqdm(range(episodes), desc=f"evaluate {family}", file=progress, mininterval=10, disable=not progress):
         obs = env.reset(seed=derive_seed(eval_seeds[0], "reset", ep) % 2**31)
         for t in range(env.horizon):
             start = np.full(k, 1.0 if t == 0 else 0.0, np.float32)
@@ -110,8 +111,8 @@ def evaluate_model(cfg: dict, dataset, model_path, out_path, progress=None) -> N
     seeds = ecfg["seeds"]
     policy = ModelPolicy(model, len(tasks) * len(seeds), ecfg["sample_actions"])
     returns = rollout(info["family"], [t for _, t in tasks], meta["horizon"], ecfg["episodes"], seeds, policy, progress)
-    print(f"{policy.step_seconds / policy.steps * 1e3:.3f} ms per batched step of {len(tasks) * len(seeds)} sequences",
-          file=progress)
+    say(f"{policy.step_seconds / policy.steps * 1e3:.3f} ms per batched step of {len(tasks) * len(seeds)} sequences",
+        progress)
     write_rows(out_path, tidy(info["family"], ckpt["arch"], meta["context_episodes"], meta["seed"], seeds,
                               [tid for tid, _ in tasks], returns))
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from . import config as cfglib
 from .data import WindowSampler, input_statistics, open_histories, validate_file
 from .models import build, count_parameters, save_checkpoint
+from .progress import say
 from .seeding import derive_seed
 
 SECTIONS = ["dataset", "model", "train"]
@@ -82,10 +83,11 @@ def run(cfg: dict, dataset, arch: str, context_episodes: int, seed: int, out_dir
             sampler.rng.bit_generator.state = ckpt["sampler_rng"]
             torch.set_rng_state(ckpt["torch_rng"])
             step, rows = ckpt["step"], ckpt["metrics"]
-            print(f"resuming from {ckpt_path} at step {step}", file=progress)
-    print(f"{arch}: {count_parameters(model)} parameters, context {context_episodes} episodes = {window} tokens, "
-          f"device {device}", file=progress)
-    bar = tqdm(total=tcfg["steps"], initial=step, desc=f"train {arch} ctx{context_episodes}", file=progress, mininterval=10)
+            say(f"resuming from {ckpt_path} at step {step}", progress)
+    say(f"{arch}: {count_parameters(model)} parameters, context {context_episodes} episodes = {window} tokens, "
+        f"device {device}", progress)
+    bar = tqdm(total=tcfg["steps"], initial=step, desc=f"train {arch} ctx{context_episodes}", file=progress,
+               mininterval=10, disable=not progress)
     tokens, t0 = 0, time.perf_counter()
     while step < tcfg["steps"]:
         for group in optimizer.param_groups:

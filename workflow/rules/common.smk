@@ -58,10 +58,13 @@ def reference_tables():
 
 
 def final_targets():
+    """Figures and tables, and the datasets themselves: a product that users share and that, when
+    deleted, is rebuilt (Snakemake would otherwise skip a missing intermediate whose consumers are done)."""
     return [
         "results/figures/in_context_return.png",
         "results/tables/summary.csv",
         "results/tables/summary.md",
+        *expand("results/datasets/{family}.h5", family=config["families"]),
     ]
 
 

@@ -156,7 +156,7 @@ def run_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfi
     }
     num_updates = episodes // cfg.rollout_episodes
     obs = env.reset(seed=seed % (2**31))
-    bar = tqdm(range(num_updates), desc=f"ppo {family} x{k}", file=progress, mininterval=5, disable=progress is False)
+    bar = tqdm(range(num_updates), desc=f"ppo {family} x{k}", file=progress, mininterval=5, disable=not progress)
     t = 0
     for update in bar:
         buf = {key: [] for key in ("obs", "actions", "log_probs", "values", "rewards", "next_values", "episode_end")}

@@ -1,0 +1,33 @@
+"""Shared fixtures: the repository's configs and one small real dataset built once per session."""
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from adbench import config as cfglib
+from adbench.histories import merge_shards, num_shards, run_shard
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def smoke_config() -> dict:
+    return cfglib.load([REPO / "config.yaml", REPO / "workflow/configs/smoke.yaml"])
+
+
+@pytest.fixture
+def cfg(smoke_config) -> dict:
+    return copy.deepcopy(smoke_config)
+
+
+@pytest.fixture(scope="session")
+def dataset(smoke_config, tmp_path_factory) -> Path:
+    """A real PointNav dataset at smoke scale (PPO histories of 8 train + 4 test tasks)."""
+    out = tmp_path_factory.mktemp("data")
+    shards = []
+    for i in range(num_shards(smoke_config)):
+        shards.append(out / f"shard-{i}.h5")
+        run_shard(smoke_config, "PointNav", i, shards[-1], progress=False)
+    merge_shards(smoke_config, "PointNav", shards, out / "PointNav.h5")
+    return out / "PointNav.h5"

@@ -1,0 +1,75 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from adbench import config as cfglib
+from adbench.models import ARCHITECTURES
+from adbench.tasks import FAMILIES
+
+from .conftest import REPO
+
+
+def test_default_and_smoke_configs_are_valid():
+    for extra in ([], [REPO / "workflow/configs/smoke.yaml"]):
+        cfglib.load([REPO / "config.yaml", *extra])
+
+
+def test_schema_enums_match_the_registries():
+    props = cfglib.schema()["properties"]
+    assert props["families"]["items"]["enum"] == sorted(FAMILIES)
+    assert props["architectures"]["items"]["enum"] == list(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("override, words", [
+    ({"families": ["Atari"]}, ["families[0]", "'Atari'", "PointNav"]),
+    ({"context_episodes": [0]}, ["context_episodes[0]", "minimum of 1"]),
+    ({"train": {"steps": "many"}}, ["train.steps", "integer"]),
+    ({"architectures": ["lstm"]}, ["architectures[0]", "mamba", "transformer"]),
+    ({"evaluate": {"typo": 1}}, ["evaluate", "typo", "allowed keys"]),
+])
+def test_bad_values_give_one_line_errors_naming_key_and_allowed(override, words):
+    cfg = cfglib.deep_merge(cfglib.load([REPO / "config.yaml"]), override)
+    with pytest.raises(cfglib.ConfigError) as err:
+        cfglib.validate(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+def test_missing_key_is_named():
+    cfg = cfglib.load([REPO / "config.yaml"])
+    del cfg["train"]["steps"]
+    with pytest.raises(cfglib.ConfigError, match=r"missing key 'train\.steps'"):
+        cfglib.validate(cfg)
+
+
+def test_section_validation_checks_only_named_sections():
+    cfg = cfglib.load([REPO / "config.yaml"])
+    cfglib.validate({"evaluate": cfg["evaluate"]}, ["evaluate"])
+    with pytest.raises(cfglib.ConfigError, match="missing key 'train'"):
+        cfglib.validate({"evaluate": cfg["evaluate"]}, ["evaluate", "train"])
+
+
+def test_workflow_stops_before_any_job_on_a_bad_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"context_episodes": [0]}))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--directory",
+                          str(tmp_path), "--configfile", str(bad)], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    # Snakemake's own notice that --configfile extends config.yaml may precede the one error line.
+    assert lines[-1] == "adbench: invalid config: config key 'context_episodes[0]': 0 is less than the minimum of 1"
+    assert not any("Traceback" in line or "rule " in line for line in lines)
+    assert not (tmp_path / "results").exists()
+
+
+def test_cli_rejects_a_bad_config_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"families": ["Nope"]}))
+    run = subprocess.run([sys.executable, "-m", "adbench", "check-config", "--config", str(REPO / "config.yaml"), str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.strip().count("\n") == 0 and "families[0]" in run.stderr

@@ -1,0 +1,122 @@
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from adbench.data import SCHEMA_VERSION, DatasetError, WindowSampler, validate_file
+from adbench.histories import all_tasks, run_shard
+
+
+def test_dataset_meets_the_contract(dataset, smoke_config):
+    info = validate_file(dataset)
+    t, s = smoke_config["tasks"], smoke_config["source"]
+    assert info == {"family": "PointNav", "n_train": t["n_train"], "n_test": t["n_test"], "H": 1, "T": s["episodes"] * 50,
+                    "E": s["episodes"], "horizon": 50, "obs_dim": 2, "act_dim": 2}
+    with h5py.File(dataset) as f:
+        assert f.attrs["schema_version"] == SCHEMA_VERSION
+        assert json.loads(f.attrs["source_settings"])["learning_rate"] == s["ppo"]["learning_rate"]
+        assert "torch" in json.loads(f.attrs["package_versions"])
+        g = f["tasks/test-0000"]
+        assert g.attrs["split"] == "test"
+        assert g["observations"].chunks[1] <= 4096 and g["observations"].compression == "gzip"
+        stored = {tid: json.loads(f["tasks"][tid].attrs["task"]) for tid in f["tasks"]}
+    assert stored == {tid: task for tid, _, task in all_tasks(smoke_config, "PointNav")}
+
+
+def test_source_histories_improve_on_most_train_tasks(dataset):
+    """PPO's learning histories rise: last 10% of episodes beat the first 10% on most tasks."""
+    with h5py.File(dataset) as f:
+        returns = np.stack([g["episode_returns"][0] for g in f["tasks"].values() if g.attrs["split"] == "train"])
+    k = max(1, returns.shape[1] // 10)
+    gains = returns[:, -k:].mean(1) - returns[:, :k].mean(1)
+    assert (gains > 0).mean() >= 0.75
+    assert gains.mean() > 5.0
+
+
+def test_same_config_gives_identical_shards(smoke_config, tmp_path):
+    for name in ("a.h5", "b.h5"):
+        run_shard(smoke_config, "PointNav", 0, tmp_path / name, progress=False)
+    assert (tmp_path / "a.h5").read_bytes() == (tmp_path / "b.h5").read_bytes()
+
+
+def _copy(dataset, tmp_path):
+    path = tmp_path / "copy.h5"
+    shutil.copy(dataset, path)
+    return path
+
+
+def test_validate_catches_a_truncated_file(dataset, tmp_path):
+    path = _copy(dataset, tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match="corrupt|truncated|not a readable"):
+        validate_file(path)
+
+
+def test_validate_catches_a_wrong_schema_version(dataset, tmp_path):
+    path = _copy(dataset, tmp_path)
+    with h5py.File(path, "a") as f:
+        f.attrs["schema_version"] = 99
+    with pytest.raises(DatasetError, match="schema_version 99"):
+        validate_file(path)
+
+
+def test_validate_catches_nan_rewards(dataset, tmp_path):
+    path = _copy(dataset, tmp_path)
+    with h5py.File(path, "a") as f:
+        f["tasks/train-0001/rewards"][0, 3] = np.nan
+    with pytest.raises(DatasetError, match="train-0001/rewards: contains NaN"):
+        validate_file(path)
+
+
+def test_validate_catches_a_missing_dataset(dataset, tmp_path):
+    path = _copy(dataset, tmp_path)
+    with h5py.File(path, "a") as f:
+        del f["tasks/train-0002/actions"]
+    with pytest.raises(DatasetError, match="train-0002: missing dataset 'actions'"):
+        validate_file(path)
+
+
+def test_validate_catches_mismatched_shapes(dataset, tmp_path):
+    path = _copy(dataset, tmp_path)
+    with h5py.File(path, "a") as f:
+        obs = f["tasks/train-0000/observations"][:, :-50]
+        del f["tasks/train-0000/observations"]
+        f["tasks/train-0000"].create_dataset("observations", data=obs)
+    with pytest.raises(DatasetError, match="train-0000/observations: shape"):
+        validate_file(path)
+
+
+def test_validate_rejects_a_foreign_file(tmp_path):
+    path = tmp_path / "foreign.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(DatasetError, match="not an adbench history file"):
+        validate_file(path)
+    with pytest.raises(DatasetError, match="no such history file"):
+        validate_file(tmp_path / "missing.h5")
+
+
+def test_windows_are_ad_tokens_of_subsampled_episodes(dataset):
+    sampler = WindowSampler(dataset, context_episodes=3, stride=2, batch_size=4, seed=0)
+    batch = sampler.sample()
+    assert batch["obs"].shape == (4, 150, 2) and batch["action"].shape == (4, 150, 2)
+    assert batch["episode_start"][0].nonzero().flatten().tolist() == [0, 50, 100]
+    # the previous action/reward are the window's own previous step, zeros at its start
+    assert batch["prev_action"][:, 0].abs().sum() == 0 and batch["prev_reward"][:, 0].abs().sum() == 0
+    assert (batch["prev_action"][:, 1:] == batch["action"][:, :-1]).all()
+    # PointNav starts every episode at the origin
+    assert batch["obs"][:, ::50].abs().sum() == 0
+
+
+def test_window_sampler_is_seeded(dataset):
+    a = WindowSampler(dataset, 2, 2, 3, seed=5).sample()
+    b = WindowSampler(dataset, 2, 2, 3, seed=5).sample()
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_context_longer_than_history_is_refused(dataset):
+    with pytest.raises(DatasetError, match="spans 79 episodes.*have 40"):
+        WindowSampler(dataset, context_episodes=40, stride=2, batch_size=1, seed=0)

@@ -1,0 +1,49 @@
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from adbench.figures import edge, iqm, make_all, summarize
+
+
+def _table(arch, ctx, slope, episodes=10, tasks=6, seeds=(0, 1), level=-50.0):
+    rows = []
+    for s in seeds:
+        for t in range(tasks):
+            for e in range(episodes):
+                rows.append({"family": "PointNav", "arch": arch, "context_episodes": ctx, "seed": s, "eval_seed": 0,
+                             "task": f"test-{t:04d}", "episode": e, "return": level + slope * e + 0.1 * t})
+    return pd.DataFrame(rows)
+
+
+def _refs():
+    rnd = _table("random", 0, 0.0).assign(context_episodes=0)
+    src = _table("source", 0, 1.0, episodes=40, seeds=(0,)).assign(eval_seed=-1)
+    return pd.concat([rnd, src])
+
+
+def test_iqm_is_the_mean_of_the_middle_half():
+    assert iqm(np.array([0, 1, 2, 3, 4, 5, 6, 100.0])) == pytest.approx(3.5)
+    assert edge(24) == 3 and edge(5) == 1
+
+
+def test_summary_gain_and_normalisation():
+    models = pd.concat([_table("mamba", 4, 2.0), _table("transformer", 4, 0.0)])
+    s = summarize(models, _refs()).set_index("arch")
+    assert s.loc["mamba", "gain"] == pytest.approx(18.0)  # last episode minus first, slope 2
+    assert s.loc["mamba", "gain_ci_low"] > 0
+    assert s.loc["transformer", "gain"] == pytest.approx(0.0)
+    # random = -50 (+ task offsets), source final = its last 4 episodes: normalised 0 and 1 anchor the scale
+    rnd_level = -50 + 0.25
+    src_final = -50 + 37.5 + 0.25
+    assert s.loc["transformer", "normalized_final_iqm"] == pytest.approx((-50 + 0.25 - rnd_level) / (src_final - rnd_level), abs=0.02)
+
+
+def test_make_all_writes_a_figure_and_tables(tmp_path):
+    _table("mamba", 4, 1.0).to_csv(tmp_path / "m.csv", index=False)
+    _refs().to_csv(tmp_path / "r.csv", index=False)
+    make_all({"dataset": {"episode_stride": 4}}, [tmp_path / "m.csv"], [tmp_path / "r.csv"],
+             tmp_path / "f.png", tmp_path / "s.csv", tmp_path / "s.md")
+    assert Image.open(tmp_path / "f.png").size[0] > 100
+    assert list(pd.read_csv(tmp_path / "s.csv").columns)[:3] == ["family", "arch", "context_episodes"]
+    assert (tmp_path / "s.md").read_text().startswith("| family |")

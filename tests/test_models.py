@@ -1,0 +1,167 @@
+import pytest
+import torch
+
+from adbench.models import (ARCHITECTURES, ModelError, build, count_parameters, load_checkpoint, save_checkpoint,
+                            selective_scan, selective_scan_ref)
+from adbench.models.mamba import MambaBackbone
+from adbench.models.transformer import TransformerBackbone
+
+
+def _scan_inputs(b, d, n, length, variable_bc=True, grouped=False, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+    u, delta = r(b, d, length), r(b, d, length) * 0.5
+    A = -torch.rand(d, n, generator=g, dtype=dtype) - 0.1
+    if grouped:
+        B, C = r(b, 2, n, length), r(b, 2, n, length)
+    elif variable_bc:
+        B, C = r(b, n, length), r(b, n, length)
+    else:
+        B, C = r(d, n), r(d, n)
+    return u, delta, A, B, C, r(d), r(b, d, length), r(d)
+
+
+@pytest.mark.parametrize("length, chunk", [(37, 8), (64, 64), (5, 16), (130, 32)])
+@pytest.mark.parametrize("use_z, use_d, use_bias", [(True, True, True), (False, False, False), (True, False, True)])
+def test_chunked_scan_equals_reference_outputs_and_gradients(length, chunk, use_z, use_d, use_bias):
+    u, delta, A, B, C, D, z, bias = _scan_inputs(2, 6, 4, length)
+    leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
+    kw = dict(D=D if use_d else None, z=z if use_z else None, delta_bias=bias if use_bias else None,
+              delta_softplus=True, return_last_state=True)
+    out, last = selective_scan(u, delta, A, B, C, chunk=chunk, **kw)
+    ref, ref_last = selective_scan_ref(u, delta, A, B, C, **kw)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(last, ref_last, rtol=1e-10, atol=1e-10)
+    w = torch.randn_like(out)
+    grads = torch.autograd.grad((out * w).sum() + last.sum(), leaves, allow_unused=True)
+    ref_grads = torch.autograd.grad((ref * w).sum() + ref_last.sum(), leaves, allow_unused=True)
+    for g, rg in zip(grads, ref_grads):
+        if rg is None:
+            assert g is None or g.abs().max() == 0
+        else:
+            torch.testing.assert_close(g, rg, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["fixed", "grouped"])
+def test_scan_accepts_fixed_and_grouped_b_c(kind):
+    u, delta, A, B, C, D, z, bias = _scan_inputs(2, 4, 3, 21, variable_bc=kind != "fixed", grouped=kind == "grouped")
+    torch.testing.assert_close(selective_scan(u, delta, A, B, C, D, z, bias, True, chunk=6),
+                               selective_scan_ref(u, delta, A, B, C, D, z, bias, True))
+
+
+def test_scan_passes_gradcheck():
+    u, delta, A, B, C, D, z, bias = _scan_inputs(1, 2, 2, 7)
+    inputs = tuple(t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias))
+    assert torch.autograd.gradcheck(lambda *x: selective_scan(*x, delta_softplus=True, chunk=3), inputs)
+
+
+def test_scan_float32_matches_float64_reference():
+    args = _scan_inputs(2, 8, 16, 300)
+    ref = selective_scan_ref(*args[:5], D=args[5], z=args[6], delta_bias=args[7], delta_softplus=True)
+    out = selective_scan(*[a.float() for a in args[:5]], D=args[5].float(), z=args[6].float(),
+                         delta_bias=args[7].float(), delta_softplus=True)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def _tokens(b, length, d, seed=0):
+    return torch.randn(b, length, d, generator=torch.Generator().manual_seed(seed))
+
+
+def _stepped(backbone, x):
+    state, outs = backbone.init_state(x.shape[0]), []
+    for t in range(x.shape[1]):
+        y, state = backbone.step(x[:, t], state)
+        outs.append(y)
+    return torch.stack(outs, 1)
+
+
+def test_mamba_step_equals_forward():
+    torch.manual_seed(0)
+    m = MambaBackbone(32, 2).eval()
+    x = _tokens(3, 90, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(_stepped(m, x), m(x), rtol=1e-5, atol=1e-5)
+
+
+def test_transformer_step_equals_forward_within_the_window():
+    torch.manual_seed(0)
+    m = TransformerBackbone(32, 2, 4, 64, window=100).eval()
+    x = _tokens(3, 100, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(_stepped(m, x), m(x), rtol=1e-5, atol=1e-5)
+
+
+def test_transformer_step_past_the_window_is_sliding_window_attention():
+    torch.manual_seed(0)
+    m = TransformerBackbone(32, 2, 4, 64, window=16).eval()
+    x = _tokens(2, 70, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(_stepped(m, x), m(x, window=16), rtol=1e-5, atol=1e-5)
+
+
+def test_one_layer_transformer_step_past_the_window_equals_a_forward_over_the_window():
+    torch.manual_seed(0)
+    m = TransformerBackbone(32, 1, 4, 64, window=16).eval()
+    x = _tokens(2, 70, 32)
+    with torch.no_grad():
+        stepped = _stepped(m, x)
+        for t in (16, 40, 69):
+            torch.testing.assert_close(stepped[:, t], m(x[:, t - 15:t + 1])[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_architectures_have_equal_parameter_counts():
+    counts = {a: count_parameters(build(a, 11, 3, d_model=64, n_layers=4)) for a in ARCHITECTURES}
+    assert abs(counts["mamba"] - counts["transformer"]) / counts["mamba"] < 0.01
+
+
+def test_policy_step_equals_forward_for_both_architectures():
+    torch.manual_seed(0)
+    b, length = 2, 60
+    obs, act = torch.randn(b, length, 5), torch.randn(b, length, 2)
+    rew, start = torch.randn(b, length), (torch.arange(length) % 20 == 0).float().expand(b, -1)
+    for arch in ARCHITECTURES:
+        model = build(arch, 5, 2, d_model=32, window=length).eval()
+        with torch.no_grad():
+            mean, log_std = model(obs, act, rew, start)
+            state, means = model.init_state(b), []
+            for t in range(length):
+                m, _, state = model.step(obs[:, t], act[:, t], rew[:, t], start[:, t], state)
+                means.append(m)
+        torch.testing.assert_close(torch.stack(means, 1), mean, rtol=1e-5, atol=1e-5)
+
+
+def test_gaussian_loss_is_the_nll_and_decreases_with_training():
+    torch.manual_seed(0)
+    model = build("mamba", 3, 2, d_model=16, n_layers=1)
+    batch = {"obs": torch.randn(4, 30, 3), "prev_action": torch.zeros(4, 30, 2), "prev_reward": torch.zeros(4, 30),
+             "episode_start": torch.zeros(4, 30)}
+    batch["action"] = torch.tanh(batch["obs"][..., :2])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = model.loss(batch).item()
+    for _ in range(100):
+        opt.zero_grad()
+        model.loss(batch).backward()
+        opt.step()
+    assert model.loss(batch).item() < first - 1.0
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    model = build("transformer", 4, 2, d_model=16, window=40)
+    cfg = {"d_model": 16, "window": 40}
+    save_checkpoint(tmp_path / "m.pt", model, "transformer", cfg)
+    loaded, ckpt = load_checkpoint(tmp_path / "m.pt", expect_arch="transformer")
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    with pytest.raises(ModelError, match="is a 'transformer' model, expected 'mamba'"):
+        load_checkpoint(tmp_path / "m.pt", expect_arch="mamba")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="not a readable adbench checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_unknown_architecture_names_the_known_ones():
+    with pytest.raises(ModelError, match="unknown architecture 'lstm'.*mamba.*transformer"):
+        build("lstm", 2, 2)

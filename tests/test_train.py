@@ -1,0 +1,60 @@
+import csv
+
+import pytest
+import torch
+
+from adbench import train
+from adbench.data import DatasetError
+from adbench.models import load_checkpoint
+
+
+@pytest.fixture
+def tiny(cfg):
+    cfg["train"].update(steps=12, checkpoint_every=4, log_every=4, warmup_steps=2, batch_size=4)
+    cfg["model"].update(d_model=16, n_layers=1)
+    return cfg
+
+
+@pytest.mark.parametrize("arch", ["mamba", "transformer"])
+def test_interrupted_run_resumes_to_identical_weights(tiny, dataset, tmp_path, arch):
+    train.run(tiny, dataset, arch, 2, 0, tmp_path / "whole", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny, dataset, arch, 2, 0, tmp_path / "cut", progress=False, stop_after=6)
+    assert (tmp_path / "cut" / "checkpoint.pt").exists() and not (tmp_path / "cut" / "model.pt").exists()
+    train.run(tiny, dataset, arch, 2, 0, tmp_path / "cut", progress=False)
+    a, _ = load_checkpoint(tmp_path / "whole" / "model.pt")
+    b, _ = load_checkpoint(tmp_path / "cut" / "model.pt")
+    for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(v, w), k
+    assert not (tmp_path / "cut" / "checkpoint.pt").exists()
+
+
+def test_metrics_and_checkpoint_metadata(tiny, dataset, tmp_path):
+    train.run(tiny, dataset, "mamba", 2, 3, tmp_path, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [4, 8, 12]
+    assert all(float(r["tokens_per_s"]) > 0 and float(r["peak_mem_mib"]) > 0 for r in rows)
+    _, ckpt = load_checkpoint(tmp_path / "model.pt", expect_arch="mamba")
+    assert ckpt["meta"]["context_episodes"] == 2 and ckpt["meta"]["seed"] == 3 and ckpt["meta"]["horizon"] == 50
+    assert ckpt["model_config"]["window"] == 100
+
+
+def test_training_lowers_the_loss(cfg, dataset, tmp_path):
+    cfg["train"].update(steps=60, log_every=10)
+    train.run(cfg, dataset, "transformer", 2, 0, tmp_path, progress=False)
+    losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "metrics.csv"))]
+    assert losses[-1] < losses[0] - 0.2
+
+
+def test_context_longer_than_any_history_fails_before_training(tiny, dataset, tmp_path):
+    with pytest.raises(DatasetError, match="context of 50 episodes"):
+        train.run(tiny, dataset, "mamba", 50, 0, tmp_path, progress=False)
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(tiny, dataset, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    tiny["train"]["device"] = "cuda"
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        train.run(tiny, dataset, "mamba", 2, 0, tmp_path, progress=False)

@@ -1,0 +1,82 @@
+"""The real Snakefile end to end on workflow/configs/smoke.yaml, in a temporary working directory."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from adbench.data import validate_file
+from adbench.figures import SUMMARY_COLUMNS
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args, check=True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+                          "--configfile", str(REPO / "workflow/configs/smoke.yaml"), *args],
+                         capture_output=True, text=True, env=env, timeout=1200)
+    if check and run.returncode != 0:
+        raise AssertionError(f"snakemake {args} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+    return run
+
+
+def planned_jobs(workdir: Path, *args) -> dict:
+    """{rule: count} from a dry run's job table."""
+    out = snakemake(workdir, "-n", *args).stdout
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke")
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_smoke_outputs_exist_and_are_valid(smoke_run):
+    results = smoke_run / "results"
+    info = validate_file(results / "datasets/PointNav.h5")
+    assert info["n_train"] == 8 and info["n_test"] == 4
+    image = Image.open(results / "figures/in_context_return.png")
+    image.load()
+    assert image.size[0] > 300
+    summary = pd.read_csv(results / "tables/summary.csv")
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert set(summary["arch"]) == {"mamba", "transformer"}
+    numeric = summary.select_dtypes("number").to_numpy()
+    assert np.isfinite(numeric).all()
+    for arch in ("mamba", "transformer"):
+        assert (results / f"train/PointNav/{arch}-ctx2-seed0/metrics.csv").exists()
+        assert (results / f"benchmarks/train/PointNav/{arch}-ctx2-seed0.tsv").exists()
+        log = (results / f"logs/train/PointNav/{arch}-ctx2-seed0.log").read_text()
+        assert "parameters" in log and "60/60" in log
+
+
+def test_rerun_after_success_does_nothing(smoke_run):
+    assert planned_jobs(smoke_run) == {}
+
+
+def test_deleting_a_dataset_reruns_only_what_depends_on_it(smoke_run):
+    (smoke_run / "results/datasets/PointNav.h5").unlink()
+    try:
+        jobs = planned_jobs(smoke_run)
+        assert jobs == {"dataset": 1, "train": 2, "evaluate": 2, "reference": 1, "figures": 1, "all": 1}
+    finally:
+        snakemake(smoke_run, "--cores", "2")
+    assert planned_jobs(smoke_run) == {}
+
+
+def test_figures_regenerate_from_tables_alone(smoke_run):
+    assert planned_jobs(smoke_run, "--forcerun", "figures") == {"figures": 1, "all": 1}

@@ -82,3 +82,150 @@ def test_batched_stepper_matches_single_envs():
             np.testing.assert_array_equal(obs[i], o)
             assert rew[i] == pytest.approx(r) and term[i] == te and trunc[i] == tr
     assert trunc.all()
+
+
+# --- the MuJoCo families ---
+
+MUJOCO = ["HalfCheetahVel", "AntDir", "AntGoal", "Walker2dParams"]
+
+
+def _rollout(env, actions):
+    """Yield (action, reward, info, qpos_before, qpos_after) for each step."""
+    for a in actions:
+        before = env.data.qpos.copy()
+        _, reward, terminated, _, info = env.step(a)
+        assert not terminated
+        yield a, reward, info, before, env.data.qpos.copy()
+
+
+def test_half_cheetah_vel_reward_is_the_velocity_error_and_control_cost():
+    rng = np.random.default_rng(0)
+    for velocity in (0.5, 2.5):
+        env = make_env("HalfCheetahVel", {"velocity": velocity})
+        env.reset(seed=1)
+        for a, reward, _, before, after in _rollout(env, rng.uniform(-1, 1, (30, 6))):
+            v_x = (after[0] - before[0]) / env._env.dt
+            assert reward == pytest.approx(-abs(v_x - velocity) - 0.05 * np.sum(a**2), abs=1e-9)
+
+
+def test_ant_dir_reward_is_the_velocity_along_the_direction():
+    rng = np.random.default_rng(0)
+    angle = 2.0
+    env = make_env("AntDir", {"angle": angle})
+    obs, _ = env.reset(seed=1)
+    assert obs.shape == (27,)
+    for a in rng.uniform(-1, 1, (30, 8)):
+        before = env.data.body("torso").xpos[:2].copy()  # gymnasium's Ant measures the torso body
+        reward = env.step(a)[1]
+        v = (env.data.body("torso").xpos[:2] - before) / env._env.dt
+        expected = v @ [np.cos(angle), np.sin(angle)] - 0.5 * np.sum(a**2) + 1.0
+        assert reward == pytest.approx(expected, abs=1e-6)
+
+
+def test_ant_goal_reward_is_the_l1_distance_and_keeps_xy_in_the_observation():
+    rng = np.random.default_rng(0)
+    goal = [1.5, -2.0]
+    env = make_env("AntGoal", {"goal": goal})
+    env.reset(seed=1)
+    for a, reward, _, _, after in _rollout(env, rng.uniform(-1, 1, (30, 8))):
+        assert reward == pytest.approx(-np.abs(after[:2] - goal).sum() - 0.1 * np.sum(a**2) + 1.0, abs=1e-9)
+    obs = env.step(np.zeros(8))[0]
+    assert obs.shape == (29,)
+    np.testing.assert_allclose(obs[:2], env.data.qpos[:2])
+
+
+@pytest.mark.parametrize("family", ["HalfCheetahVel", "AntDir", "AntGoal"])
+def test_rewards_differ_across_tasks_for_the_same_actions(family):
+    tasks = sample_tasks(family, 2, 5)
+    actions = np.random.default_rng(0).uniform(-1, 1, (20, 6 if family == "HalfCheetahVel" else 8))
+    returns = []
+    for task in tasks:
+        env = make_env(family, task)
+        env.reset(seed=0)
+        returns.append(sum(env.step(a)[1] for a in actions))
+    assert abs(returns[0] - returns[1]) > 1e-3
+
+
+def test_walker_params_scale_the_model_as_sampled_and_independently():
+    from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
+    base = Walker2dEnv().model
+    tasks = sample_tasks("Walker2dParams", 2, 0)
+    envs = [make_env("Walker2dParams", t) for t in tasks]
+    for env, task in zip(envs, tasks):
+        for key in ("body_mass", "body_inertia", "geom_friction", "dof_damping"):
+            np.testing.assert_allclose(getattr(env.model, key), getattr(base, key) * np.asarray(task[key]))
+    scales = np.asarray(tasks[0]["body_mass"])
+    assert scales.min() >= 1.5**-3 and scales.max() <= 1.5**3 and scales.std() > 0
+    assert np.asarray(tasks[0]["dof_damping"]).max() <= 1.3**3
+    # a third env of the first task has exactly the first env's physics: nothing leaked between tasks
+    again = make_env("Walker2dParams", tasks[0])
+    np.testing.assert_array_equal(again.model.body_mass, envs[0].model.body_mass)
+    # dynamics differ: the same actions from the same start give different states
+    finals = []
+    for env in (envs[0], envs[1]):
+        env.reset(seed=0)
+        for _ in range(20):
+            obs = env.step(np.full(6, 0.5))[0]
+        finals.append(obs)
+    assert np.abs(finals[0] - finals[1]).max() > 1e-3
+
+
+def test_walker_reward_is_the_base_env_reward():
+    env = make_env("Walker2dParams", sample_tasks("Walker2dParams", 1, 0)[0])
+    env.reset(seed=0)
+    a = np.full(6, 0.3)
+    _, reward, _, _, info = env.step(a)
+    assert reward == pytest.approx(info["reward_forward"] + info["reward_ctrl"] + info["reward_survive"])
+
+
+@pytest.mark.parametrize("family", MUJOCO)
+def test_episodes_last_200_steps_without_termination(family):
+    env = make_env(family, sample_tasks(family, 1, 0)[0])
+    env.reset(seed=0)
+    for t in range(200):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample() * 3)
+        assert not terminated and truncated == (t == 199)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_same_seed_same_rollout_different_seed_different(family):
+    def run(seed):
+        batch = BatchedTasks(family, sample_tasks(family, 2, 0))
+        obs = [batch.reset(seed=seed)]
+        rng = np.random.default_rng(0)
+        for _ in range(10):
+            obs.append(batch.step(rng.uniform(-1, 1, (2, batch.act_dim)))[0])
+        return np.stack(obs)
+    np.testing.assert_array_equal(run(3), run(3))
+    assert sample_tasks(family, 3, 1) == sample_tasks(family, 3, 1) != sample_tasks(family, 3, 2)
+    if family != "PointNav":  # PointNav always starts at the origin
+        assert not np.array_equal(run(3), run(4))
+
+
+@pytest.mark.parametrize("family, task, words", [
+    ("HalfCheetahVel", {"velocity": 3.5}, ["HalfCheetahVel", "'velocity'", "[0.0, 3]"]),
+    ("HalfCheetahVel", {"speed": 1.0}, ["HalfCheetahVel", "missing key 'velocity'"]),
+    ("AntDir", {"angle": -0.1}, ["AntDir", "'angle'", "[0.0, 6.28319)"]),
+    ("AntGoal", {"goal": [3.0, 3.0]}, ["AntGoal", "'goal'", "radius 3"]),
+    ("AntGoal", {"goal": [1.0, 2.0, 3.0]}, ["AntGoal", "'goal'"]),
+    ("Walker2dParams", {"body_mass": [1.0]}, ["Walker2dParams", "missing key"]),
+])
+def test_malformed_mujoco_tasks_name_family_key_and_range(family, task, words):
+    with pytest.raises(TaskError) as err:
+        make_env(family, task)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_walker_task_shapes_and_ranges_are_checked():
+    task = sample_tasks("Walker2dParams", 1, 0)[0]
+    with pytest.raises(TaskError, match=r"'dof_damping' must have shape \(9,\)"):
+        make_env("Walker2dParams", {**task, "dof_damping": [1.0] * 3})
+    with pytest.raises(TaskError, match=r"'body_mass' scale factors must lie in \[0.2963, 3.375\]"):
+        make_env("Walker2dParams", {**task, "body_mass": [5.0] * 8})
+
+
+def test_no_mujoco_log_file_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_env("HalfCheetahVel", {"velocity": 1.0}).reset(seed=0)
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()

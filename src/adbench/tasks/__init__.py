@@ -1,8 +1,12 @@
 """Meta-RL task families (gymnasium envs, registered on import), task sampling and a batched stepper."""
 
-from .base import Family, TaskError
-from .batched import BatchedTasks
-from .registry import FAMILIES, get_family, make_env, register_all, sample_tasks, split_tasks, task_ids
+from . import mujoco_quiet
+
+mujoco_quiet.install()
+
+from .base import Family, TaskError  # noqa: E402
+from .batched import BatchedTasks  # noqa: E402
+from .registry import FAMILIES, get_family, make_env, register_all, sample_tasks, split_tasks, task_ids  # noqa: E402
 
 register_all()
 

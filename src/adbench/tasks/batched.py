@@ -10,6 +10,7 @@ class BatchedTasks:
 
     Every family has a fixed horizon and no early termination, so all K episodes end together:
     `step` reports `truncated` for all at once and the caller calls `reset` to start the next.
+    Each env's `transition` is called rather than `step`, skipping the per-step info dict.
     """
 
     def __init__(self, family: str, tasks: list, horizon: int | None = None):
@@ -26,9 +27,9 @@ class BatchedTasks:
         return np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seeds)]).astype(np.float32)
 
     def step(self, actions: np.ndarray):
-        out = [env.step(a) for env, a in zip(self.envs, np.asarray(actions))]
+        """Returns obs (K, obs_dim) float32, rewards (K,), terminated (K,) (always False), truncated (K,)."""
+        out = [env.transition(a) for env, a in zip(self.envs, np.asarray(actions))]
         obs = np.stack([o[0] for o in out]).astype(np.float32)
         rewards = np.array([o[1] for o in out], dtype=np.float32)
-        terminated = np.array([o[2] for o in out], dtype=bool)
-        truncated = np.array([o[3] for o in out], dtype=bool)
-        return obs, rewards, terminated, truncated
+        truncated = np.array([o[2] for o in out], dtype=bool)
+        return obs, rewards, np.zeros(self.num_tasks, dtype=bool), truncated

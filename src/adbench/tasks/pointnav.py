@@ -5,6 +5,7 @@ the goal. Actions live in [-1, 1]^2 like the MuJoCo families and move the point 
 (PEARL clips its actions to [-0.1, 0.1]). Not one of the paper's four families: a fast one for CI.
 """
 
+import copy
 import math
 
 import gymnasium as gym
@@ -48,11 +49,15 @@ class PointNavEnv(gym.Env):
         super().reset(seed=seed)
         self._pos = np.zeros(2)
         self._t = 0
-        return self._pos.astype(np.float32), {"task": dict(self.task)}
+        return self._pos.astype(np.float32), {"task": copy.deepcopy(self.task)}
 
-    def step(self, action):
+    def transition(self, action):
+        """One step without the info dict: (obs, reward, truncated, info). What the batched stepper calls."""
         self._pos = self._pos + STEP_SIZE * np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
         self._t += 1
         reward = -float(np.linalg.norm(self._pos - self._goal))
-        truncated = self._t >= self.horizon
-        return self._pos.astype(np.float32), reward, False, truncated, {"task": dict(self.task)}
+        return self._pos.astype(np.float32), reward, self._t >= self.horizon, {}
+
+    def step(self, action):
+        obs, reward, truncated, _ = self.transition(action)
+        return obs, reward, False, truncated, {"task": copy.deepcopy(self.task)}

@@ -3,11 +3,14 @@
 import gymnasium as gym
 import numpy as np
 
+from . import mujoco_families as mj
 from . import pointnav
 from .base import Family, TaskError
 
 FAMILIES = {
     "PointNav": Family("PointNav", pointnav.PointNavEnv, pointnav.sample, pointnav.check_task, horizon=50),
+    **{env.family: Family(env.family, env, env.sample, env.check_task, horizon=200)
+       for env in (mj.HalfCheetahVelEnv, mj.AntDirEnv, mj.AntGoalEnv, mj.Walker2dParamsEnv)},
 }
 
 

@@ -114,10 +114,8 @@ def test_ant_dir_reward_is_the_velocity_along_the_direction():
     env = make_env("AntDir", {"angle": angle})
     obs, _ = env.reset(seed=1)
     assert obs.shape == (27,)
-    for a in rng.uniform(-1, 1, (30, 8)):
-        before = env.data.body("torso").xpos[:2].copy()  # gymnasium's Ant measures the torso body
-        reward = env.step(a)[1]
-        v = (env.data.body("torso").xpos[:2] - before) / env._env.dt
+    for a, reward, _, before, after in _rollout(env, rng.uniform(-1, 1, (30, 8))):
+        v = (after[:2] - before[:2]) / env._env.dt
         expected = v @ [np.cos(angle), np.sin(angle)] - 0.5 * np.sum(a**2) + 1.0
         assert reward == pytest.approx(expected, abs=1e-6)
 
@@ -171,11 +169,27 @@ def test_walker_params_scale_the_model_as_sampled_and_independently():
 
 
 def test_walker_reward_is_the_base_env_reward():
+    """Forward velocity + 1 while healthy (0.8 < z < 2, |angle| < 1) - 0.001 |a|^2, as Walker2d-v5."""
     env = make_env("Walker2dParams", sample_tasks("Walker2dParams", 1, 0)[0])
     env.reset(seed=0)
-    a = np.full(6, 0.3)
-    _, reward, _, _, info = env.step(a)
-    assert reward == pytest.approx(info["reward_forward"] + info["reward_ctrl"] + info["reward_survive"])
+    rng = np.random.default_rng(0)
+    healthy_seen = set()
+    for a, reward, _, before, after in _rollout(env, rng.uniform(-1, 1, (150, 6))):
+        healthy = 0.8 < after[1] < 2.0 and -1.0 < after[2] < 1.0
+        healthy_seen.add(healthy)
+        expected = (after[0] - before[0]) / env._env.dt + float(healthy) - 1e-3 * np.sum(a**2)
+        assert reward == pytest.approx(expected, abs=1e-9)
+    assert healthy_seen == {True, False}  # random actions make the walker fall: both branches checked
+
+
+def test_observations_are_the_v5_observations():
+    """The fast transition reads the same observation gymnasium's v5 env would return."""
+    from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+    ours, theirs = make_env("HalfCheetahVel", {"velocity": 1.0}), HalfCheetahEnv()
+    np.testing.assert_array_equal(ours.reset(seed=3)[0], theirs.reset(seed=3)[0])
+    for a in np.random.default_rng(0).uniform(-1, 1, (20, 6)):
+        o1, o2 = ours.step(a)[0], theirs.step(a)[0]
+        np.testing.assert_allclose(o1, o2, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("family", MUJOCO)

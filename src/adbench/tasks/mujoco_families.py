@@ -13,8 +13,9 @@ has the same length. Rewards (see shared/mission/task-families.md):
   inertias and geom frictions scaled elementwise by 1.5^U(-3, 3), joint damping by 1.3^U(-3, 3);
   the base env's reward (forward velocity + healthy reward - 0.001 |a|^2).
 
-Velocities are the torso's displacement over one control step divided by dt, as gymnasium computes
-them. The survive bonus of the Ant families is a constant 1 per step (PEARL's); with termination
+Velocities are the torso's displacement over one control step (its free or slide joint
+coordinates, qpos) divided by dt; gymnasium's Ant measures the torso body frame instead, which
+lags the joint coordinates by one integration step. The survive bonus of the Ant families is a constant 1 per step (PEARL's); with termination
 off it shifts returns without changing the optimal policy. Ant observations exclude contact forces
 (27 dims; AntGoal 29 with x, y).
 """
@@ -86,7 +87,8 @@ class MujocoTaskEnv(gym.Env):
     def apply_task(self) -> None:
         """Change the simulator for this task (dynamics families only)."""
 
-    def task_reward(self, action: np.ndarray, info: dict, base_reward: float) -> float:
+    def task_reward(self, action: np.ndarray, velocity: np.ndarray) -> float:
+        """The family's reward after a step; velocity is (d qpos[0], d qpos[1]) / dt."""
         raise NotImplementedError
 
     @property
@@ -104,15 +106,23 @@ class MujocoTaskEnv(gym.Env):
         return obs, {"task": copy.deepcopy(self.task)}
 
     def transition(self, action):
-        """One step without the info dict: (obs, reward, truncated). What the batched stepper calls."""
+        """One control step without the info dict: (obs, reward, truncated, velocity).
+
+        Steps MuJoCo directly (ctrl, then `frame_skip` physics steps) and reads the observation with
+        the v5 env's own `_get_obs`; what the batched stepper calls, so single and batched envs agree.
+        """
         action = np.clip(np.asarray(action, dtype=np.float64), self.action_space.low, self.action_space.high)
-        obs, base_reward, _, _, info = self._env.step(action)
+        before = self.data.qpos[:2].copy()
+        self.data.ctrl[:] = action
+        mujoco.mj_step(self.model, self.data, nstep=self._env.frame_skip)
         self._t += 1
-        return obs, self.task_reward(action, info, float(base_reward)), self._t >= self.horizon, info
+        velocity = (self.data.qpos[:2] - before) / self._env.dt
+        return self._env._get_obs(), self.task_reward(action, velocity), self._t >= self.horizon, velocity
 
     def step(self, action):
-        obs, reward, truncated, info = self.transition(action)
-        return obs, reward, False, truncated, {"task": copy.deepcopy(self.task), **info}
+        obs, reward, truncated, velocity = self.transition(action)
+        info = {"task": copy.deepcopy(self.task), "x_position": float(self.data.qpos[0]), "x_velocity": float(velocity[0])}
+        return obs, reward, False, truncated, info
 
 
 class HalfCheetahVelEnv(MujocoTaskEnv):
@@ -131,8 +141,8 @@ class HalfCheetahVelEnv(MujocoTaskEnv):
         require_keys(cls.family, task, ("velocity",))
         return {"velocity": _number(cls.family, task, "velocity", 0.0, 3.0)}
 
-    def task_reward(self, action, info, base_reward):
-        return half_cheetah_vel_reward(info["x_velocity"], action, self.task["velocity"])
+    def task_reward(self, action, velocity):
+        return half_cheetah_vel_reward(velocity[0], action, self.task["velocity"])
 
 
 class AntDirEnv(MujocoTaskEnv):
@@ -151,8 +161,8 @@ class AntDirEnv(MujocoTaskEnv):
         require_keys(cls.family, task, ("angle",))
         return {"angle": _number(cls.family, task, "angle", 0.0, 2 * math.pi, high_open=True)}
 
-    def task_reward(self, action, info, base_reward):
-        return ant_dir_reward(np.array([info["x_velocity"], info["y_velocity"]]), action, self.task["angle"])
+    def task_reward(self, action, velocity):
+        return ant_dir_reward(velocity, action, self.task["angle"])
 
 
 class AntGoalEnv(MujocoTaskEnv):
@@ -176,8 +186,8 @@ class AntGoalEnv(MujocoTaskEnv):
             raise TaskError(f"{cls.family}: task key 'goal' must be [x, y] inside the disc of radius 3, got {task['goal']!r}")
         return {"goal": [float(goal[0]), float(goal[1])]}
 
-    def task_reward(self, action, info, base_reward):
-        return ant_goal_reward(np.array([info["x_position"], info["y_position"]]), action, self.task["goal"])
+    def task_reward(self, action, velocity):
+        return ant_goal_reward(self.data.qpos[:2], action, self.task["goal"])
 
 
 WALKER_PARAMS = {"body_mass": MASS_BASE, "body_inertia": MASS_BASE, "geom_friction": MASS_BASE, "dof_damping": DAMPING_BASE}
@@ -223,5 +233,5 @@ class Walker2dParamsEnv(MujocoTaskEnv):
             getattr(self.model, key)[:] = getattr(self.model, key) * np.asarray(self.task[key])
         mujoco.mj_setConst(self.model, self.data)
 
-    def task_reward(self, action, info, base_reward):
-        return base_reward
+    def task_reward(self, action, velocity):
+        return float(self._env._get_rew(velocity[0], action)[0])  # the v5 env's own reward

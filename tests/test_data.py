@@ -118,5 +118,6 @@ def test_window_sampler_is_seeded(dataset):
 
 
 def test_context_longer_than_history_is_refused(dataset):
-    with pytest.raises(DatasetError, match="spans 79 episodes.*have 40"):
-        WindowSampler(dataset, context_episodes=40, stride=2, batch_size=1, seed=0)
+    WindowSampler(dataset, context_episodes=40, stride=2, batch_size=1, seed=0)  # spans 79 of 80: fits
+    with pytest.raises(DatasetError, match="spans 81 episodes.*have 80"):
+        WindowSampler(dataset, context_episodes=41, stride=2, batch_size=1, seed=0)

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from adbench.figures import edge, iqm, make_all, summarize
+from adbench.figures import edge, iqm, make_all, source_improvement, summarize
 
 
 def _table(arch, ctx, slope, episodes=10, tasks=6, seeds=(0, 1), level=-50.0):
@@ -42,8 +42,16 @@ def test_summary_gain_and_normalisation():
 def test_make_all_writes_a_figure_and_tables(tmp_path):
     _table("mamba", 4, 1.0).to_csv(tmp_path / "m.csv", index=False)
     _refs().to_csv(tmp_path / "r.csv", index=False)
-    make_all({"dataset": {"episode_stride": 4}}, [tmp_path / "m.csv"], [tmp_path / "r.csv"],
-             tmp_path / "f.png", tmp_path / "s.csv", tmp_path / "s.md")
-    assert Image.open(tmp_path / "f.png").size[0] > 100
-    assert list(pd.read_csv(tmp_path / "s.csv").columns)[:3] == ["family", "arch", "context_episodes"]
-    assert (tmp_path / "s.md").read_text().startswith("| family |")
+    make_all({"PointNav": 4}, [tmp_path / "m.csv"], [tmp_path / "r.csv"], tmp_path)
+    for name in ("in_context_return", "source_learning_curves"):
+        assert Image.open(tmp_path / f"figures/{name}.png").size[0] > 100
+    assert list(pd.read_csv(tmp_path / "tables/summary.csv").columns)[:3] == ["family", "arch", "context_episodes"]
+    assert (tmp_path / "tables/summary.md").read_text().startswith("| family |")
+
+
+def test_source_improvement_counts_histories_that_rose():
+    refs = pd.concat([_table("source", 0, 1.0, episodes=20, tasks=3, seeds=(0,)),
+                      _table("source", 0, -1.0, episodes=20, tasks=2, seeds=(0,)).assign(task=lambda d: d["task"].str.replace("test", "train"))])
+    table = source_improvement(refs).set_index("split")
+    assert table.loc["test", "histories"] == 3 and table.loc["test", "improved"] == 3
+    assert table.loc["train", "histories"] == 2 and table.loc["train", "improved"] == 0

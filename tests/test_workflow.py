@@ -49,9 +49,12 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     results = smoke_run / "results"
     info = validate_file(results / "datasets/PointNav.h5")
     assert info["n_train"] == 8 and info["n_test"] == 4
-    image = Image.open(results / "figures/in_context_return.png")
-    image.load()
-    assert image.size[0] > 300
+    for name in ("in_context_return", "source_learning_curves"):
+        image = Image.open(results / f"figures/{name}.png")
+        image.load()
+        assert image.size[0] > 300
+    improvement = pd.read_csv(results / "tables/source_improvement.csv").set_index("split")
+    assert improvement.loc["train", "histories"] == 8 and improvement.loc["test", "histories"] == 4
     summary = pd.read_csv(results / "tables/summary.csv")
     assert list(summary.columns) == SUMMARY_COLUMNS
     assert set(summary["arch"]) == {"mamba", "transformer"}

@@ -63,8 +63,14 @@ def cmd_reference(args):
 
 
 def cmd_figures(args):
-    from .figures import SECTIONS, make_all
-    summary = make_all(_settings(args, SECTIONS), args.models, args.references, args.figure, args.summary_csv, args.summary_md)
+    from .figures import make_all
+    strides = {}
+    for item in args.episode_strides:
+        family, _, k = item.partition("=")
+        if not k.isdigit() or int(k) < 1:
+            raise cfglib.ConfigError(f"--episode-strides takes FAMILY=K with K >= 1, got {item!r}")
+        strides[family] = int(k)
+    summary = make_all(strides, args.models, args.references, args.out_dir)
     print(summary.to_string(index=False))
 
 
@@ -75,9 +81,9 @@ def parser() -> argparse.ArgumentParser:
     def stage(name, func, help_):
         s = sub.add_parser(name, help=help_)
         s.set_defaults(func=func)
-        if name not in ("validate",):
+        if name not in ("validate", "figures"):
             s.add_argument("--config", nargs="+", metavar="FILE", help="config files, merged in order")
-        if name not in ("validate", "check-config"):
+        if name not in ("validate", "check-config", "figures"):
             s.add_argument("--settings", help="JSON of the config sections this stage needs")
         return s
 
@@ -106,11 +112,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", required=True)
     s.add_argument("--out", required=True)
     s = stage("figures", cmd_figures, "figures and summary tables from the result CSVs")
+    s.add_argument("--episode-strides", nargs="+", required=True, metavar="FAMILY=K",
+                   help="each family's AD subsampling stride (dataset.episode_stride)")
     s.add_argument("--models", nargs="+", required=True)
     s.add_argument("--references", nargs="+", required=True)
-    s.add_argument("--figure", required=True)
-    s.add_argument("--summary-csv", required=True)
-    s.add_argument("--summary-md", required=True)
+    s.add_argument("--out-dir", required=True, help="writes figures/ and tables/ under it")
     return p
 
 

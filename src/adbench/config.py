@@ -59,6 +59,9 @@ def validate(cfg: dict, sections: list | None = None) -> dict:
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(full).iter_errors(cfg))
     if error is not None:
         raise ConfigError(_one_line(error))
+    if sections is None:
+        for family in cfg.get("overrides", {}):
+            for_family(cfg, family)
     return cfg
 
 
@@ -71,6 +74,15 @@ def load(paths: list) -> dict:
         except (OSError, yaml.YAMLError) as e:
             raise ConfigError(f"cannot read config file {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
     return validate(cfg)
+
+
+def for_family(cfg: dict, family: str) -> dict:
+    """The settings one family runs with: its `overrides` merged over the shared sections, validated."""
+    merged = deep_merge({k: v for k, v in cfg.items() if k != "overrides"}, cfg.get("overrides", {}).get(family, {}))
+    try:
+        return validate(merged)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (after merging overrides.{family})") from None
 
 
 def digest(cfg: dict) -> str:

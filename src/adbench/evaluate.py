@@ -118,17 +118,18 @@ def evaluate_model(cfg: dict, dataset, model_path, out_path, progress=None) -> N
 
 
 def evaluate_references(cfg: dict, dataset, out_path, progress=None) -> None:
-    """A uniform-random policy on the same tasks and seeds, and the source's own test-task learning curves.
+    """A uniform-random policy on the held-out tasks and seeds, and the source algorithm's learning curves.
 
-    Source rows hold every history episode (seed = history index, eval_seed = -1); figures place
-    history episode e at in-context episode e / episode_stride.
+    Source rows hold every history episode of every task, train and test (seed = history index,
+    eval_seed = -1); the in-context figure uses the test tasks' and places history episode e at
+    in-context episode e / episode_stride; the learning-curve figure uses all.
     """
     ecfg = cfg["evaluate"]
     info = validate_file(dataset)
     tasks = test_tasks(dataset)
     with open_histories(dataset) as f:
         horizon = int(f.attrs["horizon"])
-        source = {tid: f["tasks"][tid]["episode_returns"][...] for tid, _ in tasks}
+        source = {tid: g["episode_returns"][...] for tid, g in f["tasks"].items()}
     returns = rollout(info["family"], [t for _, t in tasks], horizon, ecfg["episodes"], ecfg["seeds"], random_policy, progress)
     rows = tidy(info["family"], "random", 0, 0, ecfg["seeds"], [tid for tid, _ in tasks], returns)
     for tid, curves in source.items():

@@ -12,7 +12,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-SECTIONS = ["dataset"]
 SUMMARY_COLUMNS = ["family", "arch", "context_episodes", "runs", "first_return", "final_return", "gain",
                    "gain_ci_low", "gain_ci_high", "normalized_final_iqm", "normalized_ci_low", "normalized_ci_high"]
 BOOTSTRAP = 2000
@@ -55,9 +54,43 @@ def run_scores(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([first, last], axis=1).reset_index()
 
 
+def held_out(refs: pd.DataFrame) -> pd.DataFrame:
+    """Reference rows on test tasks only (the source's train-task curves are for the learning-curve figure)."""
+    return refs[refs["task"].str.startswith("test-")]
+
+
+def source_improvement(refs: pd.DataFrame) -> pd.DataFrame:
+    """Per family and split: on how many histories the last 10% of episodes beat the first 10%."""
+    src = refs[refs["arch"] == "source"].assign(split=lambda d: d["task"].str.split("-").str[0])
+    n = src.groupby("family")["episode"].transform("max") + 1
+    k = np.maximum(1, np.ceil(0.1 * n))
+    first = src[src["episode"] < k].groupby(["family", "split", "task", "seed"])["return"].mean()
+    last = src[src["episode"] >= n - k].groupby(["family", "split", "task", "seed"])["return"].mean()
+    both = pd.concat([first.rename("first"), last.rename("last")], axis=1).reset_index()
+    return (both.assign(improved=both["last"] > both["first"])
+            .groupby(["family", "split"])
+            .agg(histories=("improved", "size"), improved=("improved", "sum"), first_return=("first", "mean"),
+                 last_return=("last", "mean"))
+            .reset_index())
+
+
+def plot_source_curves(refs: pd.DataFrame, path: Path) -> None:
+    """The source algorithm's learning curves from the datasets: return vs history episode, per family."""
+    src = refs[refs["arch"] == "source"].assign(split=lambda d: d["task"].str.split("-").str[0])
+    families = sorted(src["family"].unique())
+    fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.2), squeeze=False)
+    for ax, family in zip(axes[0], families):
+        sns.lineplot(data=src[src["family"] == family], x="episode", y="return", hue="split", errorbar=("pi", 50),
+                     estimator="median", ax=ax)
+        ax.set(title=f"{family}: source learning histories", xlabel="history episode", ylabel="episode return")
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def summarize(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     scores = run_scores(models)
+    refs = held_out(refs)
     rows = []
     for family, fam in scores.groupby("family"):
         ref = refs[refs["family"] == family]
@@ -75,12 +108,13 @@ def summarize(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0) -> pd.Dat
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def plot_in_context(models: pd.DataFrame, refs: pd.DataFrame, stride: int, path: Path) -> None:
+def plot_in_context(models: pd.DataFrame, refs: pd.DataFrame, strides: dict, path: Path) -> None:
     """Return vs in-context episode per family: each arch x context, with random and source for reference."""
     n = int(models["episode"].max()) + 1
     models = models.assign(label=models["arch"] + " ctx " + models["context_episodes"].astype(str))
-    src = refs[refs["arch"] == "source"].assign(label="source (history episode / stride)")
-    src = src.assign(episode=src["episode"] / stride)
+    src = held_out(refs)
+    src = src[src["arch"] == "source"].assign(label="source (history episode / stride)")
+    src = src.assign(episode=src["episode"] / src["family"].map(strides))
     src = src[src["episode"] <= n - 1]
     rnd = refs[refs["arch"] == "random"].assign(label="random")
     data = pd.concat([models, src, rnd], ignore_index=True)
@@ -114,9 +148,17 @@ def _write_table(df: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
     md_path.write_text(header + body)
 
 
-def make_all(cfg: dict, model_csvs: list, reference_csvs: list, figure_path, summary_csv, summary_md) -> pd.DataFrame:
+def make_all(strides: dict, model_csvs: list, reference_csvs: list, out_dir) -> pd.DataFrame:
+    """Every figure and table under out_dir/{figures,tables}/. `strides`: {family: dataset.episode_stride},
+    to place the source's history episodes on the in-context x-axis."""
+    out = Path(out_dir)
     models, refs = load(model_csvs), load(reference_csvs)
-    plot_in_context(models, refs, cfg["dataset"]["episode_stride"], Path(figure_path))
+    missing = sorted(set(refs["family"]) - set(strides))
+    if missing:
+        raise ValueError(f"no episode stride given for families {missing}")
+    plot_in_context(models, refs, strides, out / "figures/in_context_return.png")
+    plot_source_curves(refs, out / "figures/source_learning_curves.png")
+    _write_table(source_improvement(refs), out / "tables/source_improvement.csv", out / "tables/source_improvement.md")
     summary = summarize(models, refs)
-    _write_table(summary, Path(summary_csv), Path(summary_md))
+    _write_table(summary, out / "tables/summary.csv", out / "tables/summary.md")
     return summary

@@ -30,17 +30,23 @@ wildcard_constraints:
 
 
 def settings(*sections):
-    """The config sections a rule depends on, as a shell-quoted JSON argument (and a rerun trigger)."""
-    return shlex.quote(json.dumps({s: config[s] for s in sections}, sort_keys=True))
+    """A params function: the config sections a rule depends on, for the job's family (with its
+    overrides), as a shell-quoted JSON argument. Also the rule's rerun trigger."""
+
+    def for_job(wildcards):
+        cfg = adbench_config.for_family(config, wildcards.family) if "family" in wildcards.keys() else config
+        return shlex.quote(json.dumps({s: cfg[s] for s in sections}, sort_keys=True))
+
+    return for_job
 
 
-def num_shards():
-    t = config["tasks"]
-    return math.ceil((t["n_train"] + t["n_test"]) / config["source"]["tasks_per_shard"])
+def num_shards(family):
+    cfg = adbench_config.for_family(config, family)
+    return math.ceil((cfg["tasks"]["n_train"] + cfg["tasks"]["n_test"]) / cfg["source"]["tasks_per_shard"])
 
 
 def shard_paths(wildcards):
-    return expand("results/histories/{family}/shard-{shard}.h5", family=wildcards.family, shard=range(num_shards()))
+    return expand("results/histories/{family}/shard-{shard}.h5", family=wildcards.family, shard=range(num_shards(wildcards.family)))
 
 
 def model_runs():
@@ -62,10 +68,16 @@ def final_targets():
     deleted, is rebuilt (Snakemake would otherwise skip a missing intermediate whose consumers are done)."""
     return [
         "results/figures/in_context_return.png",
+        "results/figures/source_learning_curves.png",
         "results/tables/summary.csv",
-        "results/tables/summary.md",
+        "results/tables/source_improvement.csv",
         *expand("results/datasets/{family}.h5", family=config["families"]),
     ]
+
+
+def episode_strides():
+    """`Family=k` for every family: figures place the source's history episode e at e / k."""
+    return " ".join(f"{f}={adbench_config.for_family(config, f)['dataset']['episode_stride']}" for f in config["families"])
 
 
 def train_mem_mb(wildcards):

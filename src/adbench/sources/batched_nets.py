@@ -2,21 +2,25 @@
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
 
 class RunningMeanStd:
-    """Per-learner running mean and variance (Welford-style merge of batch moments), shape (K, dim)."""
+    """Per-learner running mean and variance (parallel merge of batch moments), shape (K, dim).
+
+    numpy, float64: it is updated every environment step on tiny arrays, where torch's per-op
+    overhead would dominate.
+    """
 
     def __init__(self, num: int, dim: int):
-        self.mean = torch.zeros(num, dim, dtype=torch.float64)
-        self.var = torch.ones(num, dim, dtype=torch.float64)
+        self.mean = np.zeros((num, dim))
+        self.var = np.ones((num, dim))
         self.count = 1e-4
 
-    def update(self, x: torch.Tensor) -> None:  # x: (K, N, dim)
-        x = x.double()
-        b_mean, b_var, b_count = x.mean(1), x.var(1, unbiased=False), x.shape[1]
+    def update(self, x: np.ndarray) -> None:  # x: (K, N, dim)
+        b_mean, b_var, b_count = x.mean(1), x.var(1), x.shape[1]
         delta, total = b_mean - self.mean, self.count + b_count
         self.mean = self.mean + delta * b_count / total
         m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total

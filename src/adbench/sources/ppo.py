@@ -57,15 +57,15 @@ class BatchedPPO:
         self.sample_gen = torch.Generator().manual_seed(seed + 1)
 
     def normalize_obs(self, obs: np.ndarray) -> torch.Tensor:  # (K, N, obs_dim)
-        x = (torch.as_tensor(obs, dtype=torch.float64) - self.obs_rms.mean[:, None]) / torch.sqrt(self.obs_rms.var[:, None] + 1e-8)
-        return x.clamp(-self.cfg.clip_obs, self.cfg.clip_obs).float()
+        x = (obs - self.obs_rms.mean[:, None]) / np.sqrt(self.obs_rms.var[:, None] + 1e-8)
+        return torch.from_numpy(np.clip(x, -self.cfg.clip_obs, self.cfg.clip_obs).astype(np.float32))
 
     def scale_reward(self, rewards: np.ndarray, episode_end: np.ndarray) -> np.ndarray:
         """Divide by the running std of the discounted return (gym's NormalizeReward)."""
         self.discounted = self.discounted * self.cfg.gamma + rewards
-        self.ret_rms.update(torch.as_tensor(self.discounted)[:, None, None])
+        self.ret_rms.update(self.discounted[:, None, None])
         self.discounted[episode_end] = 0.0
-        scaled = rewards / np.sqrt(self.ret_rms.var[:, 0].numpy() + 1e-8)
+        scaled = rewards / np.sqrt(self.ret_rms.var[:, 0] + 1e-8)
         return np.clip(scaled, -self.cfg.clip_reward, self.cfg.clip_reward)
 
     def dist(self, x: torch.Tensor) -> torch.distributions.Normal:
@@ -74,7 +74,7 @@ class BatchedPPO:
     @torch.no_grad()
     def act(self, obs: np.ndarray):
         """Sample one action per learner. Returns (action, log_prob, value) for obs (K, obs_dim)."""
-        self.obs_rms.update(torch.as_tensor(obs)[:, None])
+        self.obs_rms.update(obs[:, None].astype(np.float64))
         x = self.normalize_obs(obs[:, None])
         d = self.dist(x)
         mean, std = d.mean, d.stddev
@@ -92,7 +92,7 @@ class BatchedPPO:
             self.optimizer.param_groups[0]["lr"] = lr_frac * cfg.learning_rate
         adv = gae(batch["rewards"], batch["values"], batch["next_values"], batch["episode_end"], cfg.gamma, cfg.gae_lambda)
         returns = adv + batch["values"]
-        x = self.normalize_obs(batch["obs"].numpy())
+        x = self.normalize_obs(batch["obs"])
         n = x.shape[1]
         mb = max(1, n // cfg.minibatches)
         stats = {}
@@ -134,6 +134,16 @@ def gae(rewards, values, next_values, episode_end, gamma, lam):
     return adv
 
 
+def next_values(values, episode_end, last_value, final_values: dict) -> torch.Tensor:
+    """V(s_{t+1}) for every step: the next step's value inside an episode, V(final obs) where the time
+    limit cut it (0 where it terminated), and the value after the rollout's last step."""
+    nxt = torch.cat([values[:, 1:], last_value[:, None]], dim=1)
+    nxt = torch.where(episode_end, torch.zeros_like(nxt), nxt)
+    for i, v in final_values.items():
+        nxt[:, i] = torch.where(episode_end[:, i], v, nxt[:, i])
+    return nxt
+
+
 def run_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfig, seed: int, progress=None) -> dict:
     """Train one PPO learner per task for `episodes` episodes; return the learning histories.
 
@@ -159,22 +169,25 @@ def run_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfi
     bar = tqdm(range(num_updates), desc=f"ppo {family} x{k}", file=progress, mininterval=5, disable=not progress)
     t = 0
     for update in bar:
-        buf = {key: [] for key in ("obs", "actions", "log_probs", "values", "rewards", "next_values", "episode_end")}
-        for _ in range(steps_per_rollout):
+        buf = {key: [] for key in ("obs", "actions", "log_probs", "values", "rewards", "episode_end")}
+        final_values = {}  # step index -> V(final observation) where an episode was cut by the time limit
+        for i in range(steps_per_rollout):
             action, logp, value = agent.act(obs)
             executed = np.clip(action.numpy(), -1.0, 1.0)
             next_obs, reward, term, trunc = env.step(executed)
             hist["observations"][:, t], hist["actions"][:, t] = obs, executed
             hist["rewards"][:, t], hist["terminated"][:, t], hist["truncated"][:, t] = reward, term, trunc
             end = term | trunc
-            next_value = agent.value(next_obs) * torch.as_tensor(~term)
-            buf["obs"].append(obs); buf["actions"].append(action); buf["log_probs"].append(logp)
-            buf["values"].append(value); buf["next_values"].append(next_value)
+            if trunc.any():
+                final_values[i] = agent.value(next_obs) * torch.as_tensor(trunc)
+            buf["obs"].append(obs); buf["actions"].append(action); buf["log_probs"].append(logp); buf["values"].append(value)
             buf["rewards"].append(torch.as_tensor(agent.scale_reward(reward.astype(np.float64), end), dtype=torch.float32))
             buf["episode_end"].append(torch.as_tensor(end))
             obs = env.reset() if end.all() else next_obs
             t += 1
         batch = {key: torch.stack([torch.as_tensor(v) for v in vals], 1) for key, vals in buf.items()}
+        batch["obs"] = np.stack(buf["obs"], 1)
+        batch["next_values"] = next_values(batch["values"], batch["episode_end"], agent.value(obs), final_values)
         agent.update(batch, lr_frac=1.0 - update / num_updates)
         recent = hist["rewards"][:, t - env.horizon:t].sum(1).mean()
         bar.set_postfix(last_return=f"{recent:.1f}", refresh=False)

@@ -43,6 +43,16 @@ class BatchedMLP(nn.Module):
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(torch.zeros(num, 1, n_out)))
 
+    def forward_numpy(self, x: np.ndarray) -> np.ndarray:
+        """The same function in numpy, without autograd: for acting, one env step at a time, where
+        torch's per-op overhead (tens of microseconds) would cost more than the arithmetic."""
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = np.matmul(x, w.detach().numpy()) + b.detach().numpy()
+            if i < last:
+                x = np.tanh(x)
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):

@@ -54,11 +54,15 @@ class BatchedPPO:
         self.obs_rms = RunningMeanStd(num, obs_dim)
         self.ret_rms = RunningMeanStd(num, 1)
         self.discounted = np.zeros(num)
-        self.sample_gen = torch.Generator().manual_seed(seed + 1)
+        self.sample_rng = np.random.default_rng(seed + 1)  # exploration noise
+        self.sample_gen = torch.Generator().manual_seed(seed + 2)  # minibatch order
 
-    def normalize_obs(self, obs: np.ndarray) -> torch.Tensor:  # (K, N, obs_dim)
+    def _normalized(self, obs: np.ndarray) -> np.ndarray:  # (K, N, obs_dim) -> float32
         x = (obs - self.obs_rms.mean[:, None]) / np.sqrt(self.obs_rms.var[:, None] + 1e-8)
-        return torch.from_numpy(np.clip(x, -self.cfg.clip_obs, self.cfg.clip_obs).astype(np.float32))
+        return np.clip(x, -self.cfg.clip_obs, self.cfg.clip_obs).astype(np.float32)
+
+    def normalize_obs(self, obs: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self._normalized(obs))
 
     def scale_reward(self, rewards: np.ndarray, episode_end: np.ndarray) -> np.ndarray:
         """Divide by the running std of the discounted return (gym's NormalizeReward)."""
@@ -71,19 +75,19 @@ class BatchedPPO:
     def dist(self, x: torch.Tensor) -> torch.distributions.Normal:
         return torch.distributions.Normal(self.actor(x), self.log_std.exp().expand(-1, x.shape[1], -1))
 
-    @torch.no_grad()
     def act(self, obs: np.ndarray):
-        """Sample one action per learner. Returns (action, log_prob, value) for obs (K, obs_dim)."""
+        """Sample one action per learner, in numpy. Returns (action, log_prob, value) for obs (K, obs_dim)."""
         self.obs_rms.update(obs[:, None].astype(np.float64))
-        x = self.normalize_obs(obs[:, None])
-        d = self.dist(x)
-        mean, std = d.mean, d.stddev
-        action = mean + std * torch.randn(mean.shape, generator=self.sample_gen)
-        return action[:, 0], d.log_prob(action).sum(-1)[:, 0], self.critic(x)[:, 0, 0]
+        x = self._normalized(obs[:, None])
+        mean = self.actor.forward_numpy(x)[:, 0]
+        log_std = self.log_std.detach().numpy()[:, 0]
+        noise = self.sample_rng.standard_normal(mean.shape, dtype=np.float32)
+        action = mean + np.exp(log_std) * noise
+        log_prob = (-0.5 * noise**2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+        return action, log_prob, self.critic.forward_numpy(x)[:, 0, 0]
 
-    @torch.no_grad()
-    def value(self, obs: np.ndarray) -> torch.Tensor:
-        return self.critic(self.normalize_obs(obs[:, None]))[:, 0, 0]
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        return self.critic.forward_numpy(self._normalized(obs[:, None]))[:, 0, 0]
 
     def update(self, batch: dict, lr_frac: float) -> dict:
         """PPO epochs on a rollout. batch tensors are (K, N, ...) in time order."""
@@ -173,13 +177,13 @@ def run_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfi
         final_values = {}  # step index -> V(final observation) where an episode was cut by the time limit
         for i in range(steps_per_rollout):
             action, logp, value = agent.act(obs)
-            executed = np.clip(action.numpy(), -1.0, 1.0)
+            executed = np.clip(action, -1.0, 1.0)
             next_obs, reward, term, trunc = env.step(executed)
             hist["observations"][:, t], hist["actions"][:, t] = obs, executed
             hist["rewards"][:, t], hist["terminated"][:, t], hist["truncated"][:, t] = reward, term, trunc
             end = term | trunc
             if trunc.any():
-                final_values[i] = agent.value(next_obs) * torch.as_tensor(trunc)
+                final_values[i] = torch.from_numpy(agent.value(next_obs) * trunc)
             buf["obs"].append(obs); buf["actions"].append(action); buf["log_probs"].append(logp); buf["values"].append(value)
             buf["rewards"].append(torch.as_tensor(agent.scale_reward(reward.astype(np.float64), end), dtype=torch.float32))
             buf["episode_end"].append(torch.as_tensor(end))
@@ -187,7 +191,7 @@ def run_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfi
             t += 1
         batch = {key: torch.stack([torch.as_tensor(v) for v in vals], 1) for key, vals in buf.items()}
         batch["obs"] = np.stack(buf["obs"], 1)
-        batch["next_values"] = next_values(batch["values"], batch["episode_end"], agent.value(obs), final_values)
+        batch["next_values"] = next_values(batch["values"], batch["episode_end"], torch.from_numpy(agent.value(obs)), final_values)
         agent.update(batch, lr_frac=1.0 - update / num_updates)
         recent = hist["rewards"][:, t - env.horizon:t].sum(1).mean()
         bar.set_postfix(last_return=f"{recent:.1f}", refresh=False)

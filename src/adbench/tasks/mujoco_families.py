@@ -48,16 +48,16 @@ def _number(family: str, task: dict, key: str, low: float, high: float, high_ope
 # --- rewards, as pure functions of what the simulator reports (the tests recompute them) ---
 
 def half_cheetah_vel_reward(x_velocity: float, action: np.ndarray, velocity: float) -> float:
-    return -abs(x_velocity - velocity) - 0.05 * float(np.sum(np.square(action)))
+    return -abs(x_velocity - velocity) - 0.05 * float(action @ action)
 
 
 def ant_dir_reward(xy_velocity: np.ndarray, action: np.ndarray, angle: float) -> float:
-    direction = np.array([math.cos(angle), math.sin(angle)])
-    return float(xy_velocity @ direction) - 0.5 * float(np.sum(np.square(action))) + 1.0
+    along = xy_velocity[0] * math.cos(angle) + xy_velocity[1] * math.sin(angle)
+    return float(along) - 0.5 * float(action @ action) + 1.0
 
 
 def ant_goal_reward(xy: np.ndarray, action: np.ndarray, goal) -> float:
-    return -float(np.sum(np.abs(xy - np.asarray(goal)))) - 0.1 * float(np.sum(np.square(action))) + 1.0
+    return -float(abs(xy[0] - goal[0]) + abs(xy[1] - goal[1])) - 0.1 * float(action @ action) + 1.0
 
 
 class MujocoTaskEnv(gym.Env):
@@ -75,6 +75,9 @@ class MujocoTaskEnv(gym.Env):
         self.observation_space = self._env.observation_space
         self.action_space = self._env.action_space
         self._t = 0
+        # cached: gymnasium computes dt from the model on every access
+        self._dt, self._frame_skip = self._env.dt, self._env.frame_skip
+        self._low, self._high = self.action_space.low.astype(np.float64), self.action_space.high.astype(np.float64)
         self.apply_task()
 
     @staticmethod
@@ -111,12 +114,13 @@ class MujocoTaskEnv(gym.Env):
         Steps MuJoCo directly (ctrl, then `frame_skip` physics steps) and reads the observation with
         the v5 env's own `_get_obs`; what the batched stepper calls, so single and batched envs agree.
         """
-        action = np.clip(np.asarray(action, dtype=np.float64), self.action_space.low, self.action_space.high)
-        before = self.data.qpos[:2].copy()
+        action = np.minimum(np.maximum(np.asarray(action, dtype=np.float64), self._low), self._high)
+        qpos = self.data.qpos
+        before = qpos[:2].copy()
         self.data.ctrl[:] = action
-        mujoco.mj_step(self.model, self.data, nstep=self._env.frame_skip)
+        mujoco.mj_step(self.model, self.data, nstep=self._frame_skip)
         self._t += 1
-        velocity = (self.data.qpos[:2] - before) / self._env.dt
+        velocity = (qpos[:2] - before) / self._dt
         return self._env._get_obs(), self.task_reward(action, velocity), self._t >= self.horizon, velocity
 
     def step(self, action):

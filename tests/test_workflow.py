@@ -83,3 +83,34 @@ def test_deleting_a_dataset_reruns_only_what_depends_on_it(smoke_run):
 
 def test_figures_regenerate_from_tables_alone(smoke_run):
     assert planned_jobs(smoke_run, "--forcerun", "figures") == {"figures": 1, "all": 1}
+
+
+def test_killed_histories_job_resumes_to_the_same_dataset(tmp_path, dataset):
+    """SIGKILL a running `histories` job; --rerun-incomplete finishes; the dataset equals an uninterrupted one."""
+    import signal
+    import time
+
+    import h5py
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(REPO / "workflow/configs/smoke.yaml"), "--cores", "1", "results/datasets/PointNav.h5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    victim, deadline = None, time.time() + 120
+    while victim is None and time.time() < deadline:
+        # the python process itself, not the bash -c wrapper whose command line also names it
+        found = subprocess.run(["pgrep", "-f", r"^\S*python\S* -m adbench histories"], capture_output=True,
+                               text=True).stdout.split()
+        victim = int(found[0]) if found else None
+        time.sleep(0.2)
+    assert victim is not None, "no histories job started"
+    time.sleep(1.0)  # let it get into the PPO loop
+    os.kill(victim, signal.SIGKILL)
+    assert proc.wait(timeout=300) != 0  # Snakemake reports the killed job
+    snakemake(tmp_path, "--cores", "2", "--rerun-incomplete", "results/datasets/PointNav.h5")
+    with h5py.File(tmp_path / "results/datasets/PointNav.h5") as resumed, h5py.File(dataset) as reference:
+        assert list(resumed["tasks"]) == list(reference["tasks"])
+        for tid in reference["tasks"]:
+            for name, data in reference["tasks"][tid].items():
+                np.testing.assert_array_equal(resumed["tasks"][tid][name][...], data[...])
+    assert not list((tmp_path / "results").rglob("*.tmp"))

@@ -2,6 +2,8 @@
 
 import math
 
+import torch
+
 
 from . import config as cfglib
 from .data import atomic_h5, open_histories, validate_file, write_root_attrs, write_task
@@ -44,6 +46,7 @@ def root_attrs(cfg: dict, family: str) -> dict:
 def run_shard(cfg: dict, family: str, shard: int, out_path, progress=None) -> None:
     """Learning histories of every task in one shard, written atomically to `out_path`."""
     src = cfg["source"]
+    torch.set_num_threads(src["threads"])  # float reductions, hence the histories, depend on it
     n = num_shards(cfg)
     if not 0 <= shard < n:
         raise ValueError(f"shard {shard} out of range: {family} has {n} shards at source.tasks_per_shard={src['tasks_per_shard']}")

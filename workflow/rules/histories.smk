@@ -9,7 +9,7 @@ rule histories:
         settings=settings("tasks", "source"),
     conda:
         "../../envs/sim.yaml"
-    threads: 1
+    threads: config["source"]["threads"]
     resources:
         mem_mb=2000,
         runtime=120,

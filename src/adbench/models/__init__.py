@@ -21,12 +21,16 @@ def matched_mlp_hidden(d_model: int, d_state: int, d_conv: int, expand: int) -> 
 
 
 def build(arch: str, obs_dim: int, act_dim: int, d_model: int = 64, n_layers: int = 2, d_state: int = 16,
-          d_conv: int = 4, expand: int = 2, n_heads: int = 4, head: str = "gaussian", window: int = 1024) -> ADPolicy:
-    """An AD policy of the given architecture; `window` (tokens) is the transformer's attention span."""
+          d_conv: int = 4, expand: int = 2, n_heads: int = 4, head: str = "gaussian", window: int = 1024,
+          checkpoint_layers: bool = False) -> ADPolicy:
+    """An AD policy of the given architecture; `window` (tokens) is the transformer's attention span;
+    `checkpoint_layers` recomputes each layer in backward (memory for long contexts)."""
     if arch == "mamba":
-        backbone = MambaBackbone(d_model, n_layers, d_state=d_state, d_conv=d_conv, expand=expand)
+        backbone = MambaBackbone(d_model, n_layers, d_state=d_state, d_conv=d_conv, expand=expand,
+                                 checkpoint_layers=checkpoint_layers)
     elif arch == "transformer":
-        backbone = TransformerBackbone(d_model, n_layers, n_heads, matched_mlp_hidden(d_model, d_state, d_conv, expand), window)
+        backbone = TransformerBackbone(d_model, n_layers, n_heads, matched_mlp_hidden(d_model, d_state, d_conv, expand),
+                                       window, checkpoint_layers=checkpoint_layers)
     else:
         raise ModelError(f"unknown architecture {arch!r}; known architectures: {list(ARCHITECTURES)}")
     return ADPolicy(obs_dim, act_dim, backbone, d_model, head)

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch.utils.checkpoint import checkpoint
+
 from .scan import selective_scan
 
 
@@ -95,14 +97,16 @@ class Block(nn.Module):
 class MambaBackbone(nn.Module):
     """forward(x) over a sequence; step(x_t, state) with a constant-size recurrent state."""
 
-    def __init__(self, d_model: int, n_layers: int, d_state: int = 16, d_conv: int = 4, expand: int = 2):
+    def __init__(self, d_model: int, n_layers: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 checkpoint_layers: bool = False):
         super().__init__()
         self.layers = nn.ModuleList(Block(d_model, d_state=d_state, d_conv=d_conv, expand=expand) for _ in range(n_layers))
         self.norm_f = RMSNorm(d_model)
+        self.checkpoint_layers = checkpoint_layers  # keep only layer inputs for backward: long contexts
 
     def forward(self, x):
         for layer in self.layers:
-            x = layer(x)
+            x = checkpoint(layer, x, use_reentrant=False) if self.checkpoint_layers and torch.is_grad_enabled() else layer(x)
         return self.norm_f(x)
 
     def init_state(self, batch: int, device=None):

@@ -10,6 +10,7 @@ computed from their own windows), which `forward(x, window=W)` reproduces with a
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
@@ -82,16 +83,21 @@ class TransformerBlock(nn.Module):
 class TransformerBackbone(nn.Module):
     """forward(x) over a sequence (causal); step(x_t, state) with a KV cache of the last `window` tokens."""
 
-    def __init__(self, d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, window: int):
+    def __init__(self, d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, window: int,
+                 checkpoint_layers: bool = False):
         super().__init__()
         self.window = int(window)
+        self.checkpoint_layers = checkpoint_layers  # keep only layer inputs for backward: long contexts
         self.layers = nn.ModuleList(TransformerBlock(d_model, n_heads, mlp_hidden) for _ in range(n_layers))
         self.norm_f = nn.LayerNorm(d_model)
 
     def forward(self, x, window: int | None = None):
         positions = torch.arange(x.shape[1])
         for layer in self.layers:
-            x = layer(x, positions, window)
+            if self.checkpoint_layers and torch.is_grad_enabled():
+                x = checkpoint(layer, x, positions, window, use_reentrant=False)
+            else:
+                x = layer(x, positions, window)
         return self.norm_f(x)
 
     def init_state(self, batch: int, device=None):

@@ -1,0 +1,115 @@
+"""Backbone cost against sequence length: forward+backward seconds and peak memory for training,
+and milliseconds per recurrent step for inference, for our Mamba and transformer (equal parameter
+counts) and mambapy as a pure-PyTorch peer. Each measurement runs in its own process, one thread.
+
+    pip install mambapy==1.2.0   # the peer, for this benchmark only
+    python benchmarks/backbones.py [--lengths 1024 4096 16384] [--archs mamba transformer mambapy]
+                                   [--json OUT] [--memory-limit-gib 16] [--timeout 600]
+
+Peak memory is the process's peak resident set (ru_maxrss) minus its resident set before the model
+was built. Step time is measured with a full inference state: the transformer's KV cache holding
+L tokens, Mamba's fixed-size conv and SSM state.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+D_MODEL, LAYERS, BATCH, OBS, ACT = 128, 4, 8, 16, 4
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def measure(arch: str, length: int, mode: str) -> dict:
+    import torch
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    base = rss_mib()
+    record = {"arch": arch, "impl": "adbench" if arch != "mambapy" else "mambapy", "L": length, "batch": BATCH,
+              "d_model": D_MODEL, "layers": LAYERS, "fwd_bwd_s": None, "peak_mib": None, "step_ms": None}
+    if arch == "mambapy":
+        from mambapy.mamba import Mamba, MambaConfig
+        model = Mamba(MambaConfig(d_model=D_MODEL, n_layers=LAYERS))
+        record["params"] = sum(p.numel() for p in model.parameters())
+        run = lambda x: model(x)  # noqa: E731
+    else:
+        from adbench.models import build
+        policy = build(arch, OBS, ACT, d_model=D_MODEL, n_layers=LAYERS, window=length, checkpoint_layers=True)
+        model = policy.backbone
+        record["params"] = sum(p.numel() for p in model.parameters())
+        run = lambda x: model(x)  # noqa: E731
+    if mode == "train":
+        x = torch.randn(BATCH, length, D_MODEL)
+        run(x[:, :64]).sum().backward()  # warm-up
+        t0 = time.perf_counter()
+        run(x).square().mean().backward()
+        record["fwd_bwd_s"] = time.perf_counter() - t0
+        record["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    else:
+        state = model.init_state(1)
+        if arch == "transformer":  # a full cache: L tokens already seen
+            state["pos"] = length
+            for k, v in state["kv"]:
+                k.normal_(), v.normal_()
+        x = torch.randn(1, D_MODEL)
+        with torch.no_grad():
+            for _ in range(20):
+                model.step(x, state)
+            t0, n = time.perf_counter(), 200
+            for _ in range(n):
+                _, state = model.step(x, state)
+        record["step_ms"] = (time.perf_counter() - t0) / n * 1e3
+    return record
+
+
+def run_isolated(arch: str, length: int, mode: str, limit_gib: float, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--one", arch, str(length), mode, str(limit_gib)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"arch": arch, "L": length, "mode": mode, "error": f"timeout > {timeout:.0f} s"}
+    if out.returncode != 0:
+        reason = "out of memory" if "MemoryError" in out.stderr or "alloc" in out.stderr.lower() else out.stderr.strip().splitlines()[-1:]
+        return {"arch": arch, "L": length, "mode": mode, "error": f"{reason} (limit {limit_gib} GiB)"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--one":
+        arch, length, mode, limit = sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+        resource.setrlimit(resource.RLIMIT_AS, (int(limit * 2**30), int(limit * 2**30)))
+        print(json.dumps(measure(arch, length, mode)))
+        return
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096, 16384])
+    p.add_argument("--archs", nargs="+", default=["mamba", "transformer", "mambapy"])
+    p.add_argument("--json", help="write one record per measurement to this file")
+    p.add_argument("--memory-limit-gib", type=float, default=16.0)
+    p.add_argument("--timeout", type=float, default=600.0)
+    args = p.parse_args()
+    records = []
+    print(f"{'arch':12} {'impl':8} {'L':>6} {'params':>8} {'fwd+bwd s':>10} {'peak MiB':>9} {'step ms':>8}")
+    for arch in args.archs:
+        for length in args.lengths:
+            for mode in ("train", "step") if arch != "mambapy" else ("train",):
+                r = run_isolated(arch, length, mode, args.memory_limit_gib, args.timeout)
+                records.append(r)
+                if "error" in r:
+                    print(f"{arch:12} {'':8} {length:6d} {'':8} {mode}: {r['error']}", flush=True)
+                    continue
+                fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
+                print(f"{r['arch']:12} {r['impl']:8} {length:6d} {r['params']:8d} {fmt(r['fwd_bwd_s'], '10.2f'):>10} "
+                      f"{fmt(r['peak_mib'], '9.0f'):>9} {fmt(r['step_ms'], '8.3f'):>8}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

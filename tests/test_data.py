@@ -121,3 +121,16 @@ def test_context_longer_than_history_is_refused(dataset):
     WindowSampler(dataset, context_episodes=40, stride=2, batch_size=1, seed=0)  # spans 79 of 80: fits
     with pytest.raises(DatasetError, match="spans 81 episodes.*have 80"):
         WindowSampler(dataset, context_episodes=41, stride=2, batch_size=1, seed=0)
+
+
+def test_noise_distillation_rises_with_the_schedule(cfg, tmp_path):
+    from adbench.sources import generate_histories
+    from adbench.tasks import sample_tasks
+    source = {**cfg["source"], "algorithm": "noise_distill", "episodes": 20}
+    hist = generate_histories(source, "PointNav", sample_tasks("PointNav", 3, 0), 50, seed=0)
+    returns = hist["episode_returns"]
+    assert returns.shape == (3, 20)
+    assert (returns[:, -2:].mean(1) > returns[:, :2].mean(1) + 10).all()
+    assert (returns[:, -1] > -10).all()  # the oracle reaches the goal within ~10 steps and stays
+    with pytest.raises(ValueError, match="no analytic oracle"):
+        generate_histories(source, "HalfCheetahVel", sample_tasks("HalfCheetahVel", 1, 0), 10, seed=0)

@@ -33,7 +33,7 @@ def root_attrs(cfg: dict, family: str) -> dict:
     return {
         "family": family,
         "source_algorithm": src["algorithm"],
-        "source_settings": src[src["algorithm"]],
+        "source_settings": {k: v for k, v in src.items() if k not in ("algorithm", "tasks_per_shard", "threads")},
         "config_digest": cfglib.digest({s: cfg[s] for s in SECTIONS}),
         "package_versions": package_versions(),
         "git_revision": git_revision(),
@@ -55,8 +55,8 @@ def run_shard(cfg: dict, family: str, shard: int, out_path, progress=None) -> No
     h = src["histories_per_task"]
     learners = [task for _, _, task in chunk for _ in range(h)]  # H independent learners per task
     attrs = root_attrs(cfg, family)
-    hist = generate_histories(src["algorithm"], src[src["algorithm"]], family, learners, attrs["horizon"],
-                              src["episodes"], derive_seed(src["seed"], "histories", family, shard), progress=progress)
+    hist = generate_histories(src, family, learners, attrs["horizon"], derive_seed(src["seed"], "histories", family, shard),
+                              progress=progress)
     with atomic_h5(out_path) as f:
         write_root_attrs(f, {**attrs, "shard": shard})
         for i, (tid, split, task) in enumerate(chunk):

@@ -1,14 +1,24 @@
-"""Source RL algorithms that produce learning histories, batched across tasks."""
+"""Source algorithms that produce learning histories, batched across tasks."""
 
-from .ppo import PPOConfig, run_ppo
+from .noise_distill import NoiseDistillConfig, run_noise_distill
+from .ppo import PPOConfig, run_ppo, train_ppo
 
-ALGORITHMS = {"ppo": (PPOConfig, run_ppo)}
+ALGORITHMS = ("ppo", "noise_distill")
 
 
-def generate_histories(algorithm: str, settings: dict, family: str, tasks: list, horizon: int,
-                       episodes: int, seed: int, progress=None) -> dict:
-    """Run the source algorithm once per task; arrays have a leading axis over `tasks`."""
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown source algorithm {algorithm!r} (config source.algorithm); known: {sorted(ALGORITHMS)}")
-    config_cls, run = ALGORITHMS[algorithm]
-    return run(family, tasks, horizon, episodes, config_cls(**settings), seed, progress=progress)
+def generate_histories(source: dict, family: str, tasks: list, horizon: int, seed: int, progress=None) -> dict:
+    """Run the configured source algorithm (config section `source`) once per task.
+
+    Returns arrays with a leading axis over `tasks` (see `history.empty_history`) and episode_returns.
+    """
+    algorithm, episodes = source["algorithm"], source["episodes"]
+    if algorithm == "ppo":
+        return run_ppo(family, tasks, horizon, episodes, PPOConfig(**source["ppo"]), seed, progress)
+    if algorithm == "noise_distill":
+        return run_noise_distill(family, tasks, horizon, episodes, NoiseDistillConfig(**source["noise_distill"]), seed,
+                                 PPOConfig(**source["ppo"]), progress)
+    raise ValueError(f"unknown source algorithm {algorithm!r} (config source.algorithm); known: {list(ALGORITHMS)}")
+
+
+__all__ = ["ALGORITHMS", "NoiseDistillConfig", "PPOConfig", "generate_histories", "run_noise_distill", "run_ppo",
+           "train_ppo"]

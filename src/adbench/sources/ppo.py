@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ..tasks import BatchedTasks
 from .batched_nets import BatchedMLP, RunningMeanStd, clip_grad_norm_per_learner
+from .history import empty_history, finish_history
 
 
 @dataclass
@@ -86,6 +87,10 @@ class BatchedPPO:
         log_prob = (-0.5 * noise**2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
         return action, log_prob, self.critic.forward_numpy(x)[:, 0, 0]
 
+    def mean_action(self, obs: np.ndarray) -> np.ndarray:
+        """The deterministic policy (no normaliser update): what an expert rollout uses."""
+        return self.actor.forward_numpy(self._normalized(obs[:, None]))[:, 0]
+
     def value(self, obs: np.ndarray) -> np.ndarray:
         return self.critic.forward_numpy(self._normalized(obs[:, None]))[:, 0, 0]
 
@@ -149,25 +154,20 @@ def next_values(values, episode_end, last_value, final_values: dict) -> torch.Te
 
 
 def run_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfig, seed: int, progress=None) -> dict:
-    """Train one PPO learner per task for `episodes` episodes; return the learning histories.
+    """Train one PPO learner per task for `episodes` episodes; return the learning histories
+    (arrays with a leading learner axis, see `history.empty_history`)."""
+    return train_ppo(family, tasks, horizon, episodes, cfg, seed, progress)[0]
 
-    Returns numpy arrays with a leading learner axis: observations (K,T,obs), actions (K,T,act)
-    (the executed, clipped action), rewards, terminated, truncated (K,T), episode_returns (K,E).
-    """
+
+def train_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfig, seed: int, progress=None):
+    """Like `run_ppo`, also returning the trained learners (BatchedPPO)."""
     if episodes % cfg.rollout_episodes:
         raise ValueError(f"source.episodes ({episodes}) must be a multiple of source.ppo.rollout_episodes ({cfg.rollout_episodes})")
     torch.manual_seed(seed)
     env = BatchedTasks(family, tasks, horizon)
     k, steps_per_rollout = env.num_tasks, cfg.rollout_episodes * env.horizon
     agent = BatchedPPO(k, env.obs_dim, env.act_dim, cfg, seed)
-    total = episodes * env.horizon
-    hist = {
-        "observations": np.zeros((k, total, env.obs_dim), np.float32),
-        "actions": np.zeros((k, total, env.act_dim), np.float32),
-        "rewards": np.zeros((k, total), np.float32),
-        "terminated": np.zeros((k, total), bool),
-        "truncated": np.zeros((k, total), bool),
-    }
+    hist = empty_history(k, episodes * env.horizon, env.obs_dim, env.act_dim)
     num_updates = episodes // cfg.rollout_episodes
     obs = env.reset(seed=seed % (2**31))
     bar = tqdm(range(num_updates), desc=f"ppo {family} x{k}", file=progress, mininterval=5, disable=not progress)
@@ -195,5 +195,4 @@ def run_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfi
         agent.update(batch, lr_frac=1.0 - update / num_updates)
         recent = hist["rewards"][:, t - env.horizon:t].sum(1).mean()
         bar.set_postfix(last_return=f"{recent:.1f}", refresh=False)
-    hist["episode_returns"] = hist["rewards"].reshape(k, episodes, env.horizon).sum(-1)
-    return hist
+    return finish_history(hist, episodes), agent

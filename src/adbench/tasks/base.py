@@ -17,6 +17,7 @@ class Family:
     sample: Callable[[np.random.Generator, int], list]  # rng, n -> list of task dicts
     check_task: Callable[[dict], dict]  # raises TaskError, returns a normalised copy
     horizon: int  # default episode length in steps
+    oracle: Callable[[dict, np.ndarray], np.ndarray] | None = None  # task, obs -> a competent action
 
     @property
     def env_id(self) -> str:

@@ -31,6 +31,11 @@ def check_task(task) -> dict:
     return {"goal": [float(goal[0]), float(goal[1])]}
 
 
+def oracle(task: dict, obs: np.ndarray) -> np.ndarray:
+    """Head straight for the goal at full speed and stop on it (knows the task: an expert, not a learner)."""
+    return np.clip((np.asarray(task["goal"]) - obs) / STEP_SIZE, -1.0, 1.0).astype(np.float32)
+
+
 class PointNavEnv(gym.Env):
     """The task (goal) is fixed at construction and never shown in the observation (the position)."""
 

@@ -1,0 +1,63 @@
+"""Noise distillation (AD-epsilon): an expert per task rolled out with noise annealed from 1 to 0.
+
+After Zisman et al. 2023, "Emergence of in-context reinforcement learning from noise distillation"
+(corl-team's ad-eps): instead of a learner's history, a fixed expert acts, and with probability
+epsilon a uniformly random action replaces its action; epsilon falls linearly from 1 at the first
+episode to 0 at (1 - clean_fraction) of the history and stays 0. Cheap, and a control: the return
+rises by the schedule alone, so a model that imitates it needs no rewards to "improve".
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from ..tasks import BatchedTasks, get_family
+from .history import empty_history, finish_history
+from .ppo import PPOConfig, train_ppo
+
+
+@dataclass
+class NoiseDistillConfig:
+    expert: str = "oracle"
+    """'oracle' (the family's analytic expert, where it has one) or 'ppo' (a PPO learner trained first)."""
+    expert_episodes: int = 200
+    """episodes of PPO training per task when expert == 'ppo' (not part of the history)."""
+    clean_fraction: float = 0.1
+    """final fraction of the history rolled out with no noise."""
+
+
+def epsilon(episode: int, episodes: int, clean_fraction: float) -> float:
+    noisy = max(1.0, (1.0 - clean_fraction) * episodes)
+    return max(0.0, 1.0 - episode / noisy)
+
+
+def run_noise_distill(family: str, tasks: list, horizon: int, episodes: int, cfg: NoiseDistillConfig, seed: int,
+                      ppo: PPOConfig, progress=None) -> dict:
+    env = BatchedTasks(family, tasks, horizon)
+    if cfg.expert == "oracle":
+        oracle = get_family(family).oracle
+        if oracle is None:
+            raise ValueError(f"{family} has no analytic oracle; set source.noise_distill.expert to 'ppo'")
+        expert = lambda obs: np.stack([oracle(task, o) for task, o in zip(env.tasks, obs)])  # noqa: E731
+    elif cfg.expert == "ppo":
+        agent = train_ppo(family, tasks, horizon, cfg.expert_episodes, ppo, seed, progress)[1]
+        expert = agent.mean_action
+    else:
+        raise ValueError(f"unknown source.noise_distill.expert {cfg.expert!r}; use 'oracle' or 'ppo'")
+    rng = np.random.default_rng(seed)
+    hist = empty_history(env.num_tasks, episodes * env.horizon, env.obs_dim, env.act_dim)
+    t = 0
+    for episode in tqdm(range(episodes), desc=f"noise distillation {family}", file=progress, mininterval=5,
+                        disable=not progress):
+        eps = epsilon(episode, episodes, cfg.clean_fraction)
+        obs = env.reset(seed=int(rng.integers(2**31)))
+        for _ in range(env.horizon):
+            action = np.clip(expert(obs), -1.0, 1.0)
+            noisy = rng.random(env.num_tasks) < eps
+            action[noisy] = rng.uniform(-1.0, 1.0, size=(int(noisy.sum()), env.act_dim))
+            next_obs, reward, term, trunc = env.step(action)
+            hist["observations"][:, t], hist["actions"][:, t] = obs, action
+            hist["rewards"][:, t], hist["terminated"][:, t], hist["truncated"][:, t] = reward, term, trunc
+            obs, t = next_obs, t + 1
+    return finish_history(hist, episodes)

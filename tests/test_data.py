@@ -16,7 +16,7 @@ def test_dataset_meets_the_contract(dataset, smoke_config):
                     "E": s["episodes"], "horizon": 50, "obs_dim": 2, "act_dim": 2}
     with h5py.File(dataset) as f:
         assert f.attrs["schema_version"] == SCHEMA_VERSION
-        assert json.loads(f.attrs["source_settings"])["learning_rate"] == s["ppo"]["learning_rate"]
+        assert json.loads(f.attrs["source_settings"])["ppo"]["learning_rate"] == s["ppo"]["learning_rate"]
         assert "torch" in json.loads(f.attrs["package_versions"])
         g = f["tasks/test-0000"]
         assert g.attrs["split"] == "test"

@@ -23,20 +23,23 @@ def _scan_inputs(b, d, n, length, variable_bc=True, grouped=False, dtype=torch.f
     return u, delta, A, B, C, r(d), r(b, d, length), r(d)
 
 
+@pytest.mark.parametrize("impl", ["torch", "fused"])
 @pytest.mark.parametrize("length, chunk", [(37, 8), (64, 64), (5, 16), (130, 32)])
 @pytest.mark.parametrize("use_z, use_d, use_bias", [(True, True, True), (False, False, False), (True, False, True)])
-def test_chunked_scan_equals_reference_outputs_and_gradients(length, chunk, use_z, use_d, use_bias):
+def test_scan_equals_reference_outputs_and_gradients(impl, length, chunk, use_z, use_d, use_bias):
     u, delta, A, B, C, D, z, bias = _scan_inputs(2, 6, 4, length)
     leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
     kw = dict(D=D if use_d else None, z=z if use_z else None, delta_bias=bias if use_bias else None,
               delta_softplus=True, return_last_state=True)
-    out, last = selective_scan(u, delta, A, B, C, chunk=chunk, **kw)
+    out, last = selective_scan(u, delta, A, B, C, chunk=chunk, impl=impl, **kw)
     ref, ref_last = selective_scan_ref(u, delta, A, B, C, **kw)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(last, ref_last, rtol=1e-10, atol=1e-10)
     w = torch.randn_like(out)
-    grads = torch.autograd.grad((out * w).sum() + last.sum(), leaves, allow_unused=True)
-    ref_grads = torch.autograd.grad((ref * w).sum() + ref_last.sum(), leaves, allow_unused=True)
+    through_last = last.sum() if impl == "torch" else 0.0  # the fused kernel's last state is inference-only
+    grads = torch.autograd.grad((out * w).sum() + through_last, leaves, allow_unused=True)
+    ref_grads = torch.autograd.grad((ref * w).sum() + (ref_last.sum() if impl == "torch" else 0.0), leaves,
+                                    allow_unused=True)
     for g, rg in zip(grads, ref_grads):
         if rg is None:
             assert g is None or g.abs().max() == 0
@@ -51,19 +54,44 @@ def test_scan_accepts_fixed_and_grouped_b_c(kind):
                                selective_scan_ref(u, delta, A, B, C, D, z, bias, True))
 
 
-def test_scan_passes_gradcheck():
+def test_fused_scan_gradients_with_grouped_b_c_and_long_odd_lengths():
+    u, delta, A, B, C, D, z, bias = _scan_inputs(2, 4, 3, 201, grouped=True)
+    leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
+    out = selective_scan(u, delta, A, B, C, D, z, bias, True, impl="fused")
+    ref = selective_scan_ref(u, delta, A, B, C, D, z, bias, True)
+    for g, rg in zip(torch.autograd.grad(out.square().sum(), leaves), torch.autograd.grad(ref.square().sum(), leaves)):
+        torch.testing.assert_close(g, rg, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("impl", ["torch", "fused"])
+def test_scan_passes_gradcheck(impl):
     u, delta, A, B, C, D, z, bias = _scan_inputs(1, 2, 2, 7)
     inputs = tuple(t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias))
-    assert torch.autograd.gradcheck(lambda *x: selective_scan(*x, delta_softplus=True, chunk=3), inputs)
+    assert torch.autograd.gradcheck(lambda *x: selective_scan(*x, delta_softplus=True, chunk=3, impl=impl), inputs)
 
 
-def test_scan_float32_matches_float64_reference():
+@pytest.mark.parametrize("impl", ["torch", "fused"])
+def test_scan_float32_matches_float64_reference(impl):
     args = _scan_inputs(2, 8, 16, 300)
-    ref = selective_scan_ref(*args[:5], D=args[5], z=args[6], delta_bias=args[7], delta_softplus=True)
-    out = selective_scan(*[a.float() for a in args[:5]], D=args[5].float(), z=args[6].float(),
-                         delta_bias=args[7].float(), delta_softplus=True)
+    leaves64 = [a.clone().requires_grad_() for a in args]
+    leaves32 = [a.float().requires_grad_() for a in args]
+    ref = selective_scan_ref(*leaves64[:5], D=leaves64[5], z=leaves64[6], delta_bias=leaves64[7], delta_softplus=True)
+    out = selective_scan(*leaves32[:5], D=leaves32[5], z=leaves32[6], delta_bias=leaves32[7], delta_softplus=True,
+                         impl=impl)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+    w = torch.randn_like(ref)
+    for g32, g64 in zip(torch.autograd.grad((out * w.float()).sum(), leaves32), torch.autograd.grad((ref * w).sum(), leaves64)):
+        torch.testing.assert_close(g32.double(), g64, rtol=1e-3, atol=1e-3 * g64.abs().max().item())
+
+
+def test_scan_picks_the_fused_kernel_on_cpu_and_honours_the_override(monkeypatch):
+    from adbench.models.scan import scan_implementation
+    u, _, _, B, C, *_ = _scan_inputs(1, 2, 2, 5)
+    assert scan_implementation(u, B, C) == "fused"
+    assert scan_implementation(u, torch.randn(2, 2), C) == "torch"  # fixed B is not fused
+    monkeypatch.setenv("ADBENCH_SCAN", "torch")
+    assert scan_implementation(u, B, C) == "torch"
 
 
 def _tokens(b, length, d, seed=0):

@@ -2,11 +2,16 @@
 
 h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,   y_t = C_t h_t + D u_t,   out = y * silu(z)
 
-`selective_scan_ref` is the plain sequential definition (the test oracle). `selective_scan` runs
-the same recurrence in chunks of time; under autograd each chunk is checkpointed (its states are
+`selective_scan_ref` is the plain sequential definition (the test oracle). `selective_scan` picks
+an implementation: on CPU, the fused numba kernel of `scan_fused` (states never leave the kernel;
+backward recomputes them per chunk); elsewhere, or without numba, or with ADBENCH_SCAN=torch, the
+chunked PyTorch scan below, where under autograd each chunk is checkpointed (its states are
 recomputed in backward), so at most one chunk of the (batch, d_inner, length, d_state) state
-exists at a time and memory grows linearly, and modestly, with length.
+exists at a time and memory grows linearly, and modestly, with length. On CUDA with mamba_ssm
+installed, `Mamba` calls mamba_ssm's own kernels instead (see mamba.py).
 """
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -86,10 +91,35 @@ def _scan_chunk(u, delta, A, B, C, h):
     return y.permute(1, 2, 0), hs[-1]
 
 
+def _fused():
+    """The fused CPU kernel's entry point, or None where it cannot run (no numba, or ADBENCH_SCAN=torch)."""
+    if os.environ.get("ADBENCH_SCAN", "auto") == "torch":
+        return None
+    try:
+        from .scan_fused import fused_selective_scan
+    except ImportError:
+        return None
+    return fused_selective_scan
+
+
+def scan_implementation(u, B, C) -> str:
+    """'fused' or 'torch': what `selective_scan` will run for these inputs."""
+    fusable = (u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64) and B.dim() >= 3 and C.dim() >= 3)
+    return "fused" if fusable and _fused() is not None else "torch"
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, chunk: int = CHUNK):
-    """Chunked, memory-lean selective scan. Shapes as in mamba_ssm: u, delta, z (b, d, l); A (d, n);
-    B, C (d, n) | (b, n, l) | (b, g, n, l); D, delta_bias (d,). Returns out (b, d, l) [, last_state (b, d, n)]."""
+                   return_last_state=False, chunk: int = CHUNK, impl: str = "auto"):
+    """Memory-lean selective scan. Shapes as in mamba_ssm: u, delta, z (b, d, l); A (d, n);
+    B, C (d, n) | (b, n, l) | (b, g, n, l); D, delta_bias (d,). Returns out (b, d, l) [, last_state (b, d, n)].
+    `impl`: 'auto' (fused where it can run), 'fused' or 'torch'."""
+    if impl == "fused" or (impl == "auto" and scan_implementation(u, B, C) == "fused"):
+        out, last = _fused()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return (out, last) if return_last_state else out
+    return _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk)
+
+
+def _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk):
     dtype = u.dtype
     u32, delta, A32, Bx, Cx = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
     b, d, length = u32.shape

@@ -73,3 +73,18 @@ def test_cli_rejects_a_bad_config_file(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert run.stderr.strip().count("\n") == 0 and "families[0]" in run.stderr
+
+
+def test_family_overrides_merge_over_the_shared_settings():
+    cfg = cfglib.load([REPO / "config.yaml"])
+    cheetah = cfglib.for_family(cfg, "HalfCheetahVel")
+    assert cheetah["source"]["episodes"] == cfg["overrides"]["HalfCheetahVel"]["source"]["episodes"]
+    assert cheetah["source"]["ppo"]["gamma"] == cfg["source"]["ppo"]["gamma"]  # untouched keys are inherited
+    assert "overrides" not in cheetah
+    assert cfglib.for_family(cfg, "PointNav")["source"] == cfg["source"]
+
+
+def test_a_bad_override_is_named_with_its_family():
+    cfg = cfglib.deep_merge(cfglib.load([REPO / "config.yaml"]), {"overrides": {"AntDir": {"dataset": {"episode_stride": 0}}}})
+    with pytest.raises(cfglib.ConfigError, match=r"dataset\.episode_stride.*minimum of 1.*overrides\.AntDir"):
+        cfglib.validate(cfg)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from . import config as cfglib
 from .data import WindowSampler, input_statistics, open_histories, validate_file
 from .models import build, count_parameters, save_checkpoint
+from .models.scan import scan_implementation
 from .progress import say
 from .seeding import derive_seed
 
@@ -30,6 +31,12 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; set train.device to 'cpu' or 'auto'")
     return torch.device("cuda" if name in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+
+
+def scan_on(device: torch.device) -> str:
+    """Which selective-scan implementation Mamba will use on this device (said in the log)."""
+    probe = torch.zeros(1, 1, 1, device=device)
+    return scan_implementation(probe, probe, probe)
 
 
 def lr_at(step: int, cfg: dict) -> float:
@@ -85,7 +92,7 @@ def run(cfg: dict, dataset, arch: str, context_episodes: int, seed: int, out_dir
             step, rows = ckpt["step"], ckpt["metrics"]
             say(f"resuming from {ckpt_path} at step {step}", progress)
     say(f"{arch}: {count_parameters(model)} parameters, context {context_episodes} episodes = {window} tokens, "
-        f"device {device}", progress)
+        f"device {device}" + (f", selective scan: {scan_on(device)}" if arch == "mamba" else ""), progress)
     bar = tqdm(total=tcfg["steps"], initial=step, desc=f"train {arch} ctx{context_episodes}", file=progress,
                mininterval=10, disable=not progress)
     tokens, t0 = 0, time.perf_counter()

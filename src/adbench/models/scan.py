@@ -7,8 +7,8 @@ an implementation: on CPU, the fused numba kernel of `scan_fused` (states never 
 backward recomputes them per chunk); elsewhere, or without numba, or with ADBENCH_SCAN=torch, the
 chunked PyTorch scan below, where under autograd each chunk is checkpointed (its states are
 recomputed in backward), so at most one chunk of the (batch, d_inner, length, d_state) state
-exists at a time and memory grows linearly, and modestly, with length. On CUDA with mamba_ssm
-installed, `Mamba` calls mamba_ssm's own kernels instead (see mamba.py).
+exists at a time and memory grows linearly, and modestly, with length. On CUDA, with mamba_ssm
+installed (an optional extra), mamba_ssm's own kernels run instead; mamba_ssm is imported only then.
 """
 
 import os
@@ -102,8 +102,19 @@ def _fused():
     return fused_selective_scan
 
 
+def _mamba_ssm():
+    """mamba_ssm's CUDA `selective_scan_fn`, imported only when asked for on a CUDA tensor."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except ImportError:
+        return None
+    return selective_scan_fn
+
+
 def scan_implementation(u, B, C) -> str:
-    """'fused' or 'torch': what `selective_scan` will run for these inputs."""
+    """'mamba_ssm', 'fused' or 'torch': what `selective_scan` will run for these inputs."""
+    if u.device.type == "cuda":
+        return "mamba_ssm" if _mamba_ssm() is not None else "torch"
     fusable = (u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64) and B.dim() >= 3 and C.dim() >= 3)
     return "fused" if fusable and _fused() is not None else "torch"
 
@@ -113,7 +124,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """Memory-lean selective scan. Shapes as in mamba_ssm: u, delta, z (b, d, l); A (d, n);
     B, C (d, n) | (b, n, l) | (b, g, n, l); D, delta_bias (d,). Returns out (b, d, l) [, last_state (b, d, n)].
     `impl`: 'auto' (fused where it can run), 'fused' or 'torch'."""
-    if impl == "fused" or (impl == "auto" and scan_implementation(u, B, C) == "fused"):
+    chosen = scan_implementation(u, B, C) if impl == "auto" else impl
+    if chosen == "mamba_ssm":  # CUDA kernels (not exercised by the CPU test suite)
+        return _mamba_ssm()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if chosen == "fused":
         out, last = _fused()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         return (out, last) if return_last_state else out
     return _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk)

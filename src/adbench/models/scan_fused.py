@@ -65,6 +65,7 @@ def _backward(u, delta, A, Bt, Ct, D, z, bias, softplus, has_z, chunk, y_pre, ck
     chunks = ckpt.shape[2]
     for bi in prange(b):
         hbuf = np.zeros((chunk + 1, n), dtype=u.dtype)  # hbuf[0]: state before the chunk
+        abuf = np.zeros((chunk, n), dtype=u.dtype)  # the chunk's decays exp(dt A), computed once
         lam = np.zeros(n, dtype=u.dtype)
         for di in range(d):
             gi = di // per_group
@@ -79,7 +80,8 @@ def _backward(u, delta, A, Bt, Ct, D, z, bias, softplus, has_z, chunk, y_pre, ck
                         dt = math.log1p(math.exp(dt)) if dt <= 20.0 else dt
                     j = t - t0
                     for k in range(n):
-                        hbuf[j + 1, k] = math.exp(dt * A[di, k]) * hbuf[j, k] + dt * Bt[bi, gi, t, k] * u[bi, di, t]
+                        abuf[j, k] = math.exp(dt * A[di, k])
+                        hbuf[j + 1, k] = abuf[j, k] * hbuf[j, k] + dt * Bt[bi, gi, t, k] * u[bi, di, t]
                 for t in range(t1 - 1, t0 - 1, -1):
                     j = t - t0
                     raw = delta[bi, di, t] + bias[di]
@@ -100,7 +102,7 @@ def _backward(u, delta, A, Bt, Ct, D, z, bias, softplus, has_z, chunk, y_pre, ck
                     for k in range(n):
                         h_t = hbuf[j + 1, k]
                         h_prev = hbuf[j, k]
-                        a = math.exp(dt * A[di, k])
+                        a = abuf[j, k]
                         lam_k = lam[k] + g * Ct[bi, gi, t, k]  # dL/dh_t
                         dCt[bi, gi, t, k] += g * h_t
                         dBt[bi, gi, t, k] += lam_k * dt * ut

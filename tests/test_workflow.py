@@ -49,7 +49,7 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     results = smoke_run / "results"
     info = validate_file(results / "datasets/PointNav.h5")
     assert info["n_train"] == 8 and info["n_test"] == 4
-    for name in ("in_context_return", "source_learning_curves"):
+    for name in ("in_context_return", "source_learning_curves", "context_scaling", "cost"):
         image = Image.open(results / f"figures/{name}.png")
         image.load()
         assert image.size[0] > 300
@@ -65,6 +65,8 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
         assert (results / f"benchmarks/train/PointNav/{arch}-ctx2-seed0.tsv").exists()
         log = (results / f"logs/train/PointNav/{arch}-ctx2-seed0.log").read_text()
         assert "parameters" in log and "60/60" in log
+        cost = pd.read_csv(results / f"eval/PointNav/{arch}-ctx2-seed0.cost.csv")
+        assert cost["ms_per_step"].iloc[0] > 0
 
 
 def test_rerun_after_success_does_nothing(smoke_run):

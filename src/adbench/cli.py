@@ -54,7 +54,7 @@ def cmd_train(args):
 
 def cmd_evaluate(args):
     from .evaluate import SECTIONS, evaluate_model
-    evaluate_model(_settings(args, SECTIONS), args.dataset, args.model, args.out, progress=sys.stderr)
+    evaluate_model(_settings(args, SECTIONS), args.dataset, args.model, args.out, args.cost_out, progress=sys.stderr)
 
 
 def cmd_reference(args):
@@ -70,7 +70,7 @@ def cmd_figures(args):
         if not k.isdigit() or int(k) < 1:
             raise cfglib.ConfigError(f"--episode-strides takes FAMILY=K with K >= 1, got {item!r}")
         strides[family] = int(k)
-    summary = make_all(strides, args.models, args.references, args.out_dir)
+    summary = make_all(strides, args.models, args.references, args.out_dir, args.train_metrics, args.inference_costs)
     print(summary.to_string(index=False))
 
 
@@ -108,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", required=True)
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--cost-out", help="CSV of the inference cost (ms per batched step)")
     s = stage("reference", cmd_reference, "random-policy and source-algorithm curves on the held-out tasks")
     s.add_argument("--dataset", required=True)
     s.add_argument("--out", required=True)
@@ -116,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
                    help="each family's AD subsampling stride (dataset.episode_stride)")
     s.add_argument("--models", nargs="+", required=True)
     s.add_argument("--references", nargs="+", required=True)
+    s.add_argument("--train-metrics", nargs="*", default=[], help="metrics.csv of each training run (cost figure)")
+    s.add_argument("--inference-costs", nargs="*", default=[], help="inference cost CSVs of the evaluate stage")
     s.add_argument("--out-dir", required=True, help="writes figures/ and tables/ under it")
     return p
 

@@ -81,12 +81,12 @@ def random_policy(obs, prev_action, prev_reward, start, generator):
     return torch.rand(prev_action.shape, generator=generator).numpy() * 2 - 1
 
 
-def write_rows(path, rows: list) -> None:
+def write_rows(path, rows: list, columns: list = COLUMNS) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
@@ -98,7 +98,11 @@ def tidy(family, arch, ctx, seed, eval_seeds, task_ids, returns) -> list:
             for i, s in enumerate(eval_seeds) for j, tid in enumerate(task_ids) for e in range(returns.shape[2])]
 
 
-def evaluate_model(cfg: dict, dataset, model_path, out_path, progress=None) -> None:
+COST_COLUMNS = ["family", "arch", "context_episodes", "seed", "batch", "ms_per_step"]
+
+
+def evaluate_model(cfg: dict, dataset, model_path, out_path, cost_path=None, progress=None) -> None:
+    """In-context returns to `out_path`; the model's inference cost (ms per batched step) to `cost_path`."""
     ecfg = cfg["evaluate"]
     torch.set_num_threads(ecfg["threads"])
     info = validate_file(dataset)
@@ -111,10 +115,13 @@ def evaluate_model(cfg: dict, dataset, model_path, out_path, progress=None) -> N
     seeds = ecfg["seeds"]
     policy = ModelPolicy(model, len(tasks) * len(seeds), ecfg["sample_actions"])
     returns = rollout(info["family"], [t for _, t in tasks], meta["horizon"], ecfg["episodes"], seeds, policy, progress)
-    say(f"{policy.step_seconds / policy.steps * 1e3:.3f} ms per batched step of {len(tasks) * len(seeds)} sequences",
-        progress)
+    ms = policy.step_seconds / policy.steps * 1e3
+    say(f"{ms:.3f} ms per batched step of {len(tasks) * len(seeds)} sequences", progress)
     write_rows(out_path, tidy(info["family"], ckpt["arch"], meta["context_episodes"], meta["seed"], seeds,
                               [tid for tid, _ in tasks], returns))
+    if cost_path is not None:
+        write_rows(cost_path, [{"family": info["family"], "arch": ckpt["arch"], "context_episodes": meta["context_episodes"],
+                                "seed": meta["seed"], "batch": len(tasks) * len(seeds), "ms_per_step": ms}], COST_COLUMNS)
 
 
 def evaluate_references(cfg: dict, dataset, out_path, progress=None) -> None:

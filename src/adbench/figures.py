@@ -129,6 +129,40 @@ def plot_in_context(models: pd.DataFrame, refs: pd.DataFrame, strides: dict, pat
     _save(fig, path)
 
 
+def plot_context_scaling(summary: pd.DataFrame, path: Path) -> None:
+    """(b) Normalised final in-context return vs context length, per family and architecture."""
+    families = sorted(summary["family"].unique())
+    fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 4), squeeze=False)
+    for ax, family in zip(axes[0], families):
+        for arch, g in summary[summary["family"] == family].groupby("arch"):
+            g = g.sort_values("context_episodes")
+            y = g["normalized_final_iqm"].to_numpy()
+            err = np.vstack([y - g["normalized_ci_low"].to_numpy(), g["normalized_ci_high"].to_numpy() - y])
+            ax.errorbar(g["context_episodes"], y, yerr=err, marker="o", capsize=3, label=arch)
+        ax.axhline(0.0, color="grey", lw=0.8, ls=":")
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set(title=family, xlabel="context (episodes)", ylabel="normalised final return (IQM)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path) -> None:
+    """(c) Training tokens/s and peak memory, and inference ms per step, against context length."""
+    trained = (metrics[metrics["step"] > metrics.groupby(["family", "arch", "context_episodes", "seed"])["step"].transform("min")]
+               .groupby(["family", "arch", "context_episodes", "seed"])
+               .agg(tokens_per_s=("tokens_per_s", "mean"), peak_mem_mib=("peak_mem_mib", "max")).reset_index())
+    panels = [(trained, "tokens_per_s", "training tokens / s"), (trained, "peak_mem_mib", "training peak memory (MiB)"),
+              (costs, "ms_per_step", "inference ms per batched step")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (data, column, label) in zip(axes, panels):
+        sns.lineplot(data=data, x="context_episodes", y=column, hue="arch", style="family", marker="o", ax=ax,
+                     errorbar=None)
+        ax.set(xlabel="context (episodes)", ylabel=label)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
@@ -148,9 +182,10 @@ def _write_table(df: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
     md_path.write_text(header + body)
 
 
-def make_all(strides: dict, model_csvs: list, reference_csvs: list, out_dir) -> pd.DataFrame:
+def make_all(strides: dict, model_csvs: list, reference_csvs: list, out_dir, train_metrics=(), inference_costs=()) -> pd.DataFrame:
     """Every figure and table under out_dir/{figures,tables}/. `strides`: {family: dataset.episode_stride},
-    to place the source's history episodes on the in-context x-axis."""
+    to place the source's history episodes on the in-context x-axis; the cost figure needs the training
+    metrics and inference costs."""
     out = Path(out_dir)
     models, refs = load(model_csvs), load(reference_csvs)
     missing = sorted(set(refs["family"]) - set(strides))
@@ -161,4 +196,8 @@ def make_all(strides: dict, model_csvs: list, reference_csvs: list, out_dir) -> 
     _write_table(source_improvement(refs), out / "tables/source_improvement.csv", out / "tables/source_improvement.md")
     summary = summarize(models, refs)
     _write_table(summary, out / "tables/summary.csv", out / "tables/summary.md")
+    plot_context_scaling(summary, out / "figures/context_scaling.png")
+    if train_metrics and inference_costs:
+        plot_cost(pd.concat([pd.read_csv(p) for p in train_metrics]), pd.concat([pd.read_csv(p) for p in inference_costs]),
+                  out / "figures/cost.png")
     return summary

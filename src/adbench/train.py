@@ -24,7 +24,7 @@ from .progress import say
 from .seeding import derive_seed
 
 SECTIONS = ["dataset", "model", "train"]
-METRICS = ["step", "loss", "lr", "tokens_per_s", "peak_mem_mib"]
+METRICS = ["family", "arch", "context_episodes", "seed", "step", "loss", "lr", "tokens_per_s", "peak_mem_mib"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -113,7 +113,8 @@ def run(cfg: dict, dataset, arch: str, context_episodes: int, seed: int, out_dir
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower train.learning_rate")
         if step % tcfg["log_every"] == 0 or step == tcfg["steps"]:
             elapsed = time.perf_counter() - t0
-            rows.append({"step": step, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"],
+            rows.append({"family": info["family"], "arch": arch, "context_episodes": context_episodes, "seed": seed,
+                         "step": step, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"],
                          "tokens_per_s": tokens / elapsed, "peak_mem_mib": peak_memory_mib(device)})
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             tokens, t0 = 0, time.perf_counter()

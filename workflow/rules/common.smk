@@ -59,6 +59,14 @@ def model_tables():
     return [f"results/eval/{run}.csv" for run in model_runs()]
 
 
+def inference_costs():
+    return [f"results/eval/{run}.cost.csv" for run in model_runs()]
+
+
+def train_metrics():
+    return [f"results/train/{run}/metrics.csv" for run in model_runs()]
+
+
 def reference_tables():
     return expand("results/eval/{family}/reference.csv", family=config["families"])
 
@@ -69,6 +77,8 @@ def final_targets():
     return [
         "results/figures/in_context_return.png",
         "results/figures/source_learning_curves.png",
+        "results/figures/context_scaling.png",
+        "results/figures/cost.png",
         "results/tables/summary.csv",
         "results/tables/source_improvement.csv",
         *expand("results/datasets/{family}.h5", family=config["families"]),

@@ -3,7 +3,8 @@ rule evaluate:
         dataset="results/datasets/{family}.h5",
         model="results/train/{family}/{arch}-ctx{ctx}-seed{seed}/model.pt",
     output:
-        "results/eval/{family}/{arch}-ctx{ctx}-seed{seed}.csv",
+        returns="results/eval/{family}/{arch}-ctx{ctx}-seed{seed}.csv",
+        cost="results/eval/{family}/{arch}-ctx{ctx}-seed{seed}.cost.csv",
     log:
         "results/logs/evaluate/{family}/{arch}-ctx{ctx}-seed{seed}.log",
     benchmark:
@@ -18,7 +19,7 @@ rule evaluate:
         runtime=60,
     shell:
         "OMP_NUM_THREADS={threads} python -m adbench evaluate --settings {params.settings} --dataset {input.dataset} "
-        "--model {input.model} --out {output} 2> {log}"
+        "--model {input.model} --out {output.returns} --cost-out {output.cost} 2> {log}"
 
 
 rule reference:

@@ -2,11 +2,23 @@ rule figures:
     input:
         models=model_tables(),
         references=reference_tables(),
+        train_metrics=train_metrics(),
+        inference_costs=inference_costs(),
     output:
         in_context=report(
             "results/figures/in_context_return.png",
             caption="../report/in_context_return.rst",
             category="In-context RL",
+        ),
+        scaling=report(
+            "results/figures/context_scaling.png",
+            caption="../report/context_scaling.rst",
+            category="In-context RL",
+        ),
+        cost=report(
+            "results/figures/cost.png",
+            caption="../report/cost.rst",
+            category="Cost",
         ),
         source_curves=report(
             "results/figures/source_learning_curves.png",
@@ -37,4 +49,5 @@ rule figures:
         runtime=15,
     shell:
         "python -m adbench figures --episode-strides {params.strides} --models {input.models} "
-        "--references {input.references} --out-dir results > {log} 2>&1"
+        "--references {input.references} --train-metrics {input.train_metrics} "
+        "--inference-costs {input.inference_costs} --out-dir results > {log} 2>&1"

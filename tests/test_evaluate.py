@@ -5,8 +5,9 @@ import torch
 
 from adbench import train
 from adbench.data import DatasetError
-from adbench.evaluate import COLUMNS, ModelPolicy, evaluate_model, evaluate_references, rollout
+from adbench.evaluate import CONTROLS, COLUMNS, ModelPolicy, evaluate_model, evaluate_references, rollout
 from adbench.models import build, load_checkpoint
+from adbench.tasks import sample_tasks
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,8 @@ def test_evaluation_runs_longer_than_the_training_context(cfg, dataset, models, 
     evaluate_model(cfg, dataset, models[arch], tmp_path / "e.csv", progress=False)
     df = pd.read_csv(tmp_path / "e.csv")
     assert list(df.columns) == COLUMNS
-    assert len(df) == 2 * 4 * 7  # eval seeds x test tasks x episodes
+    assert len(df) == 3 * 2 * 4 * 7  # controls x eval seeds x test tasks x episodes
+    assert set(df["control"]) == {"none", "zero_reward", "other_task_reward"}
     assert set(df["task"]) == {f"test-{i:04d}" for i in range(4)}
     assert (df["arch"] == arch).all() and (df["context_episodes"] == 2).all()
     assert np.isfinite(df["return"]).all() and (df["return"] < 0).all()
@@ -76,3 +78,90 @@ def test_sampling_uses_the_predicted_std(dataset, models):
     actions = model.act(mean, log_std, sample=True, generator=torch.Generator().manual_seed(0))
     assert actions.std().item() == pytest.approx(0.3, rel=0.1)
     assert torch.equal(model.act(mean, log_std, sample=False), mean)
+
+
+class EpisodeSchedulePolicy:
+    """Ignores rewards by construction: its action depends only on the episode and step counts. Its
+    heading wobbles less each episode, settling straight up, so its return rises on most goals."""
+
+    def __init__(self):
+        self.episode, self.t = -1, 0
+
+    def __call__(self, obs, prev_action, prev_reward, start, generator):
+        if start[0]:
+            self.episode, self.t = self.episode + 1, 0
+        self.t += 1
+        wobble = (np.pi / 2) * max(0.0, 1.0 - self.episode / 6) * (1 if self.episode % 2 == 0 else -1)
+        speed = 1.0 if self.t <= 10 else 0.0
+        angle = np.pi / 2 + wobble
+        return np.tile([speed * np.cos(angle), speed * np.sin(angle)], (len(obs), 1)).astype(np.float32)
+
+
+class RewardHillClimber:
+    """Learns in context from the rewards it sees: tries 9 headings on the upper half-plane, one per
+    episode, then keeps heading the way whose episode earned most. Drives 10 steps, then stops."""
+
+    ANGLES = np.linspace(0, np.pi, 9)
+
+    def __init__(self, batch):
+        self.episode, self.t = -1, 0
+        self.returns = np.full((batch, len(self.ANGLES)), -np.inf)
+        self.current = np.zeros(batch)
+
+    def __call__(self, obs, prev_action, prev_reward, start, generator):
+        if start[0]:
+            if self.episode >= 0 and self.episode < len(self.ANGLES):
+                self.returns[:, self.episode] = self.current
+            self.episode, self.t, self.current = self.episode + 1, 0, np.zeros(len(obs))
+        elif self.t > 0:
+            self.current += prev_reward
+        self.t += 1
+        if self.episode < len(self.ANGLES):
+            angle = np.full(len(obs), self.ANGLES[self.episode])
+        else:
+            angle = self.ANGLES[np.argmax(self.returns, axis=1)]
+        speed = 1.0 if self.t <= 10 else 0.0
+        return (speed * np.stack([np.cos(angle), np.sin(angle)], 1)).astype(np.float32)
+
+
+def _gains(returns):
+    """(controls, seeds, tasks, episodes) -> in-context gain per control and the reward-driven gain."""
+    from adbench.figures import bootstrap_ci
+    final = returns[..., -3:].mean(-1)
+    driven = (final[0] - final[2]).ravel()
+    return driven.mean(), bootstrap_ci(driven, np.mean, np.random.default_rng(0))
+
+
+def test_controls_find_no_reward_driven_gain_in_a_policy_that_ignores_rewards():
+    tasks = sample_tasks("PointNav", 8, 3)
+    returns = rollout("PointNav", tasks, 50, 12, [0, 1], EpisodeSchedulePolicy(), controls=CONTROLS)
+    assert returns[0, ..., -3:].mean() > returns[0, ..., :3].mean()  # it "improves" across episodes ...
+    mean, (low, high) = _gains(returns)
+    assert mean == pytest.approx(0.0, abs=1e-9) and low <= 0.0 <= high  # ... but not from rewards
+    np.testing.assert_allclose(returns[1], returns[0])  # zero rewards change nothing either
+
+
+def test_controls_find_a_clear_reward_driven_gain_in_a_reward_driven_learner():
+    tasks = sample_tasks("PointNav", 8, 3)
+    policy = RewardHillClimber(3 * 2 * 8)
+    returns = rollout("PointNav", tasks, 50, 12, [0, 1], policy, controls=CONTROLS)
+    mean, (low, high) = _gains(returns)
+    assert low > 5.0  # seeing another task's rewards, it heads for the wrong goal
+
+
+def test_other_task_control_needs_two_test_tasks():
+    with pytest.raises(DatasetError, match="at least 2 test tasks"):
+        rollout("PointNav", sample_tasks("PointNav", 1, 0), 50, 1, [0], EpisodeSchedulePolicy(), controls=CONTROLS)
+
+
+def test_dynamics_family_other_task_control_feeds_the_other_rollouts_rewards():
+    tasks = sample_tasks("Walker2dParams", 2, 0)
+    seen = []
+
+    def recorder(obs, prev_action, prev_reward, start, generator):
+        seen.append(prev_reward.copy())
+        return np.zeros((len(obs), 6), np.float32)
+    rollout("Walker2dParams", tasks, 5, 1, [0], recorder, controls=("none", "other_task_reward"))
+    # rows: (none, task0), (none, task1), (other, task0), (other, task1): the control shows the other task's reward
+    for r in seen[1:]:
+        assert r[2] == r[1] and r[3] == r[0]

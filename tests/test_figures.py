@@ -6,13 +6,14 @@ from PIL import Image
 from adbench.figures import edge, iqm, make_all, source_improvement, summarize
 
 
-def _table(arch, ctx, slope, episodes=10, tasks=6, seeds=(0, 1), level=-50.0):
+def _table(arch, ctx, slope, episodes=10, tasks=6, seeds=(0, 1), level=-50.0, control="none"):
     rows = []
     for s in seeds:
         for t in range(tasks):
             for e in range(episodes):
                 rows.append({"family": "PointNav", "arch": arch, "context_episodes": ctx, "seed": s, "eval_seed": 0,
-                             "task": f"test-{t:04d}", "episode": e, "return": level + slope * e + 0.1 * t})
+                             "control": control, "task": f"test-{t:04d}", "episode": e,
+                             "return": level + slope * e + 0.1 * t})
     return pd.DataFrame(rows)
 
 
@@ -37,6 +38,17 @@ def test_summary_gain_and_normalisation():
     rnd_level = -50 + 0.25
     src_final = -50 + 37.5 + 0.25
     assert s.loc["transformer", "normalized_final_iqm"] == pytest.approx((-50 + 0.25 - rnd_level) / (src_final - rnd_level), abs=0.02)
+
+
+def test_reward_driven_gain_is_true_minus_other_task_final_return():
+    models = pd.concat([_table("mamba", 4, 2.0), _table("mamba", 4, 2.0, control="zero_reward"),
+                        _table("mamba", 4, 0.5, control="other_task_reward")])
+    s = summarize(models, _refs()).set_index("arch")
+    assert s.loc["mamba", "gain"] == pytest.approx(18.0)
+    assert s.loc["mamba", "zero_reward_gain"] == pytest.approx(18.0)
+    assert s.loc["mamba", "other_task_gain"] == pytest.approx(4.5)
+    assert s.loc["mamba", "reward_driven_gain"] == pytest.approx(2.0 * 9 - 0.5 * 9)  # final episode is 9
+    assert s.loc["mamba", "reward_driven_ci_low"] > 0
 
 
 def test_make_all_writes_a_figure_and_tables(tmp_path):

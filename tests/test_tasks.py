@@ -243,3 +243,27 @@ def test_no_mujoco_log_file_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_env("HalfCheetahVel", {"velocity": 1.0}).reset(seed=0)
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+@pytest.mark.parametrize("family", ["PointNav", "HalfCheetahVel", "AntDir", "AntGoal"])
+def test_reward_under_another_task_equals_that_tasks_reward_for_the_same_transition(family):
+    """The counterfactual reward of the reward-ablation control: same state and action, other task."""
+    a, b = sample_tasks(family, 2, 9)
+    env_a, env_b = make_env(family, a), make_env(family, b)
+    env_a.reset(seed=0)
+    env_b.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        action = rng.uniform(-1, 1, env_a.action_space.shape)
+        env_a.step(action)
+        reward_b = env_b.step(action)[1]  # same start, same actions: same transition
+        assert env_a.reward_under(b) == pytest.approx(reward_b, abs=1e-9)
+
+
+def test_dynamics_family_has_no_counterfactual_reward():
+    batch = BatchedTasks("Walker2dParams", sample_tasks("Walker2dParams", 2, 0))
+    batch.reset(seed=0)
+    batch.step(np.zeros((2, 6)))
+    assert not batch.reward_varies
+    with pytest.raises(ValueError, match="varies dynamics"):
+        batch.rewards_under(batch.tasks[::-1])

@@ -22,7 +22,8 @@ from .seeding import derive_seed
 from .tasks import BatchedTasks
 
 SECTIONS = ["evaluate"]
-COLUMNS = ["family", "arch", "context_episodes", "seed", "eval_seed", "task", "episode", "return"]
+COLUMNS = ["family", "arch", "context_episodes", "seed", "eval_seed", "control", "task", "episode", "return"]
+CONTROLS = ("none", "zero_reward", "other_task_reward")
 
 
 def test_tasks(dataset) -> list:
@@ -34,28 +35,52 @@ def test_tasks(dataset) -> list:
     return tasks
 
 
-def rollout(family: str, tasks: list, horizon: int, episodes: int, eval_seeds: list, policy, progress=None) -> np.ndarray:
-    """Run `policy` over `episodes` consecutive episodes of every (eval_seed, task); returns (seeds, tasks, episodes).
+def rollout(family: str, tasks: list, horizon: int, episodes: int, eval_seeds: list, policy, progress=None,
+            controls: tuple = ("none",)) -> np.ndarray:
+    """Run `policy` over `episodes` consecutive episodes of every (control, eval_seed, task), all in one
+    batch; returns the true returns, (controls, seeds, tasks, episodes).
 
     `policy(obs, prev_action, prev_reward, episode_start, generator) -> actions` sees the AD token of
     each step; the previous action and reward carry across episode boundaries (zeros at the start).
+    Controls change only the reward the policy *sees* (returns are always scored on the true task):
+    'zero_reward' shows zeros; 'other_task_reward' shows what the same step would have earned under
+    another test task (a fixed derangement: task j gets task j+1's, cyclically), or, for a family whose
+    tasks change the dynamics, the reward of that other task's own rollout at the same step.
     """
-    batch_tasks = [task for _ in eval_seeds for task in tasks]
-    env = BatchedTasks(family, batch_tasks, horizon)
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown:
+        raise ValueError(f"unknown evaluation control {unknown[0]!r}; controls: {list(CONTROLS)}")
+    n_c, n_s, n_t = len(controls), len(eval_seeds), len(tasks)
+    if "other_task_reward" in controls and n_t < 2:
+        raise DatasetError("the other_task_reward control needs at least 2 test tasks; raise tasks.n_test or drop the control")
+    env = BatchedTasks(family, [task for _ in controls for _ in eval_seeds for task in tasks], horizon)
     k = env.num_tasks
+    rows = np.arange(k).reshape(n_c, n_s, n_t)
+    deranged = np.roll(rows, -1, axis=2)  # row of (control, seed, task j+1)
     generator = torch.Generator().manual_seed(derive_seed(eval_seeds[0], "evaluate", family, len(eval_seeds)))
     returns = np.zeros((k, episodes))
     prev_action = np.zeros((k, env.act_dim), np.float32)
     prev_reward = np.zeros(k, np.float32)
     for ep in tqdm(range(episodes), desc=f"evaluate {family}", file=progress, mininterval=10, disable=not progress):
-        obs = env.reset(seed=derive_seed(eval_seeds[0], "reset", ep) % 2**31)
+        # the same initial state for a (seed, task) under every control
+        seeds = [derive_seed(eval_seeds[s], "reset", ep, j) % 2**31 for _ in controls for s in range(n_s) for j in range(n_t)]
+        obs = env.reset(seeds=seeds)
         for t in range(env.horizon):
             start = np.full(k, 1.0 if t == 0 else 0.0, np.float32)
             action = np.clip(policy(obs, prev_action, prev_reward, start, generator), -1.0, 1.0).astype(np.float32)
             obs, reward, _, _ = env.step(action)
             returns[:, ep] += reward
-            prev_action, prev_reward = action, reward
-    return returns.reshape(len(eval_seeds), len(tasks), episodes)
+            seen = reward.copy()
+            for c, control in enumerate(controls):
+                block = rows[c].ravel()
+                if control == "zero_reward":
+                    seen[block] = 0.0
+                elif control == "other_task_reward" and env.reward_varies:
+                    seen[block] = env.rewards_under([env.tasks[i] for i in deranged[c].ravel()], block)
+                elif control == "other_task_reward":
+                    seen[block] = reward[deranged[c].ravel()]
+            prev_action, prev_reward = action, seen
+    return returns.reshape(n_c, n_s, n_t, episodes)
 
 
 class ModelPolicy:
@@ -92,10 +117,12 @@ def write_rows(path, rows: list, columns: list = COLUMNS) -> None:
     os.replace(tmp, path)
 
 
-def tidy(family, arch, ctx, seed, eval_seeds, task_ids, returns) -> list:
-    return [{"family": family, "arch": arch, "context_episodes": ctx, "seed": seed, "eval_seed": s,
-             "task": tid, "episode": e, "return": float(returns[i, j, e])}
-            for i, s in enumerate(eval_seeds) for j, tid in enumerate(task_ids) for e in range(returns.shape[2])]
+def tidy(family, arch, ctx, seed, eval_seeds, task_ids, returns, controls=("none",)) -> list:
+    """Rows of the result table from returns (controls, seeds, tasks, episodes)."""
+    return [{"family": family, "arch": arch, "context_episodes": ctx, "seed": seed, "eval_seed": s, "control": control,
+             "task": tid, "episode": e, "return": float(returns[c, i, j, e])}
+            for c, control in enumerate(controls) for i, s in enumerate(eval_seeds) for j, tid in enumerate(task_ids)
+            for e in range(returns.shape[3])]
 
 
 COST_COLUMNS = ["family", "arch", "context_episodes", "seed", "batch", "ms_per_step"]
@@ -112,16 +139,19 @@ def evaluate_model(cfg: dict, dataset, model_path, out_path, cost_path=None, pro
         raise DatasetError(f"{model_path} expects obs/act dims {(model.obs_dim, model.act_dim)} but {dataset} has "
                            f"{(info['obs_dim'], info['act_dim'])}; evaluate it on the dataset it was trained on")
     tasks = test_tasks(dataset)
-    seeds = ecfg["seeds"]
-    policy = ModelPolicy(model, len(tasks) * len(seeds), ecfg["sample_actions"])
-    returns = rollout(info["family"], [t for _, t in tasks], meta["horizon"], ecfg["episodes"], seeds, policy, progress)
+    seeds, controls = ecfg["seeds"], ("none", *ecfg["controls"])
+    batch = len(controls) * len(tasks) * len(seeds)
+    policy = ModelPolicy(model, batch, ecfg["sample_actions"])
+    returns = rollout(info["family"], [t for _, t in tasks], meta["horizon"], ecfg["episodes"], seeds, policy, progress,
+                      controls)
     ms = policy.step_seconds / policy.steps * 1e3
-    say(f"{ms:.3f} ms per batched step of {len(tasks) * len(seeds)} sequences", progress)
+    say(f"{ms:.3f} ms per batched step of {batch} sequences ({len(controls)} controls x {len(seeds)} seeds x "
+        f"{len(tasks)} tasks)", progress)
     write_rows(out_path, tidy(info["family"], ckpt["arch"], meta["context_episodes"], meta["seed"], seeds,
-                              [tid for tid, _ in tasks], returns))
+                              [tid for tid, _ in tasks], returns, controls))
     if cost_path is not None:
         write_rows(cost_path, [{"family": info["family"], "arch": ckpt["arch"], "context_episodes": meta["context_episodes"],
-                                "seed": meta["seed"], "batch": len(tasks) * len(seeds), "ms_per_step": ms}], COST_COLUMNS)
+                                "seed": meta["seed"], "batch": batch, "ms_per_step": ms}], COST_COLUMNS)
 
 
 def evaluate_references(cfg: dict, dataset, out_path, progress=None) -> None:
@@ -142,5 +172,5 @@ def evaluate_references(cfg: dict, dataset, out_path, progress=None) -> None:
     for tid, curves in source.items():
         for h, curve in enumerate(curves):
             rows += [{"family": info["family"], "arch": "source", "context_episodes": 0, "seed": h, "eval_seed": -1,
-                      "task": tid, "episode": e, "return": float(r)} for e, r in enumerate(curve)]
+                      "control": "none", "task": tid, "episode": e, "return": float(r)} for e, r in enumerate(curve)]
     write_rows(out_path, rows)

@@ -13,7 +13,11 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 SUMMARY_COLUMNS = ["family", "arch", "context_episodes", "runs", "first_return", "final_return", "gain",
-                   "gain_ci_low", "gain_ci_high", "normalized_final_iqm", "normalized_ci_low", "normalized_ci_high"]
+                   "gain_ci_low", "gain_ci_high", "normalized_final_iqm", "normalized_ci_low", "normalized_ci_high",
+                   "zero_reward_gain", "zero_reward_gain_ci_low", "zero_reward_gain_ci_high",
+                   "other_task_gain", "other_task_gain_ci_low", "other_task_gain_ci_high",
+                   "reward_driven_gain", "reward_driven_ci_low", "reward_driven_ci_high"]
+RUN = ["seed", "eval_seed", "task"]
 BOOTSTRAP = 2000
 
 
@@ -45,10 +49,10 @@ def load(paths: list) -> pd.DataFrame:
 
 
 def run_scores(df: pd.DataFrame) -> pd.DataFrame:
-    """Per evaluation run (seed, eval_seed, task): mean return of the first and last 10% of episodes."""
+    """Per evaluation run (control, seed, eval_seed, task): mean return of the first and last 10% of episodes."""
     n = int(df["episode"].max()) + 1
     k = edge(n)
-    keys = ["family", "arch", "context_episodes", "seed", "eval_seed", "task"]
+    keys = ["family", "arch", "context_episodes", "control", "seed", "eval_seed", "task"]
     first = df[df["episode"] < k].groupby(keys)["return"].mean().rename("first")
     last = df[df["episode"] >= n - k].groupby(keys)["return"].mean().rename("final")
     return pd.concat([first, last], axis=1).reset_index()
@@ -97,14 +101,29 @@ def summarize(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0) -> pd.Dat
         random_level = ref[ref["arch"] == "random"]["return"].mean()
         src = ref[ref["arch"] == "source"]
         src_final = src[src["episode"] >= src["episode"].max() + 1 - edge(int(src["episode"].max()) + 1)]["return"].mean()
-        for (arch, ctx), g in fam.groupby(["arch", "context_episodes"]):
+        for (arch, ctx), runs in fam.groupby(["arch", "context_episodes"]):
+            g = runs[runs["control"] == "none"]
             gain = (g["final"] - g["first"]).to_numpy()
             norm = ((g["final"] - random_level) / (src_final - random_level)).to_numpy()
-            rows.append({"family": family, "arch": arch, "context_episodes": ctx, "runs": len(g),
-                         "first_return": g["first"].mean(), "final_return": g["final"].mean(), "gain": gain.mean(),
-                         **dict(zip(["gain_ci_low", "gain_ci_high"], bootstrap_ci(gain, np.mean, rng))),
-                         "normalized_final_iqm": iqm(norm),
-                         **dict(zip(["normalized_ci_low", "normalized_ci_high"], bootstrap_ci(norm, iqm, rng)))})
+            row = {"family": family, "arch": arch, "context_episodes": ctx, "runs": len(g),
+                   "first_return": g["first"].mean(), "final_return": g["final"].mean(), "gain": gain.mean(),
+                   **dict(zip(["gain_ci_low", "gain_ci_high"], bootstrap_ci(gain, np.mean, rng))),
+                   "normalized_final_iqm": iqm(norm),
+                   **dict(zip(["normalized_ci_low", "normalized_ci_high"], bootstrap_ci(norm, iqm, rng)))}
+            for control, name in (("zero_reward", "zero_reward_gain"), ("other_task_reward", "other_task_gain")):
+                c = runs[runs["control"] == control]
+                if len(c):
+                    cgain = (c["final"] - c["first"]).to_numpy()
+                    row.update({name: cgain.mean(), **dict(zip([f"{name}_ci_low", f"{name}_ci_high"],
+                                                                bootstrap_ci(cgain, np.mean, rng)))})
+            other = runs[runs["control"] == "other_task_reward"]
+            if len(other):
+                # final return seeing the true rewards minus seeing another task's, run by run
+                paired = g.set_index(RUN)["final"] - other.set_index(RUN)["final"]
+                driven = paired.dropna().to_numpy()
+                row.update({"reward_driven_gain": driven.mean(),
+                            **dict(zip(["reward_driven_ci_low", "reward_driven_ci_high"], bootstrap_ci(driven, np.mean, rng)))})
+            rows.append(row)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -121,8 +140,10 @@ def plot_in_context(models: pd.DataFrame, refs: pd.DataFrame, strides: dict, pat
     families = sorted(data["family"].unique())
     fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.2), squeeze=False)
     for ax, family in zip(axes[0], families):
-        sns.lineplot(data=data[data["family"] == family], x="episode", y="return", hue="label",
-                     errorbar=("ci", 95), n_boot=500, seed=0, ax=ax)
+        # controls (the reward the model saw was zeroed or another task's) dashed beside the true curves
+        sns.lineplot(data=data[data["family"] == family], x="episode", y="return", hue="label", style="control",
+                     style_order=["none", "other_task_reward", "zero_reward"], errorbar=("ci", 95), n_boot=500, seed=0,
+                     ax=ax)
         ax.set(title=family, xlabel="in-context episode", ylabel="episode return")
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -22,8 +22,10 @@ class BatchedTasks:
         self.obs_dim = self.envs[0].observation_space.shape[0]
         self.act_dim = self.envs[0].action_space.shape[0]
 
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        seeds = [None] * self.num_tasks if seed is None else [seed + i for i in range(self.num_tasks)]
+    def reset(self, seed: int | None = None, seeds: list | None = None) -> np.ndarray:
+        """Start the next episode of every task: env i seeded with seed + i, or with seeds[i]."""
+        if seeds is None:
+            seeds = [None] * self.num_tasks if seed is None else [seed + i for i in range(self.num_tasks)]
         return np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seeds)]).astype(np.float32)
 
     def step(self, actions: np.ndarray):
@@ -33,3 +35,15 @@ class BatchedTasks:
         rewards = np.array([o[1] for o in out], dtype=np.float32)
         truncated = np.array([o[2] for o in out], dtype=bool)
         return obs, rewards, np.zeros(self.num_tasks, dtype=bool), truncated
+
+    @property
+    def reward_varies(self) -> bool:
+        return self.envs[0].reward_varies
+
+    def rewards_under(self, tasks: list, rows=None) -> np.ndarray:
+        """Rewards the last step of envs `rows` (default: all) would have earned under `tasks` (one per
+        row), for a family whose task changes the reward; see each env's `reward_under`."""
+        if not self.reward_varies:
+            raise ValueError(f"{self.family.name} varies dynamics, not rewards: no counterfactual reward")
+        envs = self.envs if rows is None else [self.envs[i] for i in rows]
+        return np.array([env.reward_under(t) for env, t in zip(envs, tasks)], dtype=np.float32)

@@ -90,9 +90,17 @@ class MujocoTaskEnv(gym.Env):
     def apply_task(self) -> None:
         """Change the simulator for this task (dynamics families only)."""
 
-    def task_reward(self, action: np.ndarray, velocity: np.ndarray) -> float:
-        """The family's reward after a step; velocity is (d qpos[0], d qpos[1]) / dt."""
+    reward_varies = True  # the task changes the reward (False: it changes the dynamics)
+
+    def task_reward(self, action: np.ndarray, velocity: np.ndarray, task: dict | None = None) -> float:
+        """The family's reward after a step under `task` (default: this env's); velocity is
+        (d qpos[0], d qpos[1]) / dt."""
         raise NotImplementedError
+
+    def reward_under(self, task: dict) -> float | None:
+        """What the last step would have earned under another task of a reward-varying family
+        (the reward-ablation control); None for dynamics families, where it is not defined."""
+        return self.task_reward(*self._last, task) if self.reward_varies else None
 
     @property
     def model(self):
@@ -121,6 +129,7 @@ class MujocoTaskEnv(gym.Env):
         mujoco.mj_step(self.model, self.data, nstep=self._frame_skip)
         self._t += 1
         velocity = (qpos[:2] - before) / self._dt
+        self._last = (action, velocity)
         return self._env._get_obs(), self.task_reward(action, velocity), self._t >= self.horizon, velocity
 
     def step(self, action):
@@ -145,8 +154,8 @@ class HalfCheetahVelEnv(MujocoTaskEnv):
         require_keys(cls.family, task, ("velocity",))
         return {"velocity": _number(cls.family, task, "velocity", 0.0, 3.0)}
 
-    def task_reward(self, action, velocity):
-        return half_cheetah_vel_reward(velocity[0], action, self.task["velocity"])
+    def task_reward(self, action, velocity, task=None):
+        return half_cheetah_vel_reward(velocity[0], action, (task or self.task)["velocity"])
 
 
 class AntDirEnv(MujocoTaskEnv):
@@ -165,8 +174,8 @@ class AntDirEnv(MujocoTaskEnv):
         require_keys(cls.family, task, ("angle",))
         return {"angle": _number(cls.family, task, "angle", 0.0, 2 * math.pi, high_open=True)}
 
-    def task_reward(self, action, velocity):
-        return ant_dir_reward(velocity, action, self.task["angle"])
+    def task_reward(self, action, velocity, task=None):
+        return ant_dir_reward(velocity, action, (task or self.task)["angle"])
 
 
 class AntGoalEnv(MujocoTaskEnv):
@@ -190,8 +199,8 @@ class AntGoalEnv(MujocoTaskEnv):
             raise TaskError(f"{cls.family}: task key 'goal' must be [x, y] inside the disc of radius 3, got {task['goal']!r}")
         return {"goal": [float(goal[0]), float(goal[1])]}
 
-    def task_reward(self, action, velocity):
-        return ant_goal_reward(self.data.qpos[:2], action, self.task["goal"])
+    def task_reward(self, action, velocity, task=None):
+        return ant_goal_reward(self.data.qpos[:2], action, (task or self.task)["goal"])
 
 
 WALKER_PARAMS = {"body_mass": MASS_BASE, "body_inertia": MASS_BASE, "geom_friction": MASS_BASE, "dof_damping": DAMPING_BASE}
@@ -237,5 +246,7 @@ class Walker2dParamsEnv(MujocoTaskEnv):
             getattr(self.model, key)[:] = getattr(self.model, key) * np.asarray(self.task[key])
         mujoco.mj_setConst(self.model, self.data)
 
-    def task_reward(self, action, velocity):
+    reward_varies = False
+
+    def task_reward(self, action, velocity, task=None):
         return float(self._env._get_rew(velocity[0], action)[0])  # the v5 env's own reward

@@ -63,6 +63,12 @@ class PointNavEnv(gym.Env):
         reward = -float(np.linalg.norm(self._pos - self._goal))
         return self._pos.astype(np.float32), reward, self._t >= self.horizon, {}
 
+    reward_varies = True
+
+    def reward_under(self, task: dict) -> float:
+        """What the last step would have earned under another task (the reward-ablation control)."""
+        return -float(np.linalg.norm(self._pos - np.asarray(task["goal"])))
+
     def step(self, action):
         obs, reward, truncated, _ = self.transition(action)
         return obs, reward, False, truncated, {"task": copy.deepcopy(self.task)}

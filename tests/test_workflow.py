@@ -58,6 +58,8 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     summary = pd.read_csv(results / "tables/summary.csv")
     assert list(summary.columns) == SUMMARY_COLUMNS
     assert set(summary["arch"]) == {"mamba", "transformer"}
+    returns = pd.read_csv(results / "eval/PointNav/mamba-ctx2-seed0.csv")
+    assert set(returns["control"]) == {"none", "zero_reward", "other_task_reward"}
     numeric = summary.select_dtypes("number").to_numpy()
     assert np.isfinite(numeric).all()
     for arch in ("mamba", "transformer"):

@@ -89,6 +89,22 @@ def test_figures_regenerate_from_tables_alone(smoke_run):
     assert planned_jobs(smoke_run, "--forcerun", "figures") == {"figures": 1, "all": 1}
 
 
+def _descendant(pid: int, marker: str) -> int | None:
+    """A python process below `pid` whose command line contains `marker` (not the bash -c wrapper)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    for child in map(int, children):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"python" in argv[0] and marker.encode() in b" ".join(argv):
+            return child
+        found = _descendant(child, marker)
+        if found:
+            return found
+    return None
+
+
 def test_killed_histories_job_resumes_to_the_same_dataset(tmp_path, dataset):
     """SIGKILL a running `histories` job; --rerun-incomplete finishes; the dataset equals an uninterrupted one."""
     import signal
@@ -102,10 +118,7 @@ def test_killed_histories_job_resumes_to_the_same_dataset(tmp_path, dataset):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     victim, deadline = None, time.time() + 120
     while victim is None and time.time() < deadline:
-        # the python process itself, not the bash -c wrapper whose command line also names it
-        found = subprocess.run(["pgrep", "-f", r"^\S*python\S* -m adbench histories"], capture_output=True,
-                               text=True).stdout.split()
-        victim = int(found[0]) if found else None
+        victim = _descendant(proc.pid, " -m adbench histories")
         time.sleep(0.2)
     assert victim is not None, "no histories job started"
     time.sleep(1.0)  # let it get into the PPO loop

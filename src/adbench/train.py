@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from . import config as cfglib
-from .data import WindowSampler, input_statistics, open_histories, validate_file
+from .data import WindowSampler, input_statistics, validate_file
 from .models import build, count_parameters, save_checkpoint
 from .models.scan import scan_implementation
 from .progress import say
@@ -126,9 +126,7 @@ def run(cfg: dict, dataset, arch: str, context_episodes: int, seed: int, out_dir
             raise KeyboardInterrupt(f"stopped after step {step} (stop_after)")
     bar.close()
     model.cpu()
-    with open_histories(dataset) as f:
-        horizon = int(f.attrs["horizon"])
-    meta = {"family": info["family"], "context_episodes": context_episodes, "seed": seed, "horizon": horizon,
+    meta = {"family": info["family"], "context_episodes": context_episodes, "seed": seed, "horizon": sampler.horizon,
             "episode_stride": stride, "parameters": count_parameters(model), "steps": tcfg["steps"]}
     final = out_dir / "model.pt"
     tmp = final.with_name("model.pt.tmp")

@@ -189,7 +189,8 @@ def train_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOCon
             buf["episode_end"].append(torch.as_tensor(end))
             obs = env.reset() if end.all() else next_obs
             t += 1
-        batch = {key: torch.stack([torch.as_tensor(v) for v in vals], 1) for key, vals in buf.items()}
+        # observations stay numpy (normalised in `update`); the rest become (K, N) tensors
+        batch = {key: torch.stack([torch.as_tensor(v) for v in vals], 1) for key, vals in buf.items() if key != "obs"}
         batch["obs"] = np.stack(buf["obs"], 1)
         batch["next_values"] = next_values(batch["values"], batch["episode_end"], torch.from_numpy(agent.value(obs)), final_values)
         agent.update(batch, lr_frac=1.0 - update / num_updates)

@@ -18,6 +18,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/histories.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/baselines.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
 

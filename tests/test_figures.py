@@ -52,21 +52,28 @@ def test_reward_driven_gain_is_true_minus_other_task_final_return():
 
 
 def test_make_all_writes_a_figure_and_tables(tmp_path):
-    _table("mamba", 4, 1.0).to_csv(tmp_path / "m.csv", index=False)
+    pd.concat([_table("mamba", 4, 1.0), _table("rl2", 0, 0.5)]).to_csv(tmp_path / "m.csv", index=False)
     _refs().to_csv(tmp_path / "r.csv", index=False)
     metrics = pd.DataFrame([{"family": "PointNav", "arch": a, "context_episodes": c, "seed": 0, "step": s, "loss": 0.1,
                              "lr": 1e-3, "tokens_per_s": 1000.0 / c, "peak_mem_mib": 300.0 * c}
                             for a in ("mamba", "transformer") for c in (2, 4) for s in (10, 20)])
-    costs = pd.DataFrame([{"family": "PointNav", "arch": a, "context_episodes": c, "seed": 0, "batch": 8, "ms_per_step": c * 0.5}
-                          for a in ("mamba", "transformer") for c in (2, 4)])
+    costs = pd.DataFrame([{"family": "PointNav", "arch": a, "context_episodes": c, "seed": 0, "batch": 8, "ms_per_step": c * 0.5,
+                           "train_env_steps": 1000} for a in ("mamba", "transformer") for c in (2, 4)]
+                         + [{"family": "PointNav", "arch": "rl2", "context_episodes": 0, "seed": 0, "batch": 8,
+                             "ms_per_step": 0.2, "train_env_steps": 5_000_000}])
     metrics.to_csv(tmp_path / "metrics.csv", index=False)
     costs.to_csv(tmp_path / "costs.csv", index=False)
     make_all({"PointNav": 4}, [tmp_path / "m.csv"], [tmp_path / "r.csv"], tmp_path, [tmp_path / "metrics.csv"],
              [tmp_path / "costs.csv"])
     for name in ("in_context_return", "source_learning_curves", "context_scaling", "cost"):
         assert Image.open(tmp_path / f"figures/{name}.png").size[0] > 100
-    assert list(pd.read_csv(tmp_path / "tables/summary.csv").columns)[:3] == ["family", "arch", "context_episodes"]
-    assert (tmp_path / "tables/summary.md").read_text().startswith("| family |")
+    summary = pd.read_csv(tmp_path / "tables/summary.csv")
+    assert list(summary.columns)[:4] == ["family", "arch", "context_episodes", "train_env_steps"]
+    summary = summary.set_index("arch")
+    assert summary.loc["mamba", "train_env_steps"] == 1000 and summary.loc["rl2", "train_env_steps"] == 5_000_000
+    assert summary.loc["rl2", "gain"] == pytest.approx(0.5 * 9)  # last episode minus first (one-episode edges)
+    md = (tmp_path / "tables/summary.md").read_text()
+    assert md.startswith("| family |") and "5,000,000" in md
 
 
 def test_source_improvement_counts_histories_that_rose():

@@ -57,7 +57,14 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     assert improvement.loc["train", "histories"] == 8 and improvement.loc["test", "histories"] == 4
     summary = pd.read_csv(results / "tables/summary.csv")
     assert list(summary.columns) == SUMMARY_COLUMNS
-    assert set(summary["arch"]) == {"mamba", "transformer"}
+    assert set(summary["arch"]) == {"mamba", "transformer", "rl2"}
+    assert (summary["train_env_steps"] > 0).all()
+    rl2 = summary.set_index("arch").loc["rl2"]
+    assert rl2["context_episodes"] == 0 and rl2["train_env_steps"] == 4 * 8 * 6 * 50  # updates x tasks x trial
+    rl2_returns = pd.read_csv(results / "eval/PointNav/rl2-seed0.csv")
+    assert set(rl2_returns["control"]) == {"none", "zero_reward", "other_task_reward"}
+    assert rl2_returns["episode"].max() == 5
+    assert "env-steps/s" in (results / "logs/train/PointNav/rl2-seed0.log").read_text()
     returns = pd.read_csv(results / "eval/PointNav/mamba-ctx2-seed0.csv")
     assert set(returns["control"]) == {"none", "zero_reward", "other_task_reward"}
     numeric = summary.select_dtypes("number").to_numpy()
@@ -79,7 +86,7 @@ def test_deleting_a_dataset_reruns_only_what_depends_on_it(smoke_run):
     (smoke_run / "results/datasets/PointNav.h5").unlink()
     try:
         jobs = planned_jobs(smoke_run)
-        assert jobs == {"dataset": 1, "train": 2, "evaluate": 2, "reference": 1, "figures": 1, "all": 1}
+        assert jobs == {"dataset": 1, "train": 2, "rl2_train": 1, "evaluate": 3, "reference": 1, "figures": 1, "all": 1}
     finally:
         snakemake(smoke_run, "--cores", "2")
     assert planned_jobs(smoke_run) == {}

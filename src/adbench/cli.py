@@ -52,6 +52,11 @@ def cmd_train(args):
     run(_settings(args, SECTIONS), args.dataset, args.arch, args.ctx, args.seed, args.out_dir, progress=sys.stderr)
 
 
+def cmd_rl2_train(args):
+    from .baselines.rl2 import SECTIONS, run
+    run(_settings(args, SECTIONS), args.dataset, args.seed, args.out_dir, progress=sys.stderr)
+
+
 def cmd_evaluate(args):
     from .evaluate import SECTIONS, evaluate_model
     evaluate_model(_settings(args, SECTIONS), args.dataset, args.model, args.out, args.cost_out, progress=sys.stderr)
@@ -102,6 +107,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", required=True)
     s.add_argument("--arch", required=True)
     s.add_argument("--ctx", type=int, required=True, help="context length in episodes")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out-dir", required=True)
+    s = stage("rl2-train", cmd_rl2_train, "meta-train the RL^2 baseline on a dataset's training tasks")
+    s.add_argument("--dataset", required=True)
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out-dir", required=True)
     s = stage("evaluate", cmd_evaluate, "in-context evaluation of a trained model on held-out tasks")

@@ -16,7 +16,8 @@ import torch
 from tqdm import tqdm
 
 from .data import DatasetError, open_histories, task_table, validate_file
-from .models import load_checkpoint
+from .baselines import BASELINES, policy_from_checkpoint
+from .models import build, read_checkpoint
 from .progress import say
 from .seeding import derive_seed
 from .tasks import BatchedTasks
@@ -125,7 +126,25 @@ def tidy(family, arch, ctx, seed, eval_seeds, task_ids, returns, controls=("none
             for e in range(returns.shape[3])]
 
 
-COST_COLUMNS = ["family", "arch", "context_episodes", "seed", "batch", "ms_per_step"]
+COST_COLUMNS = ["family", "arch", "context_episodes", "seed", "batch", "ms_per_step", "train_env_steps"]
+
+
+def load_policy(path):
+    """An AD policy or a baseline from its checkpoint; both have `init_state`, `step` and `act`."""
+    ckpt = read_checkpoint(path)
+    if ckpt["arch"] in BASELINES:
+        return policy_from_checkpoint(ckpt), ckpt
+    model = build(ckpt["arch"], ckpt["obs_dim"], ckpt["act_dim"], **ckpt["model_config"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model, ckpt
+
+
+def train_env_steps(info: dict, ckpt: dict) -> int:
+    """Environment steps behind a model: a baseline's own interaction; for AD, the source algorithm's
+    steps over every training-task history it learned from."""
+    if ckpt["arch"] in BASELINES:
+        return int(ckpt["meta"]["train_env_steps"])
+    return info["n_train"] * info["H"] * info["T"]
 
 
 def evaluate_model(cfg: dict, dataset, model_path, out_path, cost_path=None, progress=None) -> None:
@@ -133,7 +152,7 @@ def evaluate_model(cfg: dict, dataset, model_path, out_path, cost_path=None, pro
     ecfg = cfg["evaluate"]
     torch.set_num_threads(ecfg["threads"])
     info = validate_file(dataset)
-    model, ckpt = load_checkpoint(model_path)
+    model, ckpt = load_policy(model_path)
     meta = ckpt["meta"]
     if (model.obs_dim, model.act_dim) != (info["obs_dim"], info["act_dim"]):
         raise DatasetError(f"{model_path} expects obs/act dims {(model.obs_dim, model.act_dim)} but {dataset} has "
@@ -151,7 +170,8 @@ def evaluate_model(cfg: dict, dataset, model_path, out_path, cost_path=None, pro
                               [tid for tid, _ in tasks], returns, controls))
     if cost_path is not None:
         write_rows(cost_path, [{"family": info["family"], "arch": ckpt["arch"], "context_episodes": meta["context_episodes"],
-                                "seed": meta["seed"], "batch": batch, "ms_per_step": ms}], COST_COLUMNS)
+                                "seed": meta["seed"], "batch": batch, "ms_per_step": ms,
+                                "train_env_steps": train_env_steps(info, ckpt)}], COST_COLUMNS)
 
 
 def evaluate_references(cfg: dict, dataset, out_path, progress=None) -> None:

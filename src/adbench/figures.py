@@ -12,13 +12,19 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-SUMMARY_COLUMNS = ["family", "arch", "context_episodes", "runs", "first_return", "final_return", "gain",
+SUMMARY_COLUMNS = ["family", "arch", "context_episodes", "train_env_steps", "runs", "first_return", "final_return", "gain",
                    "gain_ci_low", "gain_ci_high", "normalized_final_iqm", "normalized_ci_low", "normalized_ci_high",
                    "zero_reward_gain", "zero_reward_gain_ci_low", "zero_reward_gain_ci_high",
                    "other_task_gain", "other_task_gain_ci_low", "other_task_gain_ci_high",
                    "reward_driven_gain", "reward_driven_ci_low", "reward_driven_ci_high"]
 RUN = ["seed", "eval_seed", "task"]
 BOOTSTRAP = 2000
+# Models without an AD context (online meta-RL baselines) carry context_episodes = 0 in the tables.
+NO_CONTEXT = 0
+
+
+def label(arch: str, ctx: int) -> str:
+    return arch if ctx == NO_CONTEXT else f"{arch} ctx {ctx}"
 
 
 def edge(episodes: int) -> int:
@@ -91,8 +97,12 @@ def plot_source_curves(refs: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
-def summarize(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+def summarize(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0, costs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (family, arch, context): returns, gains and control gains with 95% bootstrap CIs, and
+    (given the evaluate stage's cost tables) the environment steps each model's training consumed."""
     rng = np.random.default_rng(seed)
+    budget = {} if costs is None or "train_env_steps" not in costs else (
+        costs.groupby(["family", "arch", "context_episodes"])["train_env_steps"].mean().to_dict())
     scores = run_scores(models)
     refs = held_out(refs)
     rows = []
@@ -105,7 +115,8 @@ def summarize(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0) -> pd.Dat
             g = runs[runs["control"] == "none"]
             gain = (g["final"] - g["first"]).to_numpy()
             norm = ((g["final"] - random_level) / (src_final - random_level)).to_numpy()
-            row = {"family": family, "arch": arch, "context_episodes": ctx, "runs": len(g),
+            row = {"family": family, "arch": arch, "context_episodes": ctx,
+                   "train_env_steps": budget.get((family, arch, ctx), np.nan), "runs": len(g),
                    "first_return": g["first"].mean(), "final_return": g["final"].mean(), "gain": gain.mean(),
                    **dict(zip(["gain_ci_low", "gain_ci_high"], bootstrap_ci(gain, np.mean, rng))),
                    "normalized_final_iqm": iqm(norm),
@@ -130,7 +141,7 @@ def summarize(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0) -> pd.Dat
 def plot_in_context(models: pd.DataFrame, refs: pd.DataFrame, strides: dict, path: Path) -> None:
     """Return vs in-context episode per family: each arch x context, with random and source for reference."""
     n = int(models["episode"].max()) + 1
-    models = models.assign(label=models["arch"] + " ctx " + models["context_episodes"].astype(str))
+    models = models.assign(label=[label(a, c) for a, c in zip(models["arch"], models["context_episodes"])])
     src = held_out(refs)
     src = src[src["arch"] == "source"].assign(label="source (history episode / stride)")
     src = src.assign(episode=src["episode"] / src["family"].map(strides))
@@ -151,11 +162,16 @@ def plot_in_context(models: pd.DataFrame, refs: pd.DataFrame, strides: dict, pat
 
 
 def plot_context_scaling(summary: pd.DataFrame, path: Path) -> None:
-    """(b) Normalised final in-context return vs context length, per family and architecture."""
+    """(b) Normalised final in-context return vs context length, per family and architecture; a baseline
+    without an AD context (RL^2) is a horizontal line with its CI as a band."""
     families = sorted(summary["family"].unique())
     fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 4), squeeze=False)
     for ax, family in zip(axes[0], families):
-        for arch, g in summary[summary["family"] == family].groupby("arch"):
+        fam = summary[summary["family"] == family]
+        for arch, g in fam[fam["context_episodes"] == NO_CONTEXT].groupby("arch"):
+            line = ax.axhline(g["normalized_final_iqm"].iloc[0], ls="-.", lw=1.2, label=f"{arch} (whole trial)")
+            ax.axhspan(g["normalized_ci_low"].iloc[0], g["normalized_ci_high"].iloc[0], color=line.get_color(), alpha=0.15)
+        for arch, g in fam[fam["context_episodes"] != NO_CONTEXT].groupby("arch"):
             g = g.sort_values("context_episodes")
             y = g["normalized_final_iqm"].to_numpy()
             err = np.vstack([y - g["normalized_ci_low"].to_numpy(), g["normalized_ci_high"].to_numpy() - y])
@@ -173,6 +189,7 @@ def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path) -> None:
     trained = (metrics[metrics["step"] > metrics.groupby(["family", "arch", "context_episodes", "seed"])["step"].transform("min")]
                .groupby(["family", "arch", "context_episodes", "seed"])
                .agg(tokens_per_s=("tokens_per_s", "mean"), peak_mem_mib=("peak_mem_mib", "max")).reset_index())
+    costs = costs[costs["context_episodes"] != NO_CONTEXT]  # against context length: AD models only
     panels = [(trained, "tokens_per_s", "training tokens / s"), (trained, "peak_mem_mib", "training peak memory (MiB)"),
               (costs, "ms_per_step", "inference ms per batched step")]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -192,13 +209,19 @@ def _save(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _cell(v) -> str:
+    if isinstance(v, float) and v.is_integer() and abs(v) >= 1000:
+        return f"{v:,.0f}"  # step counts
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
 def _write_table(df: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = csv_path.with_name(csv_path.name + ".tmp")
     df.to_csv(tmp, index=False)
     os.replace(tmp, csv_path)
     header = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
-    body = "".join("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |\n"
+    body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n"
                    for row in df.itertuples(index=False))
     md_path.write_text(header + body)
 
@@ -215,10 +238,10 @@ def make_all(strides: dict, model_csvs: list, reference_csvs: list, out_dir, tra
     plot_in_context(models, refs, strides, out / "figures/in_context_return.png")
     plot_source_curves(refs, out / "figures/source_learning_curves.png")
     _write_table(source_improvement(refs), out / "tables/source_improvement.csv", out / "tables/source_improvement.md")
-    summary = summarize(models, refs)
+    costs = pd.concat([pd.read_csv(p) for p in inference_costs]) if inference_costs else None
+    summary = summarize(models, refs, costs=costs)
     _write_table(summary, out / "tables/summary.csv", out / "tables/summary.md")
     plot_context_scaling(summary, out / "figures/context_scaling.png")
     if train_metrics and inference_costs:
-        plot_cost(pd.concat([pd.read_csv(p) for p in train_metrics]), pd.concat([pd.read_csv(p) for p in inference_costs]),
-                  out / "figures/cost.png")
+        plot_cost(pd.concat([pd.read_csv(p) for p in train_metrics]), costs, out / "figures/cost.png")
     return summary

@@ -24,6 +24,7 @@ shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(str(SRC))}${{{{
 wildcard_constraints:
     family="|".join(config["families"]),
     arch="|".join(config["architectures"]),
+    run=r"[a-z0-9]+(-ctx\d+)?-seed\d+",
     ctx=r"\d+",
     seed=r"\d+",
     shard=r"\d+",
@@ -49,10 +50,16 @@ def shard_paths(wildcards):
     return expand("results/histories/{family}/shard-{shard}.h5", family=wildcards.family, shard=range(num_shards(wildcards.family)))
 
 
-def model_runs():
-    """(family, arch, ctx, seed) of every AD training run."""
+def ad_runs():
+    """{family}/{arch}-ctx{ctx}-seed{seed} of every AD training run."""
     return expand("{family}/{arch}-ctx{ctx}-seed{seed}", family=config["families"], arch=config["architectures"],
                   ctx=config["context_episodes"], seed=config["seeds"])
+
+
+def model_runs():
+    """Every trained model: the AD runs, then each baseline's {family}/{baseline}-seed{seed}."""
+    return ad_runs() + expand("{family}/{baseline}-seed{seed}", family=config["families"], baseline=config["baselines"],
+                              seed=config["seeds"])
 
 
 def model_tables():
@@ -64,7 +71,8 @@ def inference_costs():
 
 
 def train_metrics():
-    return [f"results/train/{run}/metrics.csv" for run in model_runs()]
+    """AD training metrics (the cost figure's); baselines log their own under the same folder."""
+    return [f"results/train/{run}/metrics.csv" for run in ad_runs()]
 
 
 def reference_tables():

@@ -1,14 +1,14 @@
 rule evaluate:
     input:
         dataset="results/datasets/{family}.h5",
-        model="results/train/{family}/{arch}-ctx{ctx}-seed{seed}/model.pt",
+        model="results/train/{family}/{run}/model.pt",
     output:
-        returns="results/eval/{family}/{arch}-ctx{ctx}-seed{seed}.csv",
-        cost="results/eval/{family}/{arch}-ctx{ctx}-seed{seed}.cost.csv",
+        returns="results/eval/{family}/{run}.csv",
+        cost="results/eval/{family}/{run}.cost.csv",
     log:
-        "results/logs/evaluate/{family}/{arch}-ctx{ctx}-seed{seed}.log",
+        "results/logs/evaluate/{family}/{run}.log",
     benchmark:
-        "results/benchmarks/evaluate/{family}/{arch}-ctx{ctx}-seed{seed}.tsv"
+        "results/benchmarks/evaluate/{family}/{run}.tsv"
     params:
         settings=settings("evaluate"),
     conda:

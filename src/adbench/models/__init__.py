@@ -45,8 +45,8 @@ def save_checkpoint(path, model: ADPolicy, arch: str, model_config: dict, extra:
                 "state_dict": model.state_dict(), **(extra or {})}, path)
 
 
-def load_checkpoint(path, expect_arch: str | None = None) -> tuple[ADPolicy, dict]:
-    """Rebuild a policy from a checkpoint (weights_only: no code is unpickled)."""
+def read_checkpoint(path, expect_arch: str | None = None) -> dict:
+    """A checkpoint's contents (weights_only: no code is unpickled), checked to be one of ours."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -55,6 +55,12 @@ def load_checkpoint(path, expect_arch: str | None = None) -> tuple[ADPolicy, dic
         raise ModelError(f"{path}: not an adbench checkpoint (no 'arch'/'state_dict')")
     if expect_arch is not None and ckpt["arch"] != expect_arch:
         raise ModelError(f"{path}: checkpoint is a {ckpt['arch']!r} model, expected {expect_arch!r}")
+    return ckpt
+
+
+def load_checkpoint(path, expect_arch: str | None = None) -> tuple[ADPolicy, dict]:
+    """Rebuild an AD policy from a checkpoint."""
+    ckpt = read_checkpoint(path, expect_arch)
     model = build(ckpt["arch"], ckpt["obs_dim"], ckpt["act_dim"], **ckpt["model_config"])
     model.load_state_dict(ckpt["state_dict"])
     return model, ckpt

@@ -53,8 +53,7 @@ class BatchedPPO:
         self.params = list(self.actor.parameters()) + list(self.critic.parameters()) + [self.log_std]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=1e-5)
         self.obs_rms = RunningMeanStd(num, obs_dim)
-        self.ret_rms = RunningMeanStd(num, 1)
-        self.discounted = np.zeros(num)
+        self.reward_scaler = RewardScaler(num, cfg.gamma, cfg.clip_reward)
         self.sample_rng = np.random.default_rng(seed + 1)  # exploration noise
         self.sample_gen = torch.Generator().manual_seed(seed + 2)  # minibatch order
 
@@ -64,14 +63,6 @@ class BatchedPPO:
 
     def normalize_obs(self, obs: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self._normalized(obs))
-
-    def scale_reward(self, rewards: np.ndarray, episode_end: np.ndarray) -> np.ndarray:
-        """Divide by the running std of the discounted return (gym's NormalizeReward)."""
-        self.discounted = self.discounted * self.cfg.gamma + rewards
-        self.ret_rms.update(self.discounted[:, None, None])
-        self.discounted[episode_end] = 0.0
-        scaled = rewards / np.sqrt(self.ret_rms.var[:, 0] + 1e-8)
-        return np.clip(scaled, -self.cfg.clip_reward, self.cfg.clip_reward)
 
     def dist(self, x: torch.Tensor) -> torch.distributions.Normal:
         return torch.distributions.Normal(self.actor(x), self.log_std.exp().expand(-1, x.shape[1], -1))
@@ -111,15 +102,9 @@ class BatchedPPO:
                 idx = perm[start:start + mb]
                 d = self.dist(x[:, idx])
                 logp = d.log_prob(batch["actions"][:, idx]).sum(-1)
-                ratio = (logp - batch["log_probs"][:, idx]).exp()
-                a = adv[:, idx]
-                a = (a - a.mean(1, keepdim=True)) / (a.std(1, keepdim=True) + 1e-8)
-                pg_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean(1)
                 v = self.critic(x[:, idx])[..., 0]
-                v_old = batch["values"][:, idx]
-                v_clipped = v_old + (v - v_old).clamp(-cfg.clip_coef, cfg.clip_coef)
-                r = returns[:, idx]
-                v_loss = 0.5 * torch.max((v - r) ** 2, (v_clipped - r) ** 2).mean(1)
+                pg_loss, v_loss = clipped_losses(logp, batch["log_probs"][:, idx], adv[:, idx], v, batch["values"][:, idx],
+                                                 returns[:, idx], cfg.clip_coef, dims=(1,))
                 entropy = d.entropy().sum(-1).mean(1)
                 # Summing per-learner losses keeps each learner's gradient its own.
                 loss = (pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss).sum()
@@ -130,6 +115,33 @@ class BatchedPPO:
         stats["pg_loss"] = float(pg_loss.mean().detach())
         stats["v_loss"] = float(v_loss.mean().detach())
         return stats
+
+
+class RewardScaler:
+    """Divide rewards by the running std of the discounted return (gym's NormalizeReward), per learner."""
+
+    def __init__(self, num: int, gamma: float, clip: float):
+        self.gamma, self.clip = gamma, clip
+        self.ret_rms = RunningMeanStd(num, 1)
+        self.discounted = np.zeros(num)
+
+    def __call__(self, rewards: np.ndarray, episode_end: np.ndarray) -> np.ndarray:
+        self.discounted = self.discounted * self.gamma + rewards
+        self.ret_rms.update(self.discounted[:, None, None])
+        self.discounted[episode_end] = 0.0
+        return np.clip(rewards / np.sqrt(self.ret_rms.var[:, 0] + 1e-8), -self.clip, self.clip)
+
+
+def clipped_losses(logp, old_logp, adv, v, v_old, returns, clip_coef: float, dims: tuple):
+    """PPO's clipped surrogate and clipped value loss, averaged over `dims` (the rest are learners).
+
+    Advantages are normalised over `dims` per minibatch, as in CleanRL."""
+    adv = (adv - adv.mean(dims, keepdim=True)) / (adv.std(dims, keepdim=True) + 1e-8)
+    ratio = (logp - old_logp).exp()
+    pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean(dims)
+    v_clipped = v_old + (v - v_old).clamp(-clip_coef, clip_coef)
+    v_loss = 0.5 * torch.max((v - returns) ** 2, (v_clipped - returns) ** 2).mean(dims)
+    return pg_loss, v_loss
 
 
 def gae(rewards, values, next_values, episode_end, gamma, lam):
@@ -185,7 +197,7 @@ def train_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOCon
             if trunc.any():
                 final_values[i] = torch.from_numpy(agent.value(next_obs) * trunc)
             buf["obs"].append(obs); buf["actions"].append(action); buf["log_probs"].append(logp); buf["values"].append(value)
-            buf["rewards"].append(torch.as_tensor(agent.scale_reward(reward.astype(np.float64), end), dtype=torch.float32))
+            buf["rewards"].append(torch.as_tensor(agent.reward_scaler(reward.astype(np.float64), end), dtype=torch.float32))
             buf["episode_end"].append(torch.as_tensor(end))
             obs = env.reset() if end.all() else next_obs
             t += 1

@@ -1,0 +1,22 @@
+rule rl2_train:
+    input:
+        dataset="results/datasets/{family}.h5",
+    output:
+        model="results/train/{family}/rl2-seed{seed}/model.pt",
+        metrics="results/train/{family}/rl2-seed{seed}/metrics.csv",
+    log:
+        "results/logs/train/{family}/rl2-seed{seed}.log",
+    benchmark:
+        "results/benchmarks/train/{family}/rl2-seed{seed}.tsv"
+    params:
+        settings=settings("rl2"),
+        out_dir=lambda wildcards, output: Path(output.model).parent,
+    conda:
+        "../../envs/train.yaml"
+    threads: config["rl2"]["threads"]
+    resources:
+        mem_mb=3000,
+        runtime=240,
+    shell:
+        "OMP_NUM_THREADS={threads} python -m adbench rl2-train --settings {params.settings} --dataset {input.dataset} "
+        "--seed {wildcards.seed} --out-dir {params.out_dir} 2> {log}"

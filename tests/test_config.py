@@ -88,3 +88,9 @@ def test_a_bad_override_is_named_with_its_family():
     cfg = cfglib.deep_merge(cfglib.load([REPO / "config.yaml"]), {"overrides": {"AntDir": {"dataset": {"episode_stride": 0}}}})
     with pytest.raises(cfglib.ConfigError, match=r"dataset\.episode_stride.*minimum of 1.*overrides\.AntDir"):
         cfglib.validate(cfg)
+
+
+def test_the_longest_context_must_fit_in_a_history(cfg):
+    cfg["context_episodes"] = [2, 40]  # at stride 4, 40 episodes span 157 > 80 history episodes
+    with pytest.raises(cfglib.ConfigError, match=r"PointNav: a context of 40 episodes at dataset.episode_stride 4 spans 157"):
+        cfglib.validate(cfg)

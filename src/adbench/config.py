@@ -45,7 +45,7 @@ def _one_line(error: jsonschema.ValidationError) -> str:
     return f"config key '{where}': {error.message}"
 
 
-def validate(cfg: dict, sections: list | None = None) -> dict:
+def validate(cfg: dict, sections: list | None = None, _whole: bool = True) -> dict:
     """Raise ConfigError (one line) unless `cfg` matches the schema; with `sections`, check only those keys."""
     full = schema()
     if not isinstance(cfg, dict):
@@ -59,10 +59,21 @@ def validate(cfg: dict, sections: list | None = None) -> dict:
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(full).iter_errors(cfg))
     if error is not None:
         raise ConfigError(_one_line(error))
-    if sections is None:
+    if sections is None and _whole:  # the experiment as a whole, not one family's merged settings
         for family in cfg.get("overrides", {}):
             for_family(cfg, family)
+        for family in cfg["families"]:
+            _check_contexts_fit(for_family(cfg, family), family)
     return cfg
+
+
+def _check_contexts_fit(cfg: dict, family: str) -> None:
+    """The longest AD context, at the subsampling stride, must fit in one learning history."""
+    longest, stride, episodes = max(cfg["context_episodes"]), cfg["dataset"]["episode_stride"], cfg["source"]["episodes"]
+    span = (longest - 1) * stride + 1
+    if span > episodes:
+        raise ConfigError(f"{family}: a context of {longest} episodes at dataset.episode_stride {stride} spans {span} history "
+                          f"episodes but source.episodes is {episodes}; lower the stride or the context, or lengthen the histories")
 
 
 def load(paths: list) -> dict:
@@ -80,7 +91,7 @@ def for_family(cfg: dict, family: str) -> dict:
     """The settings one family runs with: its `overrides` merged over the shared sections, validated."""
     merged = deep_merge({k: v for k, v in cfg.items() if k != "overrides"}, cfg.get("overrides", {}).get(family, {}))
     try:
-        return validate(merged)
+        return validate(merged, _whole=False)
     except ConfigError as e:
         raise ConfigError(f"{e} (after merging overrides.{family})") from None
 

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from .data import DatasetError, open_histories, task_table, validate_file
 from .baselines import BASELINES, policy_from_checkpoint
+from .devices import pick_device
 from .models import build, read_checkpoint
 from .progress import say
 from .seeding import derive_seed
@@ -85,19 +86,23 @@ def rollout(family: str, tasks: list, horizon: int, episodes: int, eval_seeds: l
 
 
 class ModelPolicy:
-    """Adapts an AD policy to `rollout`: one batched recurrent step per call."""
+    """Adapts an AD policy (or a baseline with the same interface) to `rollout`: one batched recurrent
+    step per call, on `device`; the action noise is drawn on the CPU so that it does not depend on it."""
 
-    def __init__(self, model, batch: int, sample: bool):
-        self.model, self.sample = model.eval(), sample
-        self.state = model.init_state(batch)
+    def __init__(self, model, batch: int, sample: bool, device=torch.device("cpu")):
+        self.model, self.sample, self.device = model.eval().to(device), sample, device
+        self.state = model.init_state(batch, device)
         self.step_seconds, self.steps = 0.0, 0
 
     @torch.no_grad()
     def __call__(self, obs, prev_action, prev_reward, start, generator):
         t0 = time.perf_counter()
-        mean, log_std, self.state = self.model.step(torch.from_numpy(obs), torch.from_numpy(prev_action),
-                                                    torch.from_numpy(prev_reward), torch.from_numpy(start), self.state)
-        action = self.model.act(mean, log_std, self.sample, generator).numpy()
+        inputs = [torch.from_numpy(x).to(self.device) for x in (obs, prev_action, prev_reward, start)]
+        mean, log_std, self.state = self.model.step(*inputs, self.state)
+        action = self.model.act(mean.float().cpu(), None if log_std is None else log_std.float().cpu(), self.sample,
+                                generator).numpy()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         self.step_seconds += time.perf_counter() - t0
         self.steps += 1
         return action
@@ -160,7 +165,9 @@ def evaluate_model(cfg: dict, dataset, model_path, out_path, cost_path=None, pro
     tasks = test_tasks(dataset)
     seeds, controls = ecfg["seeds"], ("none", *ecfg["controls"])
     batch = len(controls) * len(tasks) * len(seeds)
-    policy = ModelPolicy(model, batch, ecfg["sample_actions"])
+    device = pick_device(ecfg["device"], "evaluate.device")
+    say(f"{ckpt['arch']} on {device}", progress)
+    policy = ModelPolicy(model, batch, ecfg["sample_actions"], device)
     returns = rollout(info["family"], [t for _, t in tasks], meta["horizon"], ecfg["episodes"], seeds, policy, progress,
                       controls)
     ms = policy.step_seconds / policy.steps * 1e3

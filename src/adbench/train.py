@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from . import config as cfglib
+from .devices import pick_device
 from .data import WindowSampler, input_statistics, validate_file
 from .models import build, count_parameters, save_checkpoint
 from .models.scan import scan_implementation
@@ -25,12 +26,6 @@ from .seeding import derive_seed
 
 SECTIONS = ["dataset", "model", "train"]
 METRICS = ["family", "arch", "context_episodes", "seed", "step", "loss", "lr", "tokens_per_s", "peak_mem_mib"]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; set train.device to 'cpu' or 'auto'")
-    return torch.device("cuda" if name in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
 
 
 def scan_on(device: torch.device) -> str:

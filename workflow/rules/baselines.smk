@@ -15,8 +15,8 @@ rule rl2_train:
         "../../envs/train.yaml"
     threads: config["rl2"]["threads"]
     resources:
-        mem_mb=3000,
-        runtime=240,
+        mem_mb=mem_mb("rl2_train", 3000),
+        runtime=runtime("rl2_train", 240),
     shell:
         "OMP_NUM_THREADS={threads} python -m adbench rl2-train --settings {params.settings} --dataset {input.dataset} "
         "--seed {wildcards.seed} --out-dir {params.out_dir} 2> {log}"

@@ -9,11 +9,21 @@ SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))  # the rules run this checkout's adbench, installed or not
 
 from adbench import config as adbench_config  # noqa: E402
+from adbench import resources as adbench_resources  # noqa: E402
 
 try:
     adbench_config.validate(config)
+    # a fixed memory request below what a training job needs stops here, before any submission
+    adbench_resources.check_train_requests(
+        config, [(f, a, c) for f in config["families"] for a in config["architectures"] for c in config["context_episodes"]]
+    )
 except adbench_config.ConfigError as error:
     sys.exit(f"adbench: invalid config: {error}")
+except adbench_resources.ResourceError as error:
+    sys.exit(f"adbench: resource request too small: {error}")
+
+# Training and evaluation on CUDA run in the env that pins a CUDA torch and mamba-ssm.
+TRAIN_ENV = "../../envs/train-cuda.yaml" if "cuda" in (config["train"]["device"], config["evaluate"]["device"]) else "../../envs/train.yaml"
 
 # Rules call the package through its CLI (`python -m adbench`) with this checkout's src/ first on the
 # path, in whichever environment runs them (the project venv or an envs/ conda env). Snakemake formats
@@ -98,6 +108,25 @@ def episode_strides():
     return " ".join(f"{f}={adbench_config.for_family(config, f)['dataset']['episode_stride']}" for f in config["families"])
 
 
+def mem_mb(rule, estimate):
+    """A rule's memory request: resources.mem_mb.<rule> if the config fixes it, else `estimate`."""
+    return adbench_resources.requested(config, rule, "mem_mb", estimate)
+
+
+def runtime(rule, estimate):
+    """A rule's wall-time request in minutes: resources.runtime.<rule>, else `estimate`."""
+    return adbench_resources.requested(config, rule, "runtime", estimate)
+
+
 def train_mem_mb(wildcards):
-    """Memory grows with the context (tokens per window): a generous linear estimate for CPU runs."""
-    return 2000 + 2 * int(wildcards.ctx) * config["train"]["batch_size"]
+    """Training memory grows with the context (tokens per window): estimated per job."""
+    return mem_mb("train", adbench_resources.train_mem_mb(config, wildcards.family, wildcards.arch, int(wildcards.ctx)))
+
+
+def train_runtime(wildcards):
+    return runtime("train", adbench_resources.train_runtime_min(config, wildcards.family, wildcards.arch, int(wildcards.ctx)))
+
+
+def gpus(section):
+    """`gpu: 1` for the SLURM executor where the config asks for CUDA."""
+    return adbench_resources.gpus(config, section)

@@ -11,8 +11,8 @@ rule dataset:
         "../../envs/sim.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=mem_mb("dataset", 2000),
+        runtime=runtime("dataset", 30),
     shell:
         "python -m adbench dataset --settings {params.settings} --family {wildcards.family} "
         "--out {output} {input.shards} > {log} 2>&1"

@@ -12,11 +12,12 @@ rule evaluate:
     params:
         settings=settings("evaluate"),
     conda:
-        "../../envs/train.yaml"
+        TRAIN_ENV
     threads: config["evaluate"]["threads"]
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=mem_mb("evaluate", 2000),
+        runtime=runtime("evaluate", 60),
+        gpu=gpus("evaluate"),
     shell:
         "OMP_NUM_THREADS={threads} python -m adbench evaluate --settings {params.settings} --dataset {input.dataset} "
         "--model {input.model} --out {output.returns} --cost-out {output.cost} 2> {log}"
@@ -35,8 +36,8 @@ rule reference:
         "../../envs/sim.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=mem_mb("reference", 2000),
+        runtime=runtime("reference", 30),
     shell:
         "OMP_NUM_THREADS={threads} python -m adbench reference --settings {params.settings} --dataset {input.dataset} "
         "--out {output} 2> {log}"

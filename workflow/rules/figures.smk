@@ -45,8 +45,8 @@ rule figures:
         "../../envs/figures.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=15,
+        mem_mb=mem_mb("figures", 2000),
+        runtime=runtime("figures", 15),
     shell:
         "python -m adbench figures --episode-strides {params.strides} --models {input.models} "
         "--references {input.references} --train-metrics {input.train_metrics} "

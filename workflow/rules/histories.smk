@@ -11,8 +11,8 @@ rule histories:
         "../../envs/sim.yaml"
     threads: config["source"]["threads"]
     resources:
-        mem_mb=2000,
-        runtime=120,
+        mem_mb=mem_mb("histories", 2000),
+        runtime=runtime("histories", 120),
     shell:
         "OMP_NUM_THREADS={threads} python -m adbench histories --settings {params.settings} "
         "--family {wildcards.family} --shard {wildcards.shard} --out {output} 2> {log}"

@@ -12,11 +12,12 @@ rule train:
         settings=settings("dataset", "model", "train"),
         out_dir=lambda wildcards, output: Path(output.model).parent,
     conda:
-        "../../envs/train.yaml"
+        TRAIN_ENV
     threads: config["train"]["threads"]
     resources:
         mem_mb=train_mem_mb,
-        runtime=240,
+        runtime=train_runtime,
+        gpu=gpus("train"),
     shell:
         "OMP_NUM_THREADS={threads} python -m adbench train --settings {params.settings} --dataset {input.dataset} "
         "--arch {wildcards.arch} --ctx {wildcards.ctx} --seed {wildcards.seed} --out-dir {params.out_dir} 2> {log}"

@@ -7,7 +7,9 @@ counts) and mambapy as a pure-PyTorch peer. Each measurement runs in its own pro
                                    [--json OUT] [--memory-limit-gib 16] [--timeout 600]
 
 Peak memory is the process's peak resident set (ru_maxrss) minus its resident set before the model
-was built. Step time is measured with a full inference state: the transformer's KV cache holding
+was built. "matmul s" is the floor a matmul-bound model would hit: 6 x (weights in matrices) x tokens
+FLOPs at the matmul rate measured in the same process; "x matmul" is fwd+bwd over that floor.
+Step time is measured with a full inference state: the transformer's KV cache holding
 L tokens, Mamba's fixed-size conv and SSM state.
 """
 
@@ -51,6 +53,15 @@ def measure(arch: str, length: int, mode: str) -> dict:
         run(x).square().mean().backward()
         record["fwd_bwd_s"] = time.perf_counter() - t0
         record["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+        # matmul work of forward + backward: 6 FLOPs per weight per token (2 forward, 4 backward)
+        weights = sum(p.numel() for p in model.parameters() if p.dim() == 2)
+        record["matmul_gflop"] = 6 * weights * BATCH * length / 1e9
+        a = torch.randn(1024, 1024)
+        a @ a
+        t0 = time.perf_counter()
+        for _ in range(5):
+            a @ a
+        record["matmul_gflops_rate"] = 5 * 2 * 1024**3 / (time.perf_counter() - t0) / 1e9
     else:
         state = model.init_state(1)
         if arch == "transformer":  # a full cache: L tokens already seen
@@ -94,7 +105,8 @@ def main():
     p.add_argument("--timeout", type=float, default=600.0)
     args = p.parse_args()
     records = []
-    print(f"{'arch':12} {'impl':8} {'L':>6} {'params':>8} {'fwd+bwd s':>10} {'peak MiB':>9} {'step ms':>8}")
+    print(f"{'arch':12} {'impl':8} {'L':>6} {'params':>8} {'fwd+bwd s':>10} {'peak MiB':>9} {'step ms':>8} "
+          f"{'matmul GFLOP':>12} {'matmul s':>8} {'x matmul':>8}")
     for arch in args.archs:
         for length in args.lengths:
             for mode in ("train", "step") if arch != "mambapy" else ("train",):
@@ -104,8 +116,11 @@ def main():
                     print(f"{arch:12} {'':8} {length:6d} {'':8} {mode}: {r['error']}", flush=True)
                     continue
                 fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
+                # the matmul-bound floor: the model's matmul FLOPs at this process's measured matmul rate
+                floor = r["matmul_gflop"] / r["matmul_gflops_rate"] if r.get("matmul_gflop") else None
                 print(f"{r['arch']:12} {r['impl']:8} {length:6d} {r['params']:8d} {fmt(r['fwd_bwd_s'], '10.2f'):>10} "
-                      f"{fmt(r['peak_mib'], '9.0f'):>9} {fmt(r['step_ms'], '8.3f'):>8}", flush=True)
+                      f"{fmt(r['peak_mib'], '9.0f'):>9} {fmt(r['step_ms'], '8.3f'):>8} {fmt(r.get('matmul_gflop'), '12.1f'):>12} "
+                      f"{fmt(floor, '8.2f'):>8} {fmt(floor and r['fwd_bwd_s'] / floor, '8.1f'):>8}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -193,3 +194,13 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
 def test_unknown_architecture_names_the_known_ones():
     with pytest.raises(ModelError, match="unknown architecture 'lstm'.*mamba.*transformer"):
         build("lstm", 2, 2)
+
+
+def test_fused_float32_decay_is_exp_to_float32_precision():
+    from adbench.models.scan_fused import _decay
+    x = np.concatenate([-np.geomspace(1e-8, 87.0, 2000), np.linspace(-87.0, 5.0, 2000)])
+    fast = np.array([_decay(np.float32(v), True) for v in x], dtype=np.float64)
+    exact = np.exp(x.astype(np.float32).astype(np.float64))
+    assert np.max(np.abs(fast - exact) / exact) < 2e-6
+    assert _decay(np.float32(-1e4), True) < 1e-37  # clamped far below float32's smallest normal: no NaN or inf
+    assert _decay(-0.3, False) == np.exp(-0.3)  # float64: the exact exp

@@ -48,11 +48,12 @@ def test_smoke_workflow_through_slurm_matches_a_local_run(local_slurm, tmp_path,
                     "--jobs", "4")
     wall = time.perf_counter() - t0
     log = run.stdout + run.stderr
-    slurm_ids = set(re.findall(r"SLURM (?:run ID|jobid):? ?(\d+)", log))
+    slurm_ids = set(re.findall(r"submitted with SLURM jobid (\d+)", log))
     finished = open(JOBCOMP).read().splitlines()[done_before:]
     print(f"{jobs} jobs through SLURM in {wall:.0f} s; jobcomp records:\n" + "\n".join(finished))
     assert len(slurm_ids) == jobs, f"expected one SLURM job per rule instance ({jobs}), saw {sorted(slurm_ids)}"
     assert len(finished) == jobs and all("JobState=COMPLETED" in line for line in finished)
+    assert {re.search(r"JobId=(\d+)", line).group(1) for line in finished} == slurm_ids
 
     results = workdir / "results"
     # the dataset equals one built in-process from the same config (tests/conftest.py)

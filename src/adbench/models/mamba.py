@@ -56,7 +56,7 @@ class Mamba(nn.Module):
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, l) each
         x = F.silu(self.conv1d(x)[..., :length])
         dt, B, C = self._ssm_inputs(x.transpose(1, 2))
-        dt = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # bias is added inside the scan
+        dt = self.dt_proj.weight @ dt.transpose(1, 2)  # (b, d_inner, l), time contiguous; bias added in the scan
         y = selective_scan(x, dt, -torch.exp(self.A_log), B.transpose(1, 2), C.transpose(1, 2),
                            self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True)
         return self.out_proj(y.transpose(1, 2))

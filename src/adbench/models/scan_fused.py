@@ -120,7 +120,10 @@ def _backward(u, dt, A, Bt, Ct, D, fast, chunk, ckpt, dy, du, ddt_out, dA_part, 
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().contiguous().numpy()
+    """A numpy view; copied only if time (the last axis) is not contiguous, e.g. a sliced conv output
+    passes as it is (the kernel walks each lane along time)."""
+    t = t.detach()
+    return (t if t.stride(-1) == 1 else t.contiguous()).numpy()
 
 
 class FusedRecurrence(torch.autograd.Function):

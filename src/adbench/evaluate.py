@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .data import DatasetError, open_histories, task_table, validate_file
 from .baselines import BASELINES, policy_from_checkpoint
 from .devices import pick_device
-from .models import build, read_checkpoint
+from .models import from_checkpoint, read_checkpoint
 from .progress import say
 from .seeding import derive_seed
 from .tasks import BatchedTasks
@@ -137,11 +137,7 @@ COST_COLUMNS = ["family", "arch", "context_episodes", "seed", "batch", "ms_per_s
 def load_policy(path):
     """An AD policy or a baseline from its checkpoint; both have `init_state`, `step` and `act`."""
     ckpt = read_checkpoint(path)
-    if ckpt["arch"] in BASELINES:
-        return policy_from_checkpoint(ckpt), ckpt
-    model = build(ckpt["arch"], ckpt["obs_dim"], ckpt["act_dim"], **ckpt["model_config"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model, ckpt
+    return (policy_from_checkpoint if ckpt["arch"] in BASELINES else from_checkpoint)(ckpt), ckpt
 
 
 def train_env_steps(info: dict, ckpt: dict) -> int:

@@ -24,6 +24,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .. import config as cfglib
+from ..data import open_histories, task_table, validate_file
+from ..progress import say
 from ..seeding import derive_seed
 from ..sources.batched_nets import RunningMeanStd
 from ..sources.ppo import RewardScaler, clipped_losses, gae, next_values
@@ -296,10 +299,6 @@ METRICS = ["family", "arch", "seed", "update", "env_steps", "first_return", "las
 def run(cfg: dict, dataset, seed: int, out_dir, progress=None, stop_after: int | None = None) -> Path:
     """The rl2_train stage: meta-train on the dataset's training tasks (the ones AD learns from),
     write out_dir/model.pt (with the env-step budget in its meta) and out_dir/metrics.csv."""
-    from .. import config as cfglib
-    from ..data import open_histories, task_table, validate_file
-    from ..progress import say
-
     rcfg = dict(cfg["rl2"])
     torch.set_num_threads(rcfg.pop("threads"))
     out_dir = Path(out_dir)

@@ -58,9 +58,14 @@ def read_checkpoint(path, expect_arch: str | None = None) -> dict:
     return ckpt
 
 
-def load_checkpoint(path, expect_arch: str | None = None) -> tuple[ADPolicy, dict]:
-    """Rebuild an AD policy from a checkpoint."""
-    ckpt = read_checkpoint(path, expect_arch)
+def from_checkpoint(ckpt: dict) -> ADPolicy:
+    """The AD policy a checkpoint's contents describe, with its weights."""
     model = build(ckpt["arch"], ckpt["obs_dim"], ckpt["act_dim"], **ckpt["model_config"])
     model.load_state_dict(ckpt["state_dict"])
-    return model, ckpt
+    return model
+
+
+def load_checkpoint(path, expect_arch: str | None = None) -> tuple[ADPolicy, dict]:
+    """Rebuild an AD policy from a checkpoint file."""
+    ckpt = read_checkpoint(path, expect_arch)
+    return from_checkpoint(ckpt), ckpt

@@ -28,7 +28,7 @@ def local_slurm():
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install -e '.[test]')")
     try:
-        start = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, timeout=600)
+        start = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, timeout=660)
     except (OSError, subprocess.TimeoutExpired) as e:
         pytest.skip(f"local SLURM cannot start here: {e}")
     if start.returncode != 0:

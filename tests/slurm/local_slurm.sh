@@ -11,8 +11,8 @@ start() {
     [ "$(id -u)" = 0 ] || { echo "local SLURM needs root (installs packages, starts daemons)"; exit 3; }
     if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
         export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q slurm-wlm munge >/dev/null 2>&1 \
-            || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q slurm-wlm munge >/dev/null 2>&1; } \
+        timeout 180 apt-get install -y -q slurm-wlm munge >/dev/null 2>&1 \
+            || { timeout 180 apt-get update -q >/dev/null 2>&1 && timeout 180 apt-get install -y -q slurm-wlm munge >/dev/null 2>&1; } \
             || { echo "cannot install slurm-wlm and munge with apt-get"; exit 3; }
     fi
     stop >/dev/null 2>&1 || true

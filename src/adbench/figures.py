@@ -169,7 +169,8 @@ def plot_context_scaling(summary: pd.DataFrame, path: Path) -> None:
     for ax, family in zip(axes[0], families):
         fam = summary[summary["family"] == family]
         for arch, g in fam[fam["context_episodes"] == NO_CONTEXT].groupby("arch"):
-            line = ax.axhline(g["normalized_final_iqm"].iloc[0], ls="-.", lw=1.2, label=f"{arch} (whole trial)")
+            line = ax.axhline(g["normalized_final_iqm"].iloc[0], ls="-.", lw=1.2, color="tab:purple",
+                              label=f"{arch} (whole trial)")
             ax.axhspan(g["normalized_ci_low"].iloc[0], g["normalized_ci_high"].iloc[0], color=line.get_color(), alpha=0.15)
         for arch, g in fam[fam["context_episodes"] != NO_CONTEXT].groupby("arch"):
             g = g.sort_values("context_episodes")

@@ -29,34 +29,23 @@ from ..data import open_histories, task_table, validate_file
 from ..progress import say
 from ..seeding import derive_seed
 from ..sources.batched_nets import RunningMeanStd
-from ..sources.ppo import RewardScaler, clipped_losses, gae, next_values
+from ..sources.ppo import PPOSettings, RewardScaler, clipped_losses, gae, next_values
 from ..tasks import BatchedTasks
 
 ARCH = "rl2"
 
 
 @dataclass
-class RL2Config:
+class RL2Config(PPOSettings):
+    """The source's PPO settings (other defaults), plus the trial structure and the budget."""
+    hidden: int = 128
+    update_epochs: int = 4
     updates: int = 100
     """PPO updates; each runs one trial on every training task."""
     trial_episodes: int = 24
     """episodes per trial (hidden state reset between trials)."""
-    hidden: int = 128
-    learning_rate: float = 3e-4
-    anneal_lr: bool = True
-    update_epochs: int = 4
-    minibatches: int = 4
     bptt_steps: int = 50
     """segment length of truncated BPTT, in steps (a trial's length must be a multiple of it)."""
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_coef: float = 0.2
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    init_log_std: float = 0.0
-    clip_obs: float = 10.0
-    clip_reward: float = 10.0
     checkpoint_every: int = 25
 
 

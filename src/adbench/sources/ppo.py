@@ -20,12 +20,11 @@ from .history import empty_history, finish_history
 
 
 @dataclass
-class PPOConfig:
+class PPOSettings:
+    """What every PPO learner here shares (the source's and RL^2's)."""
     learning_rate: float = 3e-4
     """Adam step size (linearly annealed to 0 when anneal_lr)."""
     anneal_lr: bool = True
-    rollout_episodes: int = 2
-    """episodes collected per learner between updates."""
     update_epochs: int = 10
     minibatches: int = 4
     gamma: float = 0.99
@@ -38,6 +37,12 @@ class PPOConfig:
     init_log_std: float = 0.0
     clip_obs: float = 10.0
     clip_reward: float = 10.0
+
+
+@dataclass
+class PPOConfig(PPOSettings):
+    rollout_episodes: int = 2
+    """episodes collected per learner between updates."""
 
 
 class BatchedPPO:

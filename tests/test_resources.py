@@ -1,5 +1,6 @@
 """Scheduler requests: estimated from the config and the job's context, fixed values checked before submission."""
 
+import re
 import subprocess
 import sys
 
@@ -43,3 +44,23 @@ def test_workflow_stops_before_submitting_a_job_that_asks_too_little(tmp_path):
     assert run.returncode != 0
     line = [x for x in run.stderr.splitlines() if x.startswith("adbench:")]
     assert line and "resources.mem_mb.train = 100 MB is below" in line[0] and "train PointNav" in line[0], run.stderr[-2000:]
+
+
+def test_paper_config_plans_the_full_experiment_with_per_job_requests(tmp_path):
+    """`snakemake -n --profile workflow/profiles/slurm --configfile workflow/configs/paper.yaml`."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                          "--profile", str(REPO / "workflow/profiles/slurm"), "--configfile",
+                          str(REPO / "workflow/configs/paper.yaml"), "-n"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", run.stdout.split("Job stats:")[1], re.M))
+    assert {k: int(v) for k, v in stats.items()} == {"histories": 40, "dataset": 4, "reference": 4, "rl2_train": 12,
+                                                     "train": 120, "evaluate": 132, "figures": 1, "all": 1, "total": 314}
+    jobs = re.split(r"^\[.*\]$", run.stdout, flags=re.M)  # one block per job, after its timestamp
+    train = {re.search(r"output: results/train/(\S+)/model.pt", j).group(1): j for j in jobs
+             if j.lstrip().startswith("rule train:")}
+    mem = {k: int(re.search(r"mem_mb=(\d+)", j).group(1)) for k, j in train.items()}
+    assert all("gpu=1" in j for j in train.values())
+    assert mem["HalfCheetahVel/mamba-ctx64-seed0"] > mem["HalfCheetahVel/mamba-ctx4-seed0"]
+    rl2 = [j for j in jobs if j.lstrip().startswith("rule rl2_train:")]
+    assert rl2 and not any("gpu=1" in j for j in rl2)  # RL^2 steps MuJoCo on the CPU

@@ -19,6 +19,7 @@ import math
 import numba
 import numpy as np
 import torch
+import torch.nn.functional as F
 from numba import njit, prange
 
 CHUNK = 64
@@ -127,10 +128,13 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 class FusedRecurrence(torch.autograd.Function):
-    """y = the S6 recurrence read out by C, plus D u, for a given step size dt (already softplus'd)."""
+    """y = the S6 recurrence read out by C, plus D u, with step size dt = softplus(raw) (or raw).
+
+    Saves `raw` and recomputes the softplus in backward: one (b, d, l) tensor fewer held per layer."""
 
     @staticmethod
-    def forward(ctx, u, dt, A, B, C, D):
+    def forward(ctx, u, raw, A, B, C, D, softplus):
+        dt = F.softplus(raw) if softplus else raw
         b, d, length = u.shape
         n = A.shape[1]
         Bt = (B[:, None] if B.dim() == 3 else B).transpose(-1, -2).contiguous()  # (b, g, l, n)
@@ -142,13 +146,14 @@ class FusedRecurrence(torch.autograd.Function):
         numba.set_num_threads(min(numba.config.NUMBA_NUM_THREADS, max(1, torch.get_num_threads())))
         _forward(_np(u), _np(dt), _np(A), _np(Bt), _np(Ct), _np(D), u.dtype == torch.float32, CHUNK, y.numpy(),
                  ckpt.numpy(), last.numpy())
-        ctx.save_for_backward(u, dt, A, Bt, Ct, D, ckpt)
-        ctx.dims = (B.dim(), C.dim())
+        ctx.save_for_backward(u, raw, A, Bt, Ct, D, ckpt)
+        ctx.dims, ctx.softplus = (B.dim(), C.dim()), softplus
         return y, last
 
     @staticmethod
     def backward(ctx, dy, dlast):
-        u, dt, A, Bt, Ct, D, ckpt = ctx.saved_tensors
+        u, raw, A, Bt, Ct, D, ckpt = ctx.saved_tensors
+        dt = F.softplus(raw) if ctx.softplus else raw
         if dlast is not None and dlast.abs().max() > 0:
             raise NotImplementedError("the fused scan does not backpropagate through last_state; use the PyTorch scan")
         b, d, _ = u.shape
@@ -157,9 +162,30 @@ class FusedRecurrence(torch.autograd.Function):
         dA_part, dD_part = u.new_zeros(b, d, A.shape[1]), u.new_zeros(b, d)
         _backward(_np(u), _np(dt), _np(A), _np(Bt), _np(Ct), _np(D), u.dtype == torch.float32, CHUNK, _np(ckpt),
                   _np(dy.to(u.dtype)), du.numpy(), ddt.numpy(), dA_part.numpy(), dBt.numpy(), dCt.numpy(), dD_part.numpy())
+        del dt
+        if ctx.softplus:
+            ddt.mul_(torch.sigmoid(raw))
         dB, dC = dBt.transpose(-1, -2), dCt.transpose(-1, -2)
         b_dim, c_dim = ctx.dims
-        return du, ddt, dA_part.sum(0), dB[:, 0] if b_dim == 3 else dB, dC[:, 0] if c_dim == 3 else dC, dD_part.sum(0)
+        return (du, ddt, dA_part.sum(0), dB[:, 0] if b_dim == 3 else dB, dC[:, 0] if c_dim == 3 else dC, dD_part.sum(0),
+                None)
+
+
+class SiluGate(torch.autograd.Function):
+    """y * silu(z), saving y and z only (silu(z) is recomputed in backward)."""
+
+    @staticmethod
+    def forward(ctx, y, z):
+        ctx.save_for_backward(y, z)
+        return y * F.silu(z)
+
+    @staticmethod
+    def backward(ctx, g):
+        y, z = ctx.saved_tensors
+        sig = torch.sigmoid(z)
+        dy = (g * z).mul_(sig)
+        dz = (1 - sig).mul_(z).add_(1).mul_(sig).mul_(y).mul_(g)  # d silu(z)/dz = sig (1 + z (1 - sig))
+        return dy, dz
 
 
 def fused_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
@@ -168,13 +194,11 @@ def fused_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     The step size (bias, softplus) and the output gate (silu(z)) are element-wise over (b, d, l):
     torch's vectorised kernels do them, with autograd; the kernel does the recurrence."""
     dtype = u.dtype
-    dt = delta.to(dtype)
+    raw = delta.to(dtype)
     if delta_bias is not None:
-        dt = dt + delta_bias.to(dtype)[None, :, None]
-    if delta_softplus:
-        dt = torch.nn.functional.softplus(dt)
+        raw = raw + delta_bias.to(dtype)[None, :, None]
     D_ = D.to(dtype) if D is not None else u.new_zeros(u.shape[1])
-    y, last = FusedRecurrence.apply(u, dt, A.to(dtype), B.to(dtype), C.to(dtype), D_)
+    y, last = FusedRecurrence.apply(u, raw, A.to(dtype), B.to(dtype), C.to(dtype), D_, bool(delta_softplus))
     if z is not None:
-        y = y * torch.nn.functional.silu(z.to(dtype))
+        y = SiluGate.apply(y, z.to(dtype))
     return y, last

@@ -204,3 +204,22 @@ def test_fused_float32_decay_is_exp_to_float32_precision():
     assert np.max(np.abs(fast - exact) / exact) < 2e-6
     assert _decay(np.float32(-1e4), True) < 1e-37  # clamped far below float32's smallest normal: no NaN or inf
     assert _decay(-0.3, False) == np.exp(-0.3)  # float64: the exact exp
+
+
+def test_mamba_layer_checkpointing_in_batch_slices_keeps_outputs_and_gradients(monkeypatch):
+    arch = "mamba"
+    from adbench.models import recompute
+    monkeypatch.setattr(recompute, "RECOMPUTE_TOKENS", 16)  # 4 sequences x 20 tokens: recomputed one by one
+    torch.manual_seed(0)
+    plain = build(arch, 3, 2, d_model=16, n_layers=2, window=20).backbone.double()
+    sliced = build(arch, 3, 2, d_model=16, n_layers=2, window=20, checkpoint_layers=True).backbone.double()
+    sliced.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 20, 16, dtype=torch.float64)
+    outs = []
+    for model in (plain, sliced):
+        y = model(x)
+        y.square().mean().backward()
+        outs.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b)

@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch.utils.checkpoint import checkpoint
-
+from .recompute import checkpointed
 from .scan import selective_scan
 
 
@@ -106,7 +105,7 @@ class MambaBackbone(nn.Module):
 
     def forward(self, x):
         for layer in self.layers:
-            x = checkpoint(layer, x, use_reentrant=False) if self.checkpoint_layers and torch.is_grad_enabled() else layer(x)
+            x = checkpointed(layer, x) if self.checkpoint_layers and torch.is_grad_enabled() else layer(x)
         return self.norm_f(x)
 
     def init_state(self, batch: int, device=None):

@@ -12,8 +12,10 @@ import math
 from . import config as cfglib
 from .tasks import get_family
 
-# Bytes of saved activations per (sequence, token, d_model, layer) in training, fp32. Measured at
-# d_model 128, 4 layers, batch 8 (benchmarks/backbones.py): Mamba ~34 (expand 2), transformer ~18.
+# Bytes of activations per (sequence, token, d_model, layer) in training, fp32, with some margin over
+# what benchmarks/backbones.py measured at d_model 128, 4 layers, batch 8, layers checkpointed:
+# Mamba ~17 per unit of `expand` (34 at expand 2), transformer ~18. Training without checkpointing
+# keeps more; SAFETY covers it at the default sizes.
 ACTIVATION_BYTES = {"mamba": 24.0, "transformer": 20.0}  # mamba: per unit of `expand`
 BASE_MB = 1500  # interpreter, torch, MuJoCo, the HDF5 reader
 SAFETY = 2.0

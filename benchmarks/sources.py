@@ -1,9 +1,11 @@
 """Source-algorithm throughput: our batched PPO (K independent learners in one process) against
 stable-baselines3's PPO (one learner), same networks (64-64 tanh), rollout length, minibatch size
-and epochs, on HalfCheetahVel. Env-steps per second including the PPO updates, one thread each.
+and epochs, on HalfCheetahVel. Env-steps per second including the PPO updates, at each thread
+count (torch intra-op threads; ours also steps its K simulators on that many threads, which
+sb3's single env cannot).
 
     pip install stable-baselines3==2.9.2   # the peer, for this benchmark only
-    python benchmarks/sources.py [--sizes 1 8 32] [--updates 2]
+    python benchmarks/sources.py [--sizes 1 8 32] [--threads 1 2] [--updates 2]
 """
 
 import argparse
@@ -20,12 +22,12 @@ FAMILY, HORIZON = "HalfCheetahVel", 200
 ROLLOUT_EPISODES, MINIBATCH, EPOCHS = 10, 64, 10  # sb3's 2048-step rollouts, as close as 200-step episodes allow
 
 
-def ours(k: int, updates: int) -> float:
+def ours(k: int, updates: int, threads: int) -> float:
     cfg = PPOConfig(learning_rate=3e-4, rollout_episodes=ROLLOUT_EPISODES, update_epochs=EPOCHS,
                     minibatches=ROLLOUT_EPISODES * HORIZON // MINIBATCH)
     tasks = sample_tasks(FAMILY, k, 0)
     t0 = time.perf_counter()
-    run_ppo(FAMILY, tasks, HORIZON, updates * ROLLOUT_EPISODES, cfg, seed=0)
+    run_ppo(FAMILY, tasks, HORIZON, updates * ROLLOUT_EPISODES, cfg, seed=0, threads=threads)
     return k * updates * ROLLOUT_EPISODES * HORIZON / (time.perf_counter() - t0)
 
 
@@ -43,15 +45,24 @@ def sb3(updates: int) -> float:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", type=int, default=[1, 8, 32])
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--updates", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs of each; the median is reported")
     args = p.parse_args()
-    torch.set_num_threads(1)
-    base = sb3(args.updates)
-    print(f"{'implementation':26} {'K tasks':>8} {'env-steps/s':>12} {'x sb3':>7}")
-    print(f"{'stable-baselines3 PPO':26} {1:8d} {base:12.0f} {1.0:7.2f}", flush=True)
-    for k in args.sizes:
-        r = ours(k, args.updates)
-        print(f"{'adbench batched PPO':26} {k:8d} {r:12.0f} {r / base:7.2f}", flush=True)
+    print(f"{'implementation':24} {'threads':>7} {'K tasks':>7} {'env-steps/s (median, range)':>30} {'x sb3':>6}")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        runs = {k: [] for k in ["sb3"] + args.sizes}
+        for _ in range(args.repeats):  # interleaved, so that a slow spell of the machine hits every row
+            runs["sb3"].append(sb3(args.updates))
+            for k in args.sizes:
+                runs[k].append(ours(k, args.updates, threads))
+        base = float(np.median(runs["sb3"]))
+        for k, rates in runs.items():
+            name, size = ("stable-baselines3 PPO", 1) if k == "sb3" else ("adbench batched PPO", k)
+            med = float(np.median(rates))
+            spread = f"{med:8.0f} ({min(rates):6.0f}-{max(rates):6.0f})"
+            print(f"{name:24} {threads:7d} {size:7d} {spread:>30} {med / base:6.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -267,3 +267,22 @@ def test_dynamics_family_has_no_counterfactual_reward():
     assert not batch.reward_varies
     with pytest.raises(ValueError, match="varies dynamics"):
         batch.rewards_under(batch.tasks[::-1])
+
+
+@pytest.mark.parametrize("family", ["HalfCheetahVel", "Walker2dParams"])
+def test_threaded_physics_gives_the_same_rollout_as_one_thread_and_as_single_envs(family):
+    tasks = sample_tasks(family, 5, 0)  # 5 tasks on 2 and 3 threads: uneven groups
+    batches = [BatchedTasks(family, tasks, horizon=6, threads=n) for n in (1, 2, 3)]
+    singles = [make_env(family, t, horizon=6) for t in tasks]
+    first = [b.reset(seed=3) for b in batches]
+    single_obs = np.stack([env.reset(seed=3 + i)[0] for i, env in enumerate(singles)]).astype(np.float32)
+    for obs in first:
+        np.testing.assert_array_equal(obs, single_obs)
+    actions = np.random.default_rng(0).uniform(-1.5, 1.5, size=(6, 5, batches[0].act_dim))  # some out of the box
+    for t, a in enumerate(actions):
+        results = [b.step(a) for b in batches]
+        steps = [env.step(x) for env, x in zip(singles, a)]
+        for obs, rewards, terminated, truncated in results:
+            np.testing.assert_array_equal(obs, np.stack([s[0] for s in steps]).astype(np.float32))
+            np.testing.assert_array_equal(rewards, np.array([s[1] for s in steps], dtype=np.float32))
+            assert not terminated.any() and truncated.all() == (t == 5)

@@ -11,12 +11,12 @@ def generate_histories(source: dict, family: str, tasks: list, horizon: int, see
 
     Returns arrays with a leading axis over `tasks` (see `history.empty_history`) and episode_returns.
     """
-    algorithm, episodes = source["algorithm"], source["episodes"]
+    algorithm, episodes, threads = source["algorithm"], source["episodes"], source.get("threads", 1)
     if algorithm == "ppo":
-        return run_ppo(family, tasks, horizon, episodes, PPOConfig(**source["ppo"]), seed, progress)
+        return run_ppo(family, tasks, horizon, episodes, PPOConfig(**source["ppo"]), seed, progress, threads)
     if algorithm == "noise_distill":
         return run_noise_distill(family, tasks, horizon, episodes, NoiseDistillConfig(**source["noise_distill"]), seed,
-                                 PPOConfig(**source["ppo"]), progress)
+                                 PPOConfig(**source["ppo"]), progress, threads)
     raise ValueError(f"unknown source algorithm {algorithm!r} (config source.algorithm); known: {list(ALGORITHMS)}")
 
 

@@ -33,15 +33,15 @@ def epsilon(episode: int, episodes: int, clean_fraction: float) -> float:
 
 
 def run_noise_distill(family: str, tasks: list, horizon: int, episodes: int, cfg: NoiseDistillConfig, seed: int,
-                      ppo: PPOConfig, progress=None) -> dict:
-    env = BatchedTasks(family, tasks, horizon)
+                      ppo: PPOConfig, progress=None, threads: int = 1) -> dict:
+    env = BatchedTasks(family, tasks, horizon, threads)
     if cfg.expert == "oracle":
         oracle = get_family(family).oracle
         if oracle is None:
             raise ValueError(f"{family} has no analytic oracle; set source.noise_distill.expert to 'ppo'")
         expert = lambda obs: np.stack([oracle(task, o) for task, o in zip(env.tasks, obs)])  # noqa: E731
     elif cfg.expert == "ppo":
-        agent = train_ppo(family, tasks, horizon, cfg.expert_episodes, ppo, seed, progress)[1]
+        agent = train_ppo(family, tasks, horizon, cfg.expert_episodes, ppo, seed, progress, threads)[1]
         expert = agent.mean_action
     else:
         raise ValueError(f"unknown source.noise_distill.expert {cfg.expert!r}; use 'oracle' or 'ppo'")

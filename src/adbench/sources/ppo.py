@@ -8,6 +8,7 @@ gradient clipping are per learner (stacked along the first axis). Time-limit tru
 from the value of the final observation (Pardo et al. 2018) rather than treating it as terminal.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,8 @@ from tqdm import tqdm
 from ..tasks import BatchedTasks
 from .batched_nets import BatchedMLP, RunningMeanStd, clip_grad_norm_per_learner
 from .history import empty_history, finish_history
+
+LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass
@@ -56,7 +59,7 @@ class BatchedPPO:
         self.critic = BatchedMLP(num, sizes + [1], out_gain=1.0, generator=gen)
         self.log_std = torch.nn.Parameter(torch.full((num, 1, act_dim), cfg.init_log_std))
         self.params = list(self.actor.parameters()) + list(self.critic.parameters()) + [self.log_std]
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=1e-5)
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=1e-5, fused=True)  # one kernel per tensor: 15% of an update
         self.obs_rms = RunningMeanStd(num, obs_dim)
         self.reward_scaler = RewardScaler(num, cfg.gamma, cfg.clip_reward)
         self.sample_rng = np.random.default_rng(seed + 1)  # exploration noise
@@ -69,8 +72,15 @@ class BatchedPPO:
     def normalize_obs(self, obs: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self._normalized(obs))
 
-    def dist(self, x: torch.Tensor) -> torch.distributions.Normal:
-        return torch.distributions.Normal(self.actor(x), self.log_std.exp().expand(-1, x.shape[1], -1))
+    def log_prob(self, x: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """log pi(action | x) of the Gaussian policy, summed over action dims: (K, N). Written out
+        rather than through torch.distributions, whose per-call checks cost more than the arithmetic."""
+        z = (action - self.actor(x)) * (-self.log_std).exp()
+        return (-0.5 * z * z - self.log_std).sum(-1) - 0.5 * LOG_2PI * z.shape[-1]
+
+    def entropy(self) -> torch.Tensor:
+        """The policy's entropy per learner (K,): state-independent, a function of log_std alone."""
+        return (self.log_std[:, 0] + 0.5 + 0.5 * LOG_2PI).sum(-1)
 
     def act(self, obs: np.ndarray):
         """Sample one action per learner, in numpy. Returns (action, log_prob, value) for obs (K, obs_dim)."""
@@ -97,22 +107,20 @@ class BatchedPPO:
             self.optimizer.param_groups[0]["lr"] = lr_frac * cfg.learning_rate
         adv = gae(batch["rewards"], batch["values"], batch["next_values"], batch["episode_end"], cfg.gamma, cfg.gae_lambda)
         returns = adv + batch["values"]
-        x = self.normalize_obs(batch["obs"])
-        n = x.shape[1]
+        data = (self.normalize_obs(batch["obs"]), batch["actions"], batch["log_probs"], adv, batch["values"], returns)
+        n = adv.shape[1]
         mb = max(1, n // cfg.minibatches)
         stats = {}
         for _ in range(cfg.update_epochs):
             perm = torch.randperm(n, generator=self.sample_gen)
+            shuffled = [t[:, perm] for t in data]  # one gather per epoch; minibatches are then views
             for start in range(0, n, mb):
-                idx = perm[start:start + mb]
-                d = self.dist(x[:, idx])
-                logp = d.log_prob(batch["actions"][:, idx]).sum(-1)
-                v = self.critic(x[:, idx])[..., 0]
-                pg_loss, v_loss = clipped_losses(logp, batch["log_probs"][:, idx], adv[:, idx], v, batch["values"][:, idx],
-                                                 returns[:, idx], cfg.clip_coef, dims=(1,))
-                entropy = d.entropy().sum(-1).mean(1)
+                x, actions, old_logp, b_adv, b_values, b_returns = (t[:, start:start + mb] for t in shuffled)
+                logp = self.log_prob(x, actions)
+                v = self.critic(x)[..., 0]
+                pg_loss, v_loss = clipped_losses(logp, old_logp, b_adv, v, b_values, b_returns, cfg.clip_coef, dims=(1,))
                 # Summing per-learner losses keeps each learner's gradient its own.
-                loss = (pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss).sum()
+                loss = (pg_loss - cfg.ent_coef * self.entropy() + cfg.vf_coef * v_loss).sum()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 clip_grad_norm_per_learner(self.params, cfg.max_grad_norm)
@@ -170,18 +178,20 @@ def next_values(values, episode_end, last_value, final_values: dict) -> torch.Te
     return nxt
 
 
-def run_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfig, seed: int, progress=None) -> dict:
+def run_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfig, seed: int, progress=None,
+            threads: int = 1) -> dict:
     """Train one PPO learner per task for `episodes` episodes; return the learning histories
-    (arrays with a leading learner axis, see `history.empty_history`)."""
-    return train_ppo(family, tasks, horizon, episodes, cfg, seed, progress)[0]
+    (arrays with a leading learner axis, see `history.empty_history`). `threads` step the physics."""
+    return train_ppo(family, tasks, horizon, episodes, cfg, seed, progress, threads)[0]
 
 
-def train_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfig, seed: int, progress=None):
+def train_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfig, seed: int, progress=None,
+              threads: int = 1):
     """Like `run_ppo`, also returning the trained learners (BatchedPPO)."""
     if episodes % cfg.rollout_episodes:
         raise ValueError(f"source.episodes ({episodes}) must be a multiple of source.ppo.rollout_episodes ({cfg.rollout_episodes})")
     torch.manual_seed(seed)
-    env = BatchedTasks(family, tasks, horizon)
+    env = BatchedTasks(family, tasks, horizon, threads)
     k, steps_per_rollout = env.num_tasks, cfg.rollout_episodes * env.horizon
     agent = BatchedPPO(k, env.obs_dim, env.act_dim, cfg, seed)
     hist = empty_history(k, episodes * env.horizon, env.obs_dim, env.act_dim)

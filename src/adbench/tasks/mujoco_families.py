@@ -121,14 +121,28 @@ class MujocoTaskEnv(gym.Env):
 
         Steps MuJoCo directly (ctrl, then `frame_skip` physics steps) and reads the observation with
         the v5 env's own `_get_obs`; what the batched stepper calls, so single and batched envs agree.
+        The three parts are separate so that the batched stepper can run `simulate` on threads.
         """
-        action = np.minimum(np.maximum(np.asarray(action, dtype=np.float64), self._low), self._high)
-        qpos = self.data.qpos
-        before = qpos[:2].copy()
+        self.apply_action(self.clip_action(action))
+        self.simulate()
+        return self.observe()
+
+    def clip_action(self, action) -> np.ndarray:
+        """Into the action box, float64; works on one action or a stack of them."""
+        return np.minimum(np.maximum(np.asarray(action, dtype=np.float64), self._low), self._high)
+
+    def apply_action(self, action: np.ndarray) -> None:
+        """Set the controls to an already clipped action (see `clip_action`)."""
+        self._before, self._action = self.data.qpos[:2].copy(), action
         self.data.ctrl[:] = action
+
+    def simulate(self) -> None:
+        """The physics of one control step; touches nothing but this env's MjData (GIL released)."""
         mujoco.mj_step(self.model, self.data, nstep=self._frame_skip)
+
+    def observe(self):
         self._t += 1
-        velocity = (qpos[:2] - before) / self._dt
+        action, velocity = self._action, (self.data.qpos[:2] - self._before) / self._dt
         self._last = (action, velocity)
         return self._env._get_obs(), self.task_reward(action, velocity), self._t >= self.horizon, velocity
 

@@ -1,0 +1,81 @@
+"""The batched PPO source: K learners that share nothing, and the pieces its speed rests on."""
+
+import numpy as np
+import pytest
+import torch
+
+from adbench.sources.batched_nets import BatchedMLP, tanh
+from adbench.sources.ppo import BatchedPPO, PPOConfig, next_values
+
+
+def test_numpy_tanh_matches_torch_in_value_and_gradient():
+    x = torch.randn(3, 40, 64, generator=torch.Generator().manual_seed(0)) * 3
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = tanh(a)
+    torch.testing.assert_close(y, torch.tanh(b), rtol=0, atol=2e-7)
+    g = torch.randn_like(x)
+    y.backward(g)
+    torch.tanh(b).backward(g)
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-6)
+
+
+def test_padded_output_layer_computes_the_unpadded_network():
+    net = BatchedMLP(2, [5, 8, 8, 3], out_gain=0.01, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 7, 5)
+    ref = x
+    for i, (w, b) in enumerate(zip(net.weights, net.biases)):
+        w, b = (w[..., :3], b[..., :3]) if i == 2 else (w, b)
+        ref = torch.baddbmm(b, ref, w)
+        ref = torch.tanh(ref) if i < 2 else ref
+    assert net(x).shape == (2, 7, 3)
+    torch.testing.assert_close(net(x), ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(net.forward_numpy(x.numpy()), ref.detach().numpy(), atol=1e-6)
+    assert net.weights[2].shape[-1] == BatchedMLP.OUT_PAD and not net.weights[2][..., 3:].any()
+
+
+def _batch(k, n, obs_dim, act_dim, seed):
+    g = torch.Generator().manual_seed(seed)
+    end = torch.zeros(k, n, dtype=torch.bool)
+    end[:, n // 2 - 1::n // 2] = True
+    values = torch.randn(k, n, generator=g)
+    return {"obs": torch.randn(k, n, obs_dim, generator=g).numpy(), "actions": torch.randn(k, n, act_dim, generator=g),
+            "log_probs": torch.randn(k, n, generator=g) - 3, "values": values, "rewards": torch.randn(k, n, generator=g),
+            "episode_end": end, "next_values": next_values(values, end, torch.zeros(k), {})}
+
+
+def test_learners_share_nothing_in_an_update():
+    """Learner 0's update is the same whatever learner 1's data, and the padding stays zero."""
+    cfg = PPOConfig(update_epochs=2, minibatches=4)
+    results = []
+    for other_seed in (1, 2):
+        agent = BatchedPPO(2, 4, 3, cfg, seed=0)
+        agent.obs_rms.update(np.zeros((2, 1, 4)))
+        mine, other = _batch(1, 40, 4, 3, seed=0), _batch(1, 40, 4, 3, seed=other_seed)
+        batch = {key: (np.concatenate if key == "obs" else torch.cat)([mine[key], other[key]]) for key in mine}
+        agent.update(batch, lr_frac=1.0)
+        results.append([p.detach().clone() for p in agent.params])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
+        assert not torch.equal(a[1], b[1])
+    for net in (agent.actor, agent.critic):
+        assert not net.weights[-1][..., net.out_dim:].any() and not net.biases[-1][..., net.out_dim:].any()
+
+
+def test_log_prob_and_entropy_are_the_gaussian_ones():
+    agent = BatchedPPO(2, 4, 3, PPOConfig(init_log_std=-0.3), seed=0)
+    x, a = torch.randn(2, 5, 4), torch.randn(2, 5, 3)
+    ref = torch.distributions.Normal(agent.actor(x), agent.log_std.exp())
+    torch.testing.assert_close(agent.log_prob(x, a), ref.log_prob(a).sum(-1))
+    torch.testing.assert_close(agent.entropy(), ref.entropy().sum(-1)[:, 0])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_ppo_histories_do_not_depend_on_physics_threads(threads):
+    from adbench.sources import run_ppo
+    from adbench.tasks import sample_tasks
+    cfg = PPOConfig(rollout_episodes=1, update_epochs=1, minibatches=2)
+    tasks = sample_tasks("HalfCheetahVel", 3, 0)
+    ref = run_ppo("HalfCheetahVel", tasks, 20, 2, cfg, seed=0, threads=1)
+    got = run_ppo("HalfCheetahVel", tasks, 20, 2, cfg, seed=0, threads=threads)
+    for key in ref:
+        np.testing.assert_array_equal(got[key], ref[key])

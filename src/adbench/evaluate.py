@@ -38,7 +38,7 @@ def test_tasks(dataset) -> list:
 
 
 def rollout(family: str, tasks: list, horizon: int, episodes: int, eval_seeds: list, policy, progress=None,
-            controls: tuple = ("none",)) -> np.ndarray:
+            controls: tuple = ("none",), threads: int = 1) -> np.ndarray:
     """Run `policy` over `episodes` consecutive episodes of every (control, eval_seed, task), all in one
     batch; returns the true returns, (controls, seeds, tasks, episodes).
 
@@ -55,7 +55,7 @@ def rollout(family: str, tasks: list, horizon: int, episodes: int, eval_seeds: l
     n_c, n_s, n_t = len(controls), len(eval_seeds), len(tasks)
     if "other_task_reward" in controls and n_t < 2:
         raise DatasetError("the other_task_reward control needs at least 2 test tasks; raise tasks.n_test or drop the control")
-    env = BatchedTasks(family, [task for _ in controls for _ in eval_seeds for task in tasks], horizon)
+    env = BatchedTasks(family, [task for _ in controls for _ in eval_seeds for task in tasks], horizon, threads)
     k = env.num_tasks
     rows = np.arange(k).reshape(n_c, n_s, n_t)
     deranged = np.roll(rows, -1, axis=2)  # row of (control, seed, task j+1)
@@ -165,7 +165,7 @@ def evaluate_model(cfg: dict, dataset, model_path, out_path, cost_path=None, pro
     say(f"{ckpt['arch']} on {device}", progress)
     policy = ModelPolicy(model, batch, ecfg["sample_actions"], device)
     returns = rollout(info["family"], [t for _, t in tasks], meta["horizon"], ecfg["episodes"], seeds, policy, progress,
-                      controls)
+                      controls, ecfg["threads"])
     ms = policy.step_seconds / policy.steps * 1e3
     say(f"{ms:.3f} ms per batched step of {batch} sequences ({len(controls)} controls x {len(seeds)} seeds x "
         f"{len(tasks)} tasks)", progress)

@@ -226,10 +226,11 @@ class RL2Trainer:
 
 
 def meta_train(family: str, tasks: list, horizon: int, cfg: RL2Config, seed: int, checkpoint: Path | None = None,
-               settings_digest: str = "", progress=None, stop_after: int | None = None) -> RL2Trainer:
+               settings_digest: str = "", progress=None, stop_after: int | None = None, threads: int = 1) -> RL2Trainer:
     """Meta-train RL^2 on `tasks`; resumes from `checkpoint` (same settings) and writes it every
-    `checkpoint_every` updates. `stop_after` simulates an interruption after that many updates."""
-    env = BatchedTasks(family, tasks, horizon)
+    `checkpoint_every` updates. `stop_after` simulates an interruption after that many updates;
+    `threads` step the physics (see `BatchedTasks`)."""
+    env = BatchedTasks(family, tasks, horizon, threads)
     if (cfg.trial_episodes * env.horizon) % cfg.bptt_steps:
         raise ValueError(f"rl2.bptt_steps ({cfg.bptt_steps}) must divide a trial's length in steps "
                          f"({cfg.trial_episodes} episodes x {env.horizon} steps)")
@@ -289,7 +290,8 @@ def run(cfg: dict, dataset, seed: int, out_dir, progress=None, stop_after: int |
     """The rl2_train stage: meta-train on the dataset's training tasks (the ones AD learns from),
     write out_dir/model.pt (with the env-step budget in its meta) and out_dir/metrics.csv."""
     rcfg = dict(cfg["rl2"])
-    torch.set_num_threads(rcfg.pop("threads"))
+    threads = rcfg.pop("threads")
+    torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = validate_file(dataset)
@@ -302,7 +304,7 @@ def run(cfg: dict, dataset, seed: int, out_dir, progress=None, stop_after: int |
     say(f"rl2 {family}: {len(tasks)} training tasks, trials of {rl2_cfg.trial_episodes} x {horizon} steps, "
         f"{rl2_cfg.updates} updates = {rl2_cfg.updates * len(tasks) * rl2_cfg.trial_episodes * horizon} env steps", progress)
     trainer = meta_train(family, tasks, horizon, rl2_cfg, derive_seed(seed, "rl2", family), out_dir / "checkpoint.pt",
-                         settings_digest, progress, stop_after)
+                         settings_digest, progress, stop_after, threads)
     rate = trainer.env_steps / max(trainer.seconds, 1e-9)
     meta = {"family": family, "context_episodes": 0, "seed": seed, "horizon": horizon, "train_env_steps": trainer.env_steps,
             "trial_episodes": rl2_cfg.trial_episodes, "parameters": sum(p.numel() for p in trainer.policy.parameters())}

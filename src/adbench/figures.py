@@ -202,7 +202,8 @@ def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path) -> None:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     fig.savefig(tmp, dpi=120)

@@ -59,7 +59,8 @@ class BatchedPPO:
         self.critic = BatchedMLP(num, sizes + [1], out_gain=1.0, generator=gen)
         self.log_std = torch.nn.Parameter(torch.full((num, 1, act_dim), cfg.init_log_std))
         self.params = list(self.actor.parameters()) + list(self.critic.parameters()) + [self.log_std]
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=1e-5, fused=True)  # one kernel per tensor: 15% of an update
+        # fused: one kernel per tensor instead of a dozen ops (15% of an update's time at K = 32)
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=1e-5, fused=True)
         self.obs_rms = RunningMeanStd(num, obs_dim)
         self.reward_scaler = RewardScaler(num, cfg.gamma, cfg.clip_reward)
         self.sample_rng = np.random.default_rng(seed + 1)  # exploration noise

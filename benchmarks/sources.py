@@ -5,7 +5,11 @@ count (torch intra-op threads; ours also steps its K simulators on that many thr
 sb3's single env cannot).
 
     pip install stable-baselines3==2.9.2   # the peer, for this benchmark only
-    python benchmarks/sources.py [--sizes 1 8 32] [--threads 1 2] [--updates 2]
+    python benchmarks/sources.py [--sizes 1 8 32] [--threads 1 2] [--updates 2] [--repeats 3]
+
+The rows of one thread count run interleaved, --repeats times, and the median is printed with the
+range: this machine's speed drifts by 10-20% over minutes, and interleaving makes the ratio to sb3
+robust to it.
 """
 
 import argparse

@@ -1,10 +1,11 @@
 """Backbone cost against sequence length: forward+backward seconds and peak memory for training,
 and milliseconds per recurrent step for inference, for our Mamba and transformer (equal parameter
-counts) and mambapy as a pure-PyTorch peer. Each measurement runs in its own process, one thread.
+counts) and mambapy as a pure-PyTorch peer. Each measurement runs in its own process, on one
+thread unless --threads says otherwise (torch and the numba scan kernel alike).
 
     pip install mambapy==1.2.0   # the peer, for this benchmark only
     python benchmarks/backbones.py [--lengths 1024 4096 16384] [--archs mamba transformer mambapy]
-                                   [--json OUT] [--memory-limit-gib 16] [--timeout 600]
+                                   [--json OUT] [--memory-limit-gib 16] [--timeout 600] [--threads 1]
 
 Peak memory is the process's peak resident set (ru_maxrss) minus its resident set before the model
 was built. "matmul s" is the floor a matmul-bound model would hit: 6 x (weights in matrices) x tokens
@@ -28,9 +29,9 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def measure(arch: str, length: int, mode: str) -> dict:
+def measure(arch: str, length: int, mode: str, threads: int) -> dict:
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     base = rss_mib()
     record = {"arch": arch, "impl": "adbench" if arch != "mambapy" else "mambapy", "L": length, "batch": BATCH,
@@ -79,8 +80,8 @@ def measure(arch: str, length: int, mode: str) -> dict:
     return record
 
 
-def run_isolated(arch: str, length: int, mode: str, limit_gib: float, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--one", arch, str(length), mode, str(limit_gib)]
+def run_isolated(arch: str, length: int, mode: str, limit_gib: float, timeout: float, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--one", arch, str(length), mode, str(limit_gib), str(threads)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -93,9 +94,9 @@ def run_isolated(arch: str, length: int, mode: str, limit_gib: float, timeout: f
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        arch, length, mode, limit = sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+        arch, length, mode, limit, threads = sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]), int(sys.argv[6])
         resource.setrlimit(resource.RLIMIT_AS, (int(limit * 2**30), int(limit * 2**30)))
-        print(json.dumps(measure(arch, length, mode)))
+        print(json.dumps(measure(arch, length, mode, threads)))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096, 16384])
@@ -103,6 +104,7 @@ def main():
     p.add_argument("--json", help="write one record per measurement to this file")
     p.add_argument("--memory-limit-gib", type=float, default=16.0)
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     records = []
     print(f"{'arch':12} {'impl':8} {'L':>6} {'params':>8} {'fwd+bwd s':>10} {'peak MiB':>9} {'step ms':>8} "
@@ -110,7 +112,7 @@ def main():
     for arch in args.archs:
         for length in args.lengths:
             for mode in ("train", "step") if arch != "mambapy" else ("train",):
-                r = run_isolated(arch, length, mode, args.memory_limit_gib, args.timeout)
+                r = run_isolated(arch, length, mode, args.memory_limit_gib, args.timeout, args.threads)
                 records.append(r)
                 if "error" in r:
                     print(f"{arch:12} {'':8} {length:6d} {'':8} {mode}: {r['error']}", flush=True)

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -93,6 +97,21 @@ def test_scan_picks_the_fused_kernel_on_cpu_and_honours_the_override(monkeypatch
     assert scan_implementation(u, torch.randn(2, 2), C) == "torch"  # fixed B is not fused
     monkeypatch.setenv("ADBENCH_SCAN", "torch")
     assert scan_implementation(u, B, C) == "torch"
+
+
+def test_fused_scan_keeps_torchs_thread_count():
+    """numba's first parallel launch resets the process's OpenMP thread count; a job's `threads` must
+    survive it. In a fresh process, since the reset happens once per process."""
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from adbench.models import selective_scan\n"
+            "u = torch.randn(2, 8, 40, requires_grad=True)\n"
+            "out = selective_scan(u, torch.rand(2, 8, 40), -torch.rand(8, 4), torch.randn(2, 4, 40), torch.randn(2, 4, 40),\n"
+            "                     delta_softplus=True, impl='fused')\n"
+            "out.sum().backward()\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "NUMBA_NUM_THREADS": "2"})
+    assert out.stdout.split() == ["1"]
 
 
 def _tokens(b, length, d, seed=0):

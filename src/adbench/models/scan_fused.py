@@ -15,6 +15,7 @@ falls back to the chunked PyTorch scan otherwise, or where numba is missing.
 """
 
 import math
+from contextlib import contextmanager
 
 import numba
 import numpy as np
@@ -120,6 +121,20 @@ def _backward(u, dt, A, Bt, Ct, D, fast, chunk, ckpt, dy, du, ddt_out, dA_part, 
                     du[bi, di, t] = du_t
 
 
+@contextmanager
+def _torch_thread_count():
+    """Run numba's kernels on torch's thread count, and leave torch's count as it was: numba's first
+    parallel launch sets the process-wide OpenMP thread count (a runtime torch shares) to
+    NUMBA_NUM_THREADS, which torch would then silently use too, ignoring the job's `threads`."""
+    n = torch.get_num_threads()
+    numba.set_num_threads(min(numba.config.NUMBA_NUM_THREADS, max(1, n)))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     """A numpy view; copied only if time (the last axis) is not contiguous, e.g. a sliced conv output
     passes as it is (the kernel walks each lane along time)."""
@@ -143,9 +158,9 @@ class FusedRecurrence(torch.autograd.Function):
         y = torch.empty_like(u)
         ckpt = u.new_empty(b, d, chunks, n)
         last = u.new_empty(b, d, n)
-        numba.set_num_threads(min(numba.config.NUMBA_NUM_THREADS, max(1, torch.get_num_threads())))
-        _forward(_np(u), _np(dt), _np(A), _np(Bt), _np(Ct), _np(D), u.dtype == torch.float32, CHUNK, y.numpy(),
-                 ckpt.numpy(), last.numpy())
+        with _torch_thread_count():
+            _forward(_np(u), _np(dt), _np(A), _np(Bt), _np(Ct), _np(D), u.dtype == torch.float32, CHUNK, y.numpy(),
+                     ckpt.numpy(), last.numpy())
         ctx.save_for_backward(u, raw, A, Bt, Ct, D, ckpt)
         ctx.dims, ctx.softplus = (B.dim(), C.dim()), softplus
         return y, last
@@ -160,8 +175,10 @@ class FusedRecurrence(torch.autograd.Function):
         du, ddt = torch.empty_like(u), torch.empty_like(u)
         dBt, dCt = torch.zeros_like(Bt), torch.zeros_like(Ct)
         dA_part, dD_part = u.new_zeros(b, d, A.shape[1]), u.new_zeros(b, d)
-        _backward(_np(u), _np(dt), _np(A), _np(Bt), _np(Ct), _np(D), u.dtype == torch.float32, CHUNK, _np(ckpt),
-                  _np(dy.to(u.dtype)), du.numpy(), ddt.numpy(), dA_part.numpy(), dBt.numpy(), dCt.numpy(), dD_part.numpy())
+        with _torch_thread_count():
+            _backward(_np(u), _np(dt), _np(A), _np(Bt), _np(Ct), _np(D), u.dtype == torch.float32, CHUNK, _np(ckpt),
+                      _np(dy.to(u.dtype)), du.numpy(), ddt.numpy(), dA_part.numpy(), dBt.numpy(), dCt.numpy(),
+                      dD_part.numpy())
         del dt
         if ctx.softplus:
             ddt.mul_(torch.sigmoid(raw))

@@ -11,7 +11,7 @@ def generate_histories(source: dict, family: str, tasks: list, horizon: int, see
 
     Returns arrays with a leading axis over `tasks` (see `history.empty_history`) and episode_returns.
     """
-    algorithm, episodes, threads = source["algorithm"], source["episodes"], source.get("threads", 1)
+    algorithm, episodes, threads = source["algorithm"], source["episodes"], source["threads"]
     if algorithm == "ppo":
         return run_ppo(family, tasks, horizon, episodes, PPOConfig(**source["ppo"]), seed, progress, threads)
     if algorithm == "noise_distill":

@@ -91,7 +91,7 @@ class BatchedPPO:
         log_std = self.log_std.detach().numpy()[:, 0]
         noise = self.sample_rng.standard_normal(mean.shape, dtype=np.float32)
         action = mean + np.exp(log_std) * noise
-        log_prob = (-0.5 * noise**2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+        log_prob = (-0.5 * noise**2 - log_std - 0.5 * LOG_2PI).sum(-1)
         return action, log_prob, self.critic.forward_numpy(x)[:, 0, 0]
 
     def mean_action(self, obs: np.ndarray) -> np.ndarray:

@@ -4,11 +4,11 @@ h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,   y_t = C_t h_t + D u_t,   out =
 
 `selective_scan_ref` is the plain sequential definition (the test oracle). `selective_scan` picks
 an implementation: on CPU, the fused numba kernel of `scan_fused` (states never leave the kernel;
-backward recomputes them per chunk); elsewhere, or without numba, or with ADBENCH_SCAN=torch, the
-chunked PyTorch scan below, where under autograd each chunk is checkpointed (its states are
+backward recomputes them per chunk); elsewhere, or without numba, the chunked PyTorch scan below, where under autograd each chunk is checkpointed (its states are
 recomputed in backward), so at most one chunk of the (batch, d_inner, length, d_state) state
 exists at a time and memory grows linearly, and modestly, with length. On CUDA, with mamba_ssm
 installed (an optional extra), mamba_ssm's own kernels run instead; mamba_ssm is imported only then.
+ADBENCH_SCAN=torch runs the PyTorch scan everywhere (a reference point for benchmarks).
 """
 
 import os
@@ -113,6 +113,8 @@ def _mamba_ssm():
 
 def scan_implementation(u, B, C) -> str:
     """'mamba_ssm', 'fused' or 'torch': what `selective_scan` will run for these inputs."""
+    if os.environ.get("ADBENCH_SCAN", "auto") == "torch":
+        return "torch"
     if u.device.type == "cuda":
         return "mamba_ssm" if _mamba_ssm() is not None else "torch"
     fusable = (u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64) and B.dim() >= 3 and C.dim() >= 3)

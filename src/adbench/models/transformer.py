@@ -16,8 +16,8 @@ from torch.utils.checkpoint import checkpoint
 def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotate pairs of channels of x (..., l, head_dim) by angles positions * base^(-2i/head_dim)."""
     half = x.shape[-1] // 2
-    freqs = base ** (-torch.arange(half, dtype=torch.float64) / half)
-    angles = positions.double()[:, None] * freqs[None]  # float64: exact phases at long positions
+    freqs = base ** (-torch.arange(half, dtype=torch.float64, device=x.device) / half)
+    angles = positions.to(x.device, torch.float64)[:, None] * freqs[None]  # float64: exact phases at long positions
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
@@ -44,7 +44,7 @@ class Attention(nn.Module):
         if window is None or window >= length:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            i = torch.arange(length)
+            i = torch.arange(length, device=x.device)
             band = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=band)
         return self.proj(y.transpose(1, 2).reshape(x.shape))
@@ -52,7 +52,7 @@ class Attention(nn.Module):
     def step(self, x, cache, pos: int):
         """x (b, 1, d); cache (k, v) of (b, heads, window, head_dim), updated in place at slot pos % window."""
         q, k, v = self._heads(x)
-        p = torch.tensor([pos])
+        p = torch.tensor([pos], device=x.device)
         q, k = rotary(q, p), rotary(k, p)
         keys, values = cache
         window = keys.shape[2]
@@ -92,7 +92,7 @@ class TransformerBackbone(nn.Module):
         self.norm_f = nn.LayerNorm(d_model)
 
     def forward(self, x, window: int | None = None):
-        positions = torch.arange(x.shape[1])
+        positions = torch.arange(x.shape[1], device=x.device)
         for layer in self.layers:
             if self.checkpoint_layers and torch.is_grad_enabled():
                 x = checkpoint(layer, x, positions, window, use_reentrant=False)

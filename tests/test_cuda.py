@@ -56,15 +56,17 @@ def test_mamba_ssm_kernel_equals_our_scans_outputs_and_gradients(length, bc, use
         "ref": [a.clone().requires_grad_() for a in args64],
         "mamba_ssm": [a.float().to(CUDA).requires_grad_() for a in args64],
         "torch": [a.float().to(CUDA).requires_grad_() for a in args64],
+        "auto": [a.float().to(CUDA).requires_grad_() for a in args64],  # ours, which picks mamba_ssm on CUDA
     }
     outs = {"ref": call(selective_scan_ref, leaves["ref"]), "mamba_ssm": call(kernel, leaves["mamba_ssm"]),
-            "torch": call(lambda *a, **k: selective_scan(*a, **k, impl="torch"), leaves["torch"])}
+            "torch": call(lambda *a, **k: selective_scan(*a, **k, impl="torch"), leaves["torch"]),
+            "auto": call(selective_scan, leaves["auto"])}
     w = torch.randn(outs["ref"][0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     grads = {}
     for key, (out, last) in outs.items():
         grads[key] = torch.autograd.grad((out * w.to(out)).sum(), leaves[key], allow_unused=True)
     ref_out, ref_last = outs["ref"]
-    for key in ("mamba_ssm", "torch"):
+    for key in ("mamba_ssm", "torch", "auto"):
         out, last = outs[key]
         if key == "mamba_ssm" and bc == "fixed":
             # mamba_ssm's kernel scans a fixed B's state without its factor B (B multiplies in at the

@@ -242,3 +242,19 @@ def test_mamba_layer_checkpointing_in_batch_slices_keeps_outputs_and_gradients(m
     torch.testing.assert_close(outs[0][0], outs[1][0])
     for a, b in zip(outs[0][1], outs[1][1]):
         torch.testing.assert_close(a, b)
+
+
+def test_the_mamba_ssm_branch_returns_the_true_last_state_of_a_fixed_b(monkeypatch):
+    """mamba_ssm's kernel returns a fixed B's last state without its factor B (seen on an H100 in
+    tests/test_cuda.py); `selective_scan` multiplies it back. Here a stand-in kernel with that quirk."""
+    from adbench.models import scan
+
+    def quirky(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        out, last = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True)
+        return out, last / B
+    monkeypatch.setattr(scan, "scan_implementation", lambda *a: "mamba_ssm")
+    monkeypatch.setattr(scan, "_mamba_ssm", lambda: quirky)
+    u, delta, A, B, C, D, z, bias = _scan_inputs(2, 4, 3, 21, variable_bc=False)
+    _, last = selective_scan(u, delta, A, B, C, D, z, bias, True, return_last_state=True)
+    _, ref_last = selective_scan_ref(u, delta, A, B, C, D, z, bias, True, return_last_state=True)
+    torch.testing.assert_close(last, ref_last)

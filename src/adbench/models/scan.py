@@ -127,8 +127,14 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     B, C (d, n) | (b, n, l) | (b, g, n, l); D, delta_bias (d,). Returns out (b, d, l) [, last_state (b, d, n)].
     `impl`: 'auto' (fused where it can run), 'fused' or 'torch'."""
     chosen = scan_implementation(u, B, C) if impl == "auto" else impl
-    if chosen == "mamba_ssm":  # CUDA kernels (not exercised by the CPU test suite)
-        return _mamba_ssm()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if chosen == "mamba_ssm":  # CUDA kernels (tests/test_cuda.py; not exercised by the CPU suite)
+        result = _mamba_ssm()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        if return_last_state and B.dim() == 2:
+            # mamba_ssm's kernel keeps a fixed B's state without its factor B (B multiplies in at the
+            # readout) and returns it so; the state of the recurrence above is that times B
+            out, last = result
+            return out, last * B.to(last.dtype)
+        return result
     if chosen == "fused":
         out, last = _fused()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         return (out, last) if return_last_state else out

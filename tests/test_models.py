@@ -28,7 +28,7 @@ def _scan_inputs(b, d, n, length, variable_bc=True, grouped=False, dtype=torch.f
     return u, delta, A, B, C, r(d), r(b, d, length), r(d)
 
 
-@pytest.mark.parametrize("impl", ["torch", "fused"])
+@pytest.mark.parametrize("impl", ["torch", "fused", "native"])
 @pytest.mark.parametrize("length, chunk", [(37, 8), (64, 64), (5, 16), (130, 32)])
 @pytest.mark.parametrize("use_z, use_d, use_bias", [(True, True, True), (False, False, False), (True, False, True)])
 def test_scan_equals_reference_outputs_and_gradients(impl, length, chunk, use_z, use_d, use_bias):
@@ -59,23 +59,29 @@ def test_scan_accepts_fixed_and_grouped_b_c(kind):
                                selective_scan_ref(u, delta, A, B, C, D, z, bias, True))
 
 
-def test_fused_scan_gradients_with_grouped_b_c_and_long_odd_lengths():
-    u, delta, A, B, C, D, z, bias = _scan_inputs(2, 4, 3, 201, grouped=True)
+@pytest.mark.parametrize("impl, d", [("fused", 4), ("native", 4), ("native", 16)])
+def test_kernel_gradients_with_grouped_b_c_and_long_odd_lengths(impl, d):
+    if impl == "native" and d % 16:  # channel groups that are not whole vector blocks: not native
+        from adbench.models.scan import scan_implementation
+        u, _, _, B, C, *_ = _scan_inputs(2, d, 3, 5, grouped=True)
+        assert scan_implementation(u, B, C) == "fused"
+        return
+    u, delta, A, B, C, D, z, bias = _scan_inputs(2, d, 3, 201, grouped=True)
     leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
-    out = selective_scan(u, delta, A, B, C, D, z, bias, True, impl="fused")
+    out = selective_scan(u, delta, A, B, C, D, z, bias, True, impl=impl)
     ref = selective_scan_ref(u, delta, A, B, C, D, z, bias, True)
     for g, rg in zip(torch.autograd.grad(out.square().sum(), leaves), torch.autograd.grad(ref.square().sum(), leaves)):
         torch.testing.assert_close(g, rg, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("impl", ["torch", "fused"])
+@pytest.mark.parametrize("impl", ["torch", "fused", "native"])
 def test_scan_passes_gradcheck(impl):
     u, delta, A, B, C, D, z, bias = _scan_inputs(1, 2, 2, 7)
     inputs = tuple(t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias))
     assert torch.autograd.gradcheck(lambda *x: selective_scan(*x, delta_softplus=True, chunk=3, impl=impl), inputs)
 
 
-@pytest.mark.parametrize("impl", ["torch", "fused"])
+@pytest.mark.parametrize("impl", ["torch", "fused", "native"])
 def test_scan_float32_matches_float64_reference(impl):
     args = _scan_inputs(2, 8, 16, 300)
     leaves64 = [a.clone().requires_grad_() for a in args]
@@ -90,13 +96,34 @@ def test_scan_float32_matches_float64_reference(impl):
         torch.testing.assert_close(g32.double(), g64, rtol=1e-3, atol=1e-3 * g64.abs().max().item())
 
 
-def test_scan_picks_the_fused_kernel_on_cpu_and_honours_the_override(monkeypatch):
+def test_scan_picks_the_native_kernel_on_cpu_and_honours_the_override(monkeypatch):
     from adbench.models.scan import scan_implementation
     u, _, _, B, C, *_ = _scan_inputs(1, 2, 2, 5)
-    assert scan_implementation(u, B, C) == "fused"
+    assert scan_implementation(u, B, C) == "native"
     assert scan_implementation(u, torch.randn(2, 2), C) == "torch"  # fixed B is not fused
-    monkeypatch.setenv("ADBENCH_SCAN", "torch")
-    assert scan_implementation(u, B, C) == "torch"
+    for choice in ("fused", "torch", "native"):
+        monkeypatch.setenv("ADBENCH_SCAN", choice)
+        assert scan_implementation(u, B, C) == choice
+    monkeypatch.setenv("ADBENCH_SCAN", "fast")
+    with pytest.raises(ValueError, match="ADBENCH_SCAN='fast' is not one of auto, native, fused, torch"):
+        scan_implementation(u, B, C)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_native_conv_silu_equals_torchs_conv1d(monkeypatch, dtype):
+    from adbench.models.scan import conv_silu
+    g = torch.Generator().manual_seed(0)
+    xz = torch.randn(3, 50, 40, generator=g, dtype=dtype)  # x is a strided slice, as Mamba's in_proj makes it
+    w, b = torch.randn(20, 1, 4, generator=g, dtype=dtype), torch.randn(20, generator=g, dtype=dtype)
+    results = {}
+    for choice in ("native", "torch"):
+        monkeypatch.setenv("ADBENCH_SCAN", choice)
+        leaves = [t.clone().requires_grad_() for t in (xz, w, b)]
+        out = conv_silu(leaves[0][..., :20], leaves[1], leaves[2])
+        results[choice] = [out, *torch.autograd.grad((out * torch.arange(out.numel()).reshape(out.shape).sin()).sum(), leaves)]
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for a, b_ in zip(results["native"], results["torch"]):
+        torch.testing.assert_close(a, b_, rtol=tol, atol=tol)
 
 
 def test_fused_scan_keeps_torchs_thread_count():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .recompute import checkpointed
-from .scan import selective_scan
+from .scan import conv_silu, selective_scan
 
 
 class RMSNorm(nn.Module):
@@ -50,14 +50,16 @@ class Mamba(nn.Module):
         return torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden (b, l, d_model) -> (b, l, d_model), over the whole sequence."""
-        length = hidden.shape[1]
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, l) each
-        x = F.silu(self.conv1d(x)[..., :length])
-        dt, B, C = self._ssm_inputs(x.transpose(1, 2))
-        dt = self.dt_proj.weight @ dt.transpose(1, 2)  # (b, d_inner, l), time contiguous; bias added in the scan
-        y = selective_scan(x, dt, -torch.exp(self.A_log), B.transpose(1, 2), C.transpose(1, 2),
-                           self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True)
+        """hidden (b, l, d_model) -> (b, l, d_model), over the whole sequence. Activations stay
+        channel-last, (b, l, d_inner), as the projections make them; the scan takes (b, d_inner, l)
+        views of them (mamba_ssm's layout, transposed without copying)."""
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (b, l, d_inner) each
+        x = conv_silu(x, self.conv1d.weight, self.conv1d.bias)
+        dt, B, C = self._ssm_inputs(x)
+        dt = F.linear(dt, self.dt_proj.weight)  # (b, l, d_inner); the bias is added in the scan
+        y = selective_scan(x.transpose(1, 2), dt.transpose(1, 2), -torch.exp(self.A_log), B.transpose(1, 2),
+                           C.transpose(1, 2), self.D, z=z.transpose(1, 2), delta_bias=self.dt_proj.bias,
+                           delta_softplus=True)
         return self.out_proj(y.transpose(1, 2))
 
     def init_state(self, batch: int, device=None):

@@ -3,12 +3,14 @@
 h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,   y_t = C_t h_t + D u_t,   out = y * silu(z)
 
 `selective_scan_ref` is the plain sequential definition (the test oracle). `selective_scan` picks
-an implementation: on CPU, the fused numba kernel of `scan_fused` (states never leave the kernel;
-backward recomputes them per chunk); elsewhere, or without numba, the chunked PyTorch scan below, where under autograd each chunk is checkpointed (its states are
-recomputed in backward), so at most one chunk of the (batch, d_inner, length, d_state) state
-exists at a time and memory grows linearly, and modestly, with length. On CUDA, with mamba_ssm
-installed (an optional extra), mamba_ssm's own kernels run instead; mamba_ssm is imported only then.
-ADBENCH_SCAN=torch runs the PyTorch scan everywhere (a reference point for benchmarks).
+an implementation: on CPU, the C kernel of `scan_native` (channel-last, built with the system's C
+compiler on first use) or, where it cannot be built, the numba kernel of `scan_fused` (both keep
+the state local and recompute it per chunk in backward); elsewhere the chunked PyTorch scan below,
+where under autograd each chunk is checkpointed (its states are recomputed in backward), so at most
+one chunk of the (batch, d_inner, length, d_state) state exists at a time and memory grows
+linearly, and modestly, with length. On CUDA, with mamba_ssm installed (an optional extra),
+mamba_ssm's own kernels run instead; mamba_ssm is imported only then.
+ADBENCH_SCAN=native|fused|torch forces one implementation (torch also on CUDA), for benchmarks.
 """
 
 import os
@@ -91,15 +93,44 @@ def _scan_chunk(u, delta, A, B, C, h):
     return y.permute(1, 2, 0), hs[-1]
 
 
+SCAN_CHOICES = ("auto", "native", "fused", "torch")
+
+
+def _choice() -> str:
+    """ADBENCH_SCAN: 'auto' (the default), or one implementation forced: 'native', 'fused' or 'torch'."""
+    choice = os.environ.get("ADBENCH_SCAN", "auto")
+    if choice not in SCAN_CHOICES:
+        raise ValueError(f"ADBENCH_SCAN={choice!r} is not one of {', '.join(SCAN_CHOICES)}; unset it for 'auto'")
+    return choice
+
+
+def _native():
+    """The C kernel's module (built on first use), or None where it cannot be used."""
+    if _choice() not in ("auto", "native"):
+        return None
+    from . import scan_native
+    return scan_native
+
+
 def _fused():
-    """The fused CPU kernel's entry point, or None where it cannot run (no numba, or ADBENCH_SCAN=torch)."""
-    if os.environ.get("ADBENCH_SCAN", "auto") == "torch":
+    """The numba kernel's entry point, or None where it cannot run (no numba, or another choice)."""
+    if _choice() not in ("auto", "fused"):
         return None
     try:
         from .scan_fused import fused_selective_scan
     except ImportError:
         return None
     return fused_selective_scan
+
+
+def conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Mamba's silu(causal depthwise conv1d(x)) on channel-last x (b, l, d) -> (b, l, d): the C kernel
+    where the native scan runs, else torch's conv1d (on a transposed view)."""
+    native = _native()
+    if native is not None and x.device.type == "cpu" and x.dtype in native.VARIANTS and native.library(x.dtype):
+        return native.NativeConvSilu.apply(x, weight, bias)
+    conv = F.conv1d(x.transpose(1, 2), weight, bias, padding=weight.shape[-1] - 1, groups=x.shape[2])
+    return F.silu(conv[..., :x.shape[1]]).transpose(1, 2)
 
 
 def _mamba_ssm():
@@ -112,11 +143,14 @@ def _mamba_ssm():
 
 
 def scan_implementation(u, B, C) -> str:
-    """'mamba_ssm', 'fused' or 'torch': what `selective_scan` will run for these inputs."""
-    if os.environ.get("ADBENCH_SCAN", "auto") == "torch":
+    """'mamba_ssm', 'native', 'fused' or 'torch': what `selective_scan` will run for these inputs."""
+    if _choice() == "torch":
         return "torch"
     if u.device.type == "cuda":
         return "mamba_ssm" if _mamba_ssm() is not None else "torch"
+    native = _native()
+    if native is not None and native.supports(u, B, C):
+        return "native"
     fusable = (u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64) and B.dim() >= 3 and C.dim() >= 3)
     return "fused" if fusable and _fused() is not None else "torch"
 
@@ -125,7 +159,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    return_last_state=False, chunk: int = CHUNK, impl: str = "auto"):
     """Memory-lean selective scan. Shapes as in mamba_ssm: u, delta, z (b, d, l); A (d, n);
     B, C (d, n) | (b, n, l) | (b, g, n, l); D, delta_bias (d,). Returns out (b, d, l) [, last_state (b, d, n)].
-    `impl`: 'auto' (fused where it can run), 'fused' or 'torch'."""
+    `impl`: 'auto' (the fastest that can run), 'native' (C), 'fused' (numba) or 'torch'."""
     chosen = scan_implementation(u, B, C) if impl == "auto" else impl
     if chosen == "mamba_ssm":  # CUDA kernels (tests/test_cuda.py; not exercised by the CPU suite)
         result = _mamba_ssm()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
@@ -135,6 +169,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             out, last = result
             return out, last * B.to(last.dtype)
         return result
+    if chosen == "native":
+        from .scan_native import native_selective_scan
+        out, last = native_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return (out, last) if return_last_state else out
     if chosen == "fused":
         out, last = _fused()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         return (out, last) if return_last_state else out

@@ -1,0 +1,242 @@
+"""The selective scan as a small C kernel (scan_native.c), channel-last, built on first use.
+
+Lanes of the CPU's vector unit are consecutive channels, so the state sums are vertical adds and the
+exp is glibc's vector exp; tensors stay in the (batch, length, channels) layout that Mamba's
+projections produce, so nothing is transposed on the way in or out. Forward writes the gated output
+and one state checkpoint per chunk; backward recomputes each chunk's states from its checkpoint and
+runs the adjoint recurrence in reverse, giving every gradient (u, dt, A, B, C, D, z) in one pass.
+
+The library is compiled with the system's C compiler (gcc or cc, -O3 -march=native -ffast-math)
+into a cache folder keyed by the source, the flags and the CPU, and loaded with ctypes (which
+releases the GIL: batch elements run on torch's thread count, in Python threads). Where no compiler
+is found or the build fails, `library()` returns None and the scan falls back to the numba kernel.
+"""
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("scan_native.c")
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fPIC", "-shared"]
+VARIANTS = {torch.float32: ("float", 16, "_f32", "expf -DINLINE_EXP"), torch.float64: ("double", 8, "_f64", "exp")}
+CHUNK = 64  # time steps per checkpoint (at most the kernel's MAXCHUNK)
+MAX_STATE = 64  # the kernel's MAXN
+_libs: dict = {}
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("ADBENCH_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                           os.path.expanduser("~/.cache"), "adbench")
+    return Path(root)
+
+
+def _cpu_key() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "".join(sorted({line for line in f if line.startswith(("model name", "flags"))}))
+    except OSError:
+        return os.uname().machine
+
+
+def _build(dtype) -> Path | None:
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        warnings.warn("no C compiler (gcc or cc) found: Mamba's scan uses the numba kernel; install gcc for the "
+                      "faster native one", stacklevel=3)
+        return None
+    real, lanes, suffix, exp = VARIANTS[dtype]
+    flags = FLAGS + [f"-DREAL={real}", f"-DW={lanes}", f"-DSUFFIX={suffix}"] + f"-DEXP={exp}".split()
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler] + flags).encode() + _cpu_key().encode())
+    path = _cache_dir() / f"scan_native{suffix}-{key.hexdigest()[:16]}.so"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)  # built aside, renamed when complete
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, text=True,
+                       timeout=120)
+        os.replace(tmp, path)
+    except (subprocess.SubprocessError, OSError) as e:
+        detail = (getattr(e, "stderr", None) or str(e)).strip().splitlines()
+        warnings.warn(f"building the native scan kernel with {compiler} failed ({detail[0] if detail else e}): "
+                      "Mamba's scan uses the numba kernel", stacklevel=3)
+        return None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def library(dtype):
+    """The compiled kernels for float32 or float64 (a ctypes CDLL), or None where they cannot be built."""
+    if dtype not in VARIANTS:
+        return None
+    if dtype not in _libs:
+        path = _build(dtype)
+        lib = None
+        if path is not None:
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError:
+                lib = None
+        _libs[dtype] = lib
+    return _libs[dtype]
+
+
+def supports(u, B, C) -> bool:
+    """Whether the kernel takes these inputs: a float CPU tensor, variable B and C, a state size it
+    holds, and channel groups that are whole vector blocks."""
+    if u.device.type != "cpu" or u.dtype not in VARIANTS or B.dim() < 3 or C.dim() < 3 or B.shape[-2] > MAX_STATE:
+        return False
+    lanes = VARIANTS[u.dtype][1]
+    for x in (B, C):
+        if x.dim() == 4 and x.shape[1] > 1 and (u.shape[1] // x.shape[1]) % lanes:
+            return False
+    return library(u.dtype) is not None
+
+
+def _channel_last(t: torch.Tensor) -> torch.Tensor:
+    """(b, d, l) with channel stride 1 (a view of (b, l, d) memory), copying only if it is not so."""
+    if t.stride(1) == 1 and t.stride(2) >= t.shape[1]:
+        return t
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _groups(x: torch.Tensor) -> torch.Tensor:
+    return x[:, None] if x.dim() == 3 else x  # (b, g, n, l)
+
+
+def _ptr(t):
+    return ctypes.c_void_p(t.data_ptr()) if t is not None else None
+
+
+def _strides(t):
+    return (ctypes.c_int64 * 4)(*t.stride())
+
+
+def _ints(*values):
+    return [ctypes.c_int64(v) for v in values]
+
+
+def _time_strides(t):
+    """(batch stride, time stride) of a (b, d, l) channel-last tensor, or zeros for None."""
+    return (t.stride(0), t.stride(2)) if t is not None else (0, 0)
+
+
+def _run(fn, batch: int, args: list) -> None:
+    """fn(b0, b1, *args) over the batch, split across torch's thread count."""
+    global _pool
+    threads = max(1, min(torch.get_num_threads(), batch))
+    if threads == 1:
+        fn(0, batch, *args)
+        return
+    if _pool is None or _pool[0] < threads:
+        _pool = (threads, ThreadPoolExecutor(max_workers=threads))
+    bounds = [batch * i // threads for i in range(threads + 1)]
+    for f in [_pool[1].submit(fn, bounds[i], bounds[i + 1], *args) for i in range(threads)]:
+        f.result()
+
+
+class NativeScan(torch.autograd.Function):
+    """out = (C h + D u) * silu(z) along the S6 recurrence, with dt = softplus(delta + bias) (or without
+    the softplus); bias and z may be None."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, bias, softplus):
+        dtype = u.dtype
+        u, delta = _channel_last(u), _channel_last(delta)
+        z = _channel_last(z) if z is not None else None
+        b, d, length = u.shape
+        Bg, Cg = _groups(B), _groups(C)
+        n, g = Bg.shape[2], max(Bg.shape[1], Cg.shape[1])
+        if Bg.shape[1] != Cg.shape[1]:  # the kernel takes one grouping for both
+            Bg, Cg = (x.repeat_interleave(g // x.shape[1], dim=1) for x in (Bg, Cg))
+        At = A.t().contiguous()
+        chunks = (length + CHUNK - 1) // CHUNK
+        out, ckpt, last = u.new_empty(b, length, d), u.new_empty(b, chunks, n, d), u.new_empty(b, n, d)
+        _run(getattr(library(dtype), "scan_forward_" + VARIANTS[dtype][2]), b, [
+            *_ints(length, d, n, g), _ptr(u), *_ints(u.stride(0), u.stride(2)), _ptr(delta),
+            *_ints(delta.stride(0), delta.stride(2)), _ptr(bias), ctypes.c_int(softplus), _ptr(At), _ptr(Bg),
+            _strides(Bg), _ptr(Cg), _strides(Cg), _ptr(D), _ptr(z), *_ints(*_time_strides(z)),
+            _ptr(out), _ptr(ckpt), _ptr(last), *_ints(CHUNK)])
+        ctx.save_for_backward(u, delta, At, Bg, Cg, D, z, bias, ckpt)
+        ctx.shapes, ctx.softplus = (B.dim(), C.dim(), _groups(B).shape[1], _groups(C).shape[1]), softplus
+        return out.transpose(1, 2), last.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, At, Bg, Cg, D, z, bias, ckpt = ctx.saved_tensors
+        if dlast is not None and dlast.abs().max() > 0:
+            raise NotImplementedError("the native scan does not backpropagate through last_state; use the PyTorch scan")
+        dtype = u.dtype
+        b, d, length = u.shape
+        n, g = Bg.shape[2], Bg.shape[1]
+        dout = dout.to(dtype).transpose(1, 2).contiguous()  # (b, l, d): no copy when it comes channel-last
+        du, ddelta = u.new_empty(b, length, d), u.new_empty(b, length, d)
+        dz = u.new_empty(b, length, d) if z is not None else None
+        dA, dD, dbias = u.new_empty(b, n, d), u.new_empty(b, d), u.new_empty(b, d)
+        dB, dC = u.new_zeros(b, g, length, n), u.new_zeros(b, g, length, n)
+        _run(getattr(library(dtype), "scan_backward_" + VARIANTS[dtype][2]), b, [
+            *_ints(length, d, n, g), _ptr(u), *_ints(u.stride(0), u.stride(2)), _ptr(delta),
+            *_ints(delta.stride(0), delta.stride(2)), _ptr(bias), ctypes.c_int(ctx.softplus), _ptr(At), _ptr(Bg),
+            _strides(Bg), _ptr(Cg), _strides(Cg), _ptr(D), _ptr(z), *_ints(*_time_strides(z)),
+            _ptr(ckpt), _ptr(dout), _ptr(du), _ptr(ddelta), _ptr(dz), _ptr(dA), _ptr(dB), _ptr(dC), _ptr(dD),
+            _ptr(dbias), *_ints(CHUNK)])
+        b_dim, c_dim, b_groups, c_groups = ctx.shapes
+        dB, dC = dB.transpose(-1, -2), dC.transpose(-1, -2)  # (b, g, n, l)
+        if b_groups != g:
+            dB = dB.unflatten(1, (b_groups, g // b_groups)).sum(2)
+        if c_groups != g:
+            dC = dC.unflatten(1, (c_groups, g // c_groups)).sum(2)
+        return (du.transpose(1, 2), ddelta.transpose(1, 2), dA.sum(0).t(), dB[:, 0] if b_dim == 3 else dB,
+                dC[:, 0] if c_dim == 3 else dC, dD.sum(0), dz.transpose(1, 2) if dz is not None else None,
+                dbias.sum(0) if bias is not None else None, None)
+
+
+def native_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """(out, last_state) with the semantics of scan.selective_scan_ref, in u's dtype (float32 or float64)."""
+    dtype = u.dtype
+    D_ = D.to(dtype).contiguous() if D is not None else u.new_zeros(u.shape[1])
+    bias = delta_bias.to(dtype).contiguous() if delta_bias is not None else None
+    return NativeScan.apply(u, delta.to(dtype), A.to(dtype), B.to(dtype), C.to(dtype), D_,
+                            z.to(dtype) if z is not None else None, bias, bool(delta_softplus))
+
+
+class NativeConvSilu(torch.autograd.Function):
+    """silu(causal depthwise conv1d(x) + bias) on channel-last x (b, l, d); weight (d, 1, K)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        dtype, (b, length, d), k = x.dtype, x.shape, weight.shape[-1]
+        if x.stride(2) != 1:
+            x = x.contiguous()
+        wT = weight.reshape(d, k).t().contiguous()
+        bias = bias.contiguous()
+        out = x.new_empty(b, length, d)
+        _run(getattr(library(dtype), "conv_silu_forward_" + VARIANTS[dtype][2]), b, [
+            ctypes.c_int64(length), ctypes.c_int64(d), ctypes.c_int64(k), _ptr(x), ctypes.c_int64(x.stride(0)),
+            ctypes.c_int64(x.stride(1)), _ptr(wT), _ptr(bias), _ptr(out)])
+        ctx.save_for_backward(x, wT, bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        x, wT, bias = ctx.saved_tensors
+        dtype, (b, length, d), k = x.dtype, x.shape, wT.shape[0]
+        gout = gout.to(dtype).contiguous()
+        gpre, dx = torch.empty_like(gout), x.new_empty(b, length, d)
+        dwT, dbias = x.new_empty(b, k, d), x.new_empty(b, d)
+        _run(getattr(library(dtype), "conv_silu_backward_" + VARIANTS[dtype][2]), b, [
+            ctypes.c_int64(length), ctypes.c_int64(d), ctypes.c_int64(k), _ptr(x), ctypes.c_int64(x.stride(0)),
+            ctypes.c_int64(x.stride(1)), _ptr(wT), _ptr(bias), _ptr(gout), _ptr(gpre), _ptr(dx), _ptr(dwT), _ptr(dbias)])
+        return dx, dwT.sum(0).t().reshape(d, 1, k), dbias.sum(0)

@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +11,15 @@ from adbench.models import (ARCHITECTURES, ModelError, build, count_parameters, 
                             selective_scan, selective_scan_ref)
 from adbench.models.mamba import MambaBackbone
 from adbench.models.transformer import TransformerBackbone
+
+
+HAS_COMPILER = shutil.which("gcc") is not None or shutil.which("cc") is not None
+
+
+def _needs_native(impl: str) -> None:
+    """The native kernel is built with the system's C compiler; where there is none it cannot be tested."""
+    if impl == "native" and not HAS_COMPILER:
+        pytest.skip("no C compiler: the native scan kernel cannot be built (the numba kernel runs instead)")
 
 
 def _scan_inputs(b, d, n, length, variable_bc=True, grouped=False, dtype=torch.float64, seed=0):
@@ -32,6 +42,7 @@ def _scan_inputs(b, d, n, length, variable_bc=True, grouped=False, dtype=torch.f
 @pytest.mark.parametrize("length, chunk", [(37, 8), (64, 64), (5, 16), (130, 32)])
 @pytest.mark.parametrize("use_z, use_d, use_bias", [(True, True, True), (False, False, False), (True, False, True)])
 def test_scan_equals_reference_outputs_and_gradients(impl, length, chunk, use_z, use_d, use_bias):
+    _needs_native(impl)
     u, delta, A, B, C, D, z, bias = _scan_inputs(2, 6, 4, length)
     leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
     kw = dict(D=D if use_d else None, z=z if use_z else None, delta_bias=bias if use_bias else None,
@@ -61,6 +72,7 @@ def test_scan_accepts_fixed_and_grouped_b_c(kind):
 
 @pytest.mark.parametrize("impl, d", [("fused", 4), ("native", 4), ("native", 16)])
 def test_kernel_gradients_with_grouped_b_c_and_long_odd_lengths(impl, d):
+    _needs_native(impl)
     if impl == "native" and d % 16:  # channel groups that are not whole vector blocks: not native
         from adbench.models.scan import scan_implementation
         u, _, _, B, C, *_ = _scan_inputs(2, d, 3, 5, grouped=True)
@@ -76,6 +88,7 @@ def test_kernel_gradients_with_grouped_b_c_and_long_odd_lengths(impl, d):
 
 @pytest.mark.parametrize("impl", ["torch", "fused", "native"])
 def test_scan_passes_gradcheck(impl):
+    _needs_native(impl)
     u, delta, A, B, C, D, z, bias = _scan_inputs(1, 2, 2, 7)
     inputs = tuple(t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias))
     assert torch.autograd.gradcheck(lambda *x: selective_scan(*x, delta_softplus=True, chunk=3, impl=impl), inputs)
@@ -83,6 +96,7 @@ def test_scan_passes_gradcheck(impl):
 
 @pytest.mark.parametrize("impl", ["torch", "fused", "native"])
 def test_scan_float32_matches_float64_reference(impl):
+    _needs_native(impl)
     args = _scan_inputs(2, 8, 16, 300)
     leaves64 = [a.clone().requires_grad_() for a in args]
     leaves32 = [a.float().requires_grad_() for a in args]
@@ -97,6 +111,7 @@ def test_scan_float32_matches_float64_reference(impl):
 
 
 def test_scan_picks_the_native_kernel_on_cpu_and_honours_the_override(monkeypatch):
+    _needs_native("native")
     from adbench.models.scan import scan_implementation
     u, _, _, B, C, *_ = _scan_inputs(1, 2, 2, 5)
     assert scan_implementation(u, B, C) == "native"
@@ -111,6 +126,7 @@ def test_scan_picks_the_native_kernel_on_cpu_and_honours_the_override(monkeypatc
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_native_conv_silu_equals_torchs_conv1d(monkeypatch, dtype):
+    _needs_native("native")
     from adbench.models.scan import conv_silu
     g = torch.Generator().manual_seed(0)
     xz = torch.randn(3, 50, 40, generator=g, dtype=dtype)  # x is a strided slice, as Mamba's in_proj makes it
@@ -289,8 +305,9 @@ def test_the_mamba_ssm_branch_returns_the_true_last_state_of_a_fixed_b(monkeypat
 
 @pytest.mark.parametrize("d_model", [16, 5])  # d_inner 32 (whole vector blocks) and 10 (a partial one)
 def test_mamba_layer_on_the_native_kernels_equals_the_pytorch_path(monkeypatch, d_model):
-    """The whole layer (conv + SiLU, the step-size projection fused into the scan, the gate) against
-    torch's conv1d, linear and the PyTorch scan: outputs and every gradient, in float64."""
+    """The whole layer (conv + SiLU and the scan with its softplus, D and gate, all native) against
+    torch's conv1d and the PyTorch scan: outputs and every gradient, in float64."""
+    _needs_native("native")
     from adbench.models.mamba import Mamba
     torch.manual_seed(0)
     layer = Mamba(d_model).double()
@@ -304,3 +321,35 @@ def test_mamba_layer_on_the_native_kernels_equals_the_pytorch_path(monkeypatch, 
         results[choice] = [out, *torch.autograd.grad((out * w).sum(), [leaf, *layer.parameters()])]
     for a, b in zip(results["native"], results["torch"]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_native_scan_results_do_not_depend_on_the_thread_count():
+    """Batch elements are split across threads, each computed whole by one: bit-identical results."""
+    _needs_native("native")
+    args = [a.float() for a in _scan_inputs(4, 32, 16, 150)]
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            leaves = [a.clone().requires_grad_() for a in args]
+            out = selective_scan(*leaves[:5], D=leaves[5], z=leaves[6], delta_bias=leaves[7], delta_softplus=True,
+                                 impl="native")
+            results.append([out, *torch.autograd.grad(out.square().sum(), leaves)])
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_without_a_compiler_the_scan_warns_and_falls_back_to_numba(monkeypatch, tmp_path):
+    from adbench.models import scan_native
+    from adbench.models.scan import scan_implementation
+    monkeypatch.setattr(scan_native, "_libs", {})
+    monkeypatch.setenv("ADBENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    u, _, _, B, C, *_ = _scan_inputs(1, 2, 2, 5)
+    with pytest.warns(UserWarning, match="building the native scan kernel .* failed"):
+        assert scan_implementation(u, B, C) == "fused"
+    assert not list(tmp_path.glob("*.so"))

@@ -59,20 +59,22 @@ def _build(dtype) -> Path | None:
     path = _cache_dir() / f"scan_native{suffix}-{key.hexdigest()[:16]}.so"
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)  # built aside, renamed when complete
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)  # built aside, renamed when complete
+        os.close(fd)
         subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, text=True,
                        timeout=120)
         os.replace(tmp, path)
     except (subprocess.SubprocessError, OSError) as e:
         detail = (getattr(e, "stderr", None) or str(e)).strip().splitlines()
-        warnings.warn(f"building the native scan kernel with {compiler} failed ({detail[0] if detail else e}): "
-                      "Mamba's scan uses the numba kernel", stacklevel=3)
+        warnings.warn(f"building the native scan kernel with {compiler} in {path.parent} failed "
+                      f"({detail[0] if detail else e}); set ADBENCH_CACHE to a writable folder or install gcc. "
+                      "Mamba's scan uses the numba kernel meanwhile", stacklevel=3)
         return None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
 

@@ -146,7 +146,7 @@ static inline __attribute__((always_inline)) void backward_block(i64 i, i64 c0, 
                            REAL *dB, REAL *dC, REAL *dD, REAL *dbias, i64 chunk) {
     /* the chunk's states and decays, (chunk + 1) x n and chunk x n rows of W lanes */
     static __thread REAL hflat[(MAXCHUNK + 1) * MAXN][W], aflat[MAXCHUNK * MAXN][W];
-    REAL dtbuf[MAXCHUNK][W], slope[MAXCHUNK][W];  /* the chunk's step sizes and d dt / d delta */
+    REAL dtbuf[MAXCHUNK][W], slope[MAXCHUNK][W], ybuf[MAXCHUNK][W];  /* the chunk's dt, d dt / d delta, C h + D u */
     REAL A[MAXN][W], A2[MAXN][W], lam[MAXN][W], dAacc[MAXN][W], rowB[MAXN][W], rowC[MAXN][W];
     REAL Dv[W], bv[W], dDacc[W], dbacc[W], ut[W], dtt[W], g_[W], zt[W], du_t[W], ddt_t[W], y[W];
     i64 chunks = (L + chunk - 1) / chunk;
@@ -167,27 +167,25 @@ static inline __attribute__((always_inline)) void backward_block(i64 i, i64 c0, 
                 LANES { slope[j][c] = c < nl ? sigmoid(dtt[c]) : 0; dtt[c] = c < nl ? softplus(dtt[c]) : 0; }
             else
                 LANES slope[j][c] = 1;
-            LANES dtbuf[j][c] = dtt[c];
+            LANES { dtbuf[j][c] = dtt[c]; y[c] = Dv[c] * ut[c]; }
             for (i64 k = 0; k < n; k++) {
-                REAL bk = Bi[k * sB[2] + t * sB[3]];
+                REAL bk = Bi[k * sB[2] + t * sB[3]], ckv = Ci[k * sC[2] + t * sC[3]];
                 LANES {
                     aflat[j * n + k][c] = EXP2(dtt[c] * A2[k][c]);
                     hflat[(j + 1) * n + k][c] = aflat[j * n + k][c] * hflat[j * n + k][c] + dtt[c] * ut[c] * bk;
+                    y[c] += ckv * hflat[(j + 1) * n + k][c];  /* the pre-gate output, for the gate's gradient */
                 }
             }
+            LANES ybuf[j][c] = y[c];
         }
         for (i64 t = t1 - 1; t >= t0; t--) {  /* the adjoint recurrence, in reverse */
             i64 j = t - t0;
             const REAL *up = u + i * su_b + t * su_t + c0;
             const REAL *gp = dout + (i * L + t) * d + c0;
             LANES { ut[c] = c < nl ? up[c] : 0; dtt[c] = dtbuf[j][c]; g_[c] = c < nl ? gp[c] : 0; }
-            if (z) {  /* out = y * silu(z): recompute y from the state, then the gate's gradients */
+            if (z) {  /* out = y * silu(z): the gate's gradients */
                 const REAL *zp = z + i * sz_b + t * sz_t + c0;
-                LANES { zt[c] = c < nl ? zp[c] : 0; y[c] = Dv[c] * ut[c]; }
-                for (i64 k = 0; k < n; k++) {
-                    REAL ckv = Ci[k * sC[2] + t * sC[3]];
-                    LANES y[c] += ckv * hflat[(j + 1) * n + k][c];
-                }
+                LANES { zt[c] = c < nl ? zp[c] : 0; y[c] = ybuf[j][c]; }
                 REAL *dzp = dz + (i * L + t) * d + c0;
                 LANES {
                     REAL s = sigmoid(zt[c]);
@@ -197,20 +195,24 @@ static inline __attribute__((always_inline)) void backward_block(i64 i, i64 c0, 
                 }
                 for (int c = 0; c < nl; c++) dzp[c] = y[c];
             }
-            LANES { dDacc[c] += g_[c] * ut[c]; du_t[c] = g_[c] * Dv[c]; ddt_t[c] = 0; }
+            /* with l = dL/dh_t: du = g D + dt sum_k l B_k, ddt = u sum_k l B_k + sum_k l A_k a_k h_{t-1},
+             * dA_k += dt l a_k h_{t-1}; sb and sa hold the two sums over k */
+            REAL sb[W], sa[W], dtu[W];
+            LANES { dDacc[c] += g_[c] * ut[c]; dtu[c] = dtt[c] * ut[c]; sb[c] = 0; sa[c] = 0; }
             for (i64 k = 0; k < n; k++) {
                 REAL bk = Bi[k * sB[2] + t * sB[3]], ckv = Ci[k * sC[2] + t * sC[3]];
                 LANES {
-                    REAL l = lam[k][c] + g_[c] * ckv;  /* dL/dh_t */
-                    REAL a = aflat[j * n + k][c], hp = hflat[j * n + k][c];
+                    REAL l = lam[k][c] + g_[c] * ckv;
+                    REAL a = aflat[j * n + k][c], lah = l * a * hflat[j * n + k][c];
                     rowC[k][c] = g_[c] * hflat[(j + 1) * n + k][c];
-                    rowB[k][c] = l * dtt[c] * ut[c];
-                    du_t[c] += l * dtt[c] * bk;
-                    ddt_t[c] += l * (bk * ut[c] + A[k][c] * a * hp);
-                    dAacc[k][c] += l * dtt[c] * a * hp;
+                    rowB[k][c] = l * dtu[c];
+                    sb[c] += l * bk;
+                    sa[c] += A[k][c] * lah;
+                    dAacc[k][c] += dtt[c] * lah;
                     lam[k][c] = l * a;
                 }
             }
+            LANES { du_t[c] = g_[c] * Dv[c] + dtt[c] * sb[c]; ddt_t[c] = ut[c] * sb[c] + sa[c]; }
             lane_sums(rowB, n, dBi + t * n);
             lane_sums(rowC, n, dCi + t * n);
             LANES { ddt_t[c] *= slope[j][c]; dbacc[c] += ddt_t[c]; }

@@ -6,7 +6,10 @@ thread unless --threads says otherwise (torch and the numba scan kernel alike).
     pip install mambapy==1.2.0   # the peer, for this benchmark only
     python benchmarks/backbones.py [--lengths 1024 4096 16384] [--archs mamba transformer mambapy]
                                    [--json OUT] [--memory-limit-gib 16] [--timeout 600] [--threads 1]
-                                   [--device cuda] [--modes train step]
+                                   [--device cuda] [--modes train step] [--repeats 1]
+
+With --repeats N each measurement runs N times (each in its own process); the table shows the
+median time (and the range in the JSON records, as `fwd_bwd_s_runs` / `step_ms_runs`).
 
 On CUDA (--device cuda) the Mamba rows use mamba_ssm's kernels where it is installed and the
 PyTorch scan otherwise (ADBENCH_SCAN=torch forces the latter): the "scan" column says which ran.
@@ -110,6 +113,13 @@ def measure(arch: str, length: int, mode: str, threads: int, device: str = "cpu"
     return record
 
 
+def median_record(runs: list) -> dict:
+    """The run with the median time, with every run's time kept beside it."""
+    key = "fwd_bwd_s" if runs[0]["fwd_bwd_s"] is not None else "step_ms"
+    ordered = sorted(runs, key=lambda r: r[key])
+    return {**ordered[(len(ordered) - 1) // 2], f"{key}_runs": [r[key] for r in runs]}
+
+
 def run_isolated(arch: str, length: int, mode: str, limit_gib: float, timeout: float, threads: int,
                  device: str) -> dict:
     cmd = [sys.executable, __file__, "--one", arch, str(length), mode, str(limit_gib), str(threads), device]
@@ -137,6 +147,7 @@ def main():
     p.add_argument("--json", help="write one record per measurement to this file")
     p.add_argument("--memory-limit-gib", type=float, default=16.0)
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--repeats", type=int, default=1, help="runs per measurement; the median is shown")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--modes", nargs="+", default=["train", "step"], choices=["train", "step"])
@@ -147,7 +158,9 @@ def main():
     for arch in args.archs:
         for length in args.lengths:
             for mode in [m for m in args.modes if arch != "mambapy" or m == "train"]:
-                r = run_isolated(arch, length, mode, args.memory_limit_gib, args.timeout, args.threads, args.device)
+                runs = [run_isolated(arch, length, mode, args.memory_limit_gib, args.timeout, args.threads, args.device)
+                        for _ in range(args.repeats)]
+                r = runs[0] if any("error" in x for x in runs) else median_record(runs)
                 records.append(r)
                 if "error" in r:
                     print(f"{arch:12} {'':8} {'':9} {length:6d} {'':8} {mode}: {r['error']}", flush=True)

@@ -303,22 +303,27 @@ def test_the_mamba_ssm_branch_returns_the_true_last_state_of_a_fixed_b(monkeypat
     torch.testing.assert_close(last, ref_last)
 
 
-@pytest.mark.parametrize("d_model", [16, 5])  # d_inner 32 (whole vector blocks) and 10 (a partial one)
-def test_mamba_layer_on_the_native_kernels_equals_the_pytorch_path(monkeypatch, d_model):
+@pytest.mark.parametrize("d_model, batch", [(16, 2), (5, 2), (16, 1)])  # d_inner 32 and 10 (a partial block);
+def test_mamba_layer_on_the_native_kernels_equals_the_pytorch_path(monkeypatch, d_model, batch):  # batch 1: channels split
     """The whole layer (conv + SiLU and the scan with its softplus, D and gate, all native) against
     torch's conv1d and the PyTorch scan: outputs and every gradient, in float64."""
     _needs_native("native")
     from adbench.models.mamba import Mamba
     torch.manual_seed(0)
     layer = Mamba(d_model).double()
-    x = torch.randn(2, 70, d_model, dtype=torch.float64)
-    w = torch.randn(2, 70, d_model, dtype=torch.float64)
+    x = torch.randn(batch, 70, d_model, dtype=torch.float64)
+    w = torch.randn(batch, 70, d_model, dtype=torch.float64)
     results = {}
-    for choice in ("native", "torch"):
-        monkeypatch.setenv("ADBENCH_SCAN", choice)
-        leaf = x.clone().requires_grad_()
-        out = layer(leaf)
-        results[choice] = [out, *torch.autograd.grad((out * w).sum(), [leaf, *layer.parameters()])]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for choice in ("native", "torch"):
+            monkeypatch.setenv("ADBENCH_SCAN", choice)
+            leaf = x.clone().requires_grad_()
+            out = layer(leaf)
+            results[choice] = [out, *torch.autograd.grad((out * w).sum(), [leaf, *layer.parameters()])]
+    finally:
+        torch.set_num_threads(before)
     for a, b in zip(results["native"], results["torch"]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
@@ -353,3 +358,24 @@ def test_without_a_compiler_the_scan_warns_and_falls_back_to_numba(monkeypatch, 
     with pytest.warns(UserWarning, match="building the native scan kernel .* failed"):
         assert scan_implementation(u, B, C) == "fused"
     assert not list(tmp_path.glob("*.so"))
+
+
+def test_native_scan_splits_channels_across_threads_for_a_single_sequence():
+    """Batch 1 on 2 threads: each thread takes half the channels (their B and C gradients summed
+    after), the same as one thread up to rounding, and the same from run to run."""
+    _needs_native("native")
+    args = [a.float() for a in _scan_inputs(1, 64, 16, 150)]
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 2):
+            torch.set_num_threads(threads)
+            leaves = [a.clone().requires_grad_() for a in args]
+            out = selective_scan(*leaves[:5], D=leaves[5], z=leaves[6], delta_bias=leaves[7], delta_softplus=True,
+                                 impl="native")
+            runs.append([out, *torch.autograd.grad(out.square().sum(), leaves)])
+    finally:
+        torch.set_num_threads(before)
+    for a, b, c in zip(*runs):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+        assert torch.equal(b, c)

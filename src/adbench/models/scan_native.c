@@ -112,14 +112,14 @@ static inline __attribute__((always_inline)) void forward_block(i64 i, i64 c0, i
     for (i64 k = 0; k < n; k++) for (int c = 0; c < nl; c++) last[(i * n + k) * d + c0 + c] = h[k][c];
 }
 
-void NAME(scan_forward_)(i64 b0, i64 b1, i64 L, i64 d, i64 n, i64 g,
+void NAME(scan_forward_)(i64 b0, i64 b1, i64 c_lo, i64 c_hi, i64 L, i64 d, i64 n, i64 g,
                          const REAL *u, i64 su_b, i64 su_t, const REAL *dt, i64 sdt_b, i64 sdt_t,
                          const REAL *bias, int soft, const REAL *At, const REAL *B, const i64 *sB, const REAL *C, const i64 *sC,
                          const REAL *D, const REAL *z, i64 sz_b, i64 sz_t,
                          REAL *out, REAL *ckpt, REAL *last, i64 chunk) {
     i64 per_group = d / g;
     for (i64 i = b0; i < b1; i++)
-        for (i64 c0 = 0; c0 < d; c0 += W) {
+        for (i64 c0 = c_lo; c0 < c_hi; c0 += W) {  /* c_lo is a multiple of W */
             int nl = d - c0 < W ? (int)(d - c0) : W;
             if (nl == W)  /* the common case, with the lane count a constant the compiler can use */
                 forward_block(i, c0, W, L, d, n, c0 / per_group, u, su_b, su_t, dt, sdt_b, sdt_t, bias, soft, At, B, sB, C, sC, D,
@@ -224,7 +224,7 @@ static inline __attribute__((always_inline)) void backward_block(i64 i, i64 c0, 
     for (int c = 0; c < nl; c++) { dD[i * d + c0 + c] = dDacc[c]; dbias[i * d + c0 + c] = dbacc[c]; }
 }
 
-void NAME(scan_backward_)(i64 b0, i64 b1, i64 L, i64 d, i64 n, i64 g,
+void NAME(scan_backward_)(i64 b0, i64 b1, i64 c_lo, i64 c_hi, i64 L, i64 d, i64 n, i64 g,
                           const REAL *u, i64 su_b, i64 su_t, const REAL *dt, i64 sdt_b, i64 sdt_t,
                           const REAL *bias, int soft, const REAL *At, const REAL *B, const i64 *sB,
                           const REAL *C, const i64 *sC, const REAL *D, const REAL *z, i64 sz_b, i64 sz_t,
@@ -232,7 +232,7 @@ void NAME(scan_backward_)(i64 b0, i64 b1, i64 L, i64 d, i64 n, i64 g,
                           REAL *dB, REAL *dC, REAL *dD, REAL *dbias, i64 chunk) {
     i64 per_group = d / g;
     for (i64 i = b0; i < b1; i++)
-        for (i64 c0 = 0; c0 < d; c0 += W) {
+        for (i64 c0 = c_lo; c0 < c_hi; c0 += W) {  /* c_lo is a multiple of W */
             int nl = d - c0 < W ? (int)(d - c0) : W;
             if (nl == W)
                 backward_block(i, c0, W, L, d, n, g, c0 / per_group, u, su_b, su_t, dt, sdt_b, sdt_t, bias, soft, At, B, sB,
@@ -244,43 +244,44 @@ void NAME(scan_backward_)(i64 b0, i64 b1, i64 L, i64 d, i64 n, i64 g,
 }
 
 /* Mamba's depthwise causal convolution and SiLU, channel-last: out[t] = silu(bias + sum_j w[j] x[t-K+1+j]).
- * x: element (i, t, c) at [i*sx_b + t*sx_t + c];  wT: (K, d);  out, gpre: (b, l, d). */
-void NAME(conv_silu_forward_)(i64 b0, i64 b1, i64 L, i64 d, i64 K, const REAL *x, i64 sx_b, i64 sx_t,
+ * x: element (i, t, c) at [i*sx_b + t*sx_t + c];  wT: (K, d);  out, gpre: (b, l, d).
+ * Each call does batch elements [b0, b1) and channels [c_lo, c_hi), as the scan's. */
+void NAME(conv_silu_forward_)(i64 b0, i64 b1, i64 c_lo, i64 c_hi, i64 L, i64 d, i64 K, const REAL *x, i64 sx_b, i64 sx_t,
                               const REAL *wT, const REAL *bias, REAL *out) {
     for (i64 i = b0; i < b1; i++)
         for (i64 t = 0; t < L; t++) {
             REAL *o = out + (i * L + t) * d;
-            for (i64 c = 0; c < d; c++) o[c] = bias[c];
+            for (i64 c = c_lo; c < c_hi; c++) o[c] = bias[c];
             for (i64 j = 0; j < K; j++) {
                 i64 s = t - K + 1 + j;
                 if (s < 0) continue;
                 const REAL *xs = x + i * sx_b + s * sx_t, *wj = wT + j * d;
-                for (i64 c = 0; c < d; c++) o[c] += wj[c] * xs[c];
+                for (i64 c = c_lo; c < c_hi; c++) o[c] += wj[c] * xs[c];
             }
-            for (i64 c = 0; c < d; c++) o[c] = o[c] * sigmoid(o[c]);
+            for (i64 c = c_lo; c < c_hi; c++) o[c] = o[c] * sigmoid(o[c]);
         }
 }
 
 /* Backward: gpre = gout * silu'(pre) (recomputed), dx[s] = sum_j w[j] gpre[s+K-1-j], and per batch
  * element dwT (K, d) and dbias (d). gout: (b, l, d); dx: (b, l, d); dwT: (b, K, d); dbias: (b, d). */
-void NAME(conv_silu_backward_)(i64 b0, i64 b1, i64 L, i64 d, i64 K, const REAL *x, i64 sx_b, i64 sx_t,
+void NAME(conv_silu_backward_)(i64 b0, i64 b1, i64 c_lo, i64 c_hi, i64 L, i64 d, i64 K, const REAL *x, i64 sx_b, i64 sx_t,
                                const REAL *wT, const REAL *bias, const REAL *gout, REAL *gpre, REAL *dx,
                                REAL *dwT, REAL *dbias) {
     for (i64 i = b0; i < b1; i++) {
         REAL *dw = dwT + i * K * d, *db = dbias + i * d;
-        for (i64 c = 0; c < K * d; c++) dw[c] = 0;
-        for (i64 c = 0; c < d; c++) db[c] = 0;
+        for (i64 j = 0; j < K; j++) for (i64 c = c_lo; c < c_hi; c++) dw[j * d + c] = 0;
+        for (i64 c = c_lo; c < c_hi; c++) db[c] = 0;
         for (i64 t = 0; t < L; t++) {
             REAL *gp = gpre + (i * L + t) * d;
             const REAL *go = gout + (i * L + t) * d;
-            for (i64 c = 0; c < d; c++) gp[c] = bias[c];
+            for (i64 c = c_lo; c < c_hi; c++) gp[c] = bias[c];
             for (i64 j = 0; j < K; j++) {
                 i64 s = t - K + 1 + j;
                 if (s < 0) continue;
                 const REAL *xs = x + i * sx_b + s * sx_t, *wj = wT + j * d;
-                for (i64 c = 0; c < d; c++) gp[c] += wj[c] * xs[c];
+                for (i64 c = c_lo; c < c_hi; c++) gp[c] += wj[c] * xs[c];
             }
-            for (i64 c = 0; c < d; c++) {
+            for (i64 c = c_lo; c < c_hi; c++) {
                 REAL p = gp[c], sg = sigmoid(p);
                 gp[c] = go[c] * sg * ((REAL)1 + p * ((REAL)1 - sg));
                 db[c] += gp[c];
@@ -290,17 +291,17 @@ void NAME(conv_silu_backward_)(i64 b0, i64 b1, i64 L, i64 d, i64 K, const REAL *
                 if (s < 0) continue;
                 const REAL *xs = x + i * sx_b + s * sx_t;
                 REAL *dwj = dw + j * d;
-                for (i64 c = 0; c < d; c++) dwj[c] += gp[c] * xs[c];
+                for (i64 c = c_lo; c < c_hi; c++) dwj[c] += gp[c] * xs[c];
             }
         }
         for (i64 s = 0; s < L; s++) {
             REAL *o = dx + (i * L + s) * d;
-            for (i64 c = 0; c < d; c++) o[c] = 0;
+            for (i64 c = c_lo; c < c_hi; c++) o[c] = 0;
             for (i64 j = 0; j < K; j++) {
                 i64 t = s + K - 1 - j;
                 if (t >= L) continue;
                 const REAL *gp = gpre + (i * L + t) * d, *wj = wT + j * d;
-                for (i64 c = 0; c < d; c++) o[c] += wj[c] * gp[c];
+                for (i64 c = c_lo; c < c_hi; c++) o[c] += wj[c] * gp[c];
             }
         }
     }

@@ -135,17 +135,30 @@ def _time_strides(t):
     return (t.stride(0), t.stride(2)) if t is not None else (0, 0)
 
 
-def _run(fn, batch: int, args: list) -> None:
-    """fn(b0, b1, *args) over the batch, split across torch's thread count."""
-    global _pool
-    threads = max(1, min(torch.get_num_threads(), batch))
+def _units(batch: int, d: int, lanes: int) -> list:
+    """(b0, b1, c_lo, c_hi) pieces of work, one per thread of torch's count: batch elements split
+    across threads or, where there are fewer than threads, blocks of channels."""
+    threads = max(1, torch.get_num_threads())
     if threads == 1:
-        fn(0, batch, *args)
+        return [(0, batch, 0, d)]
+    if batch >= threads:
+        bounds = [batch * i // threads for i in range(threads + 1)]
+        return [(bounds[i], bounds[i + 1], 0, d) for i in range(threads)]
+    blocks = -(-d // lanes)
+    parts = min(threads, blocks)
+    bounds = [min(d, blocks * i // parts * lanes) for i in range(parts + 1)]
+    return [(0, batch, bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+def _run(fn, units: list, args_of) -> None:
+    """fn(*unit, *args_of(k)) for each unit k, on threads (ctypes calls release the GIL)."""
+    global _pool
+    if len(units) == 1:
+        fn(*units[0], *args_of(0))
         return
-    if _pool is None or _pool[0] < threads:
-        _pool = (threads, ThreadPoolExecutor(max_workers=threads))
-    bounds = [batch * i // threads for i in range(threads + 1)]
-    for f in [_pool[1].submit(fn, bounds[i], bounds[i + 1], *args) for i in range(threads)]:
+    if _pool is None or _pool[0] < len(units):
+        _pool = (len(units), ThreadPoolExecutor(max_workers=len(units)))
+    for f in [_pool[1].submit(fn, *unit, *args_of(k)) for k, unit in enumerate(units)]:
         f.result()
 
 
@@ -166,11 +179,12 @@ class NativeScan(torch.autograd.Function):
         At = A.t().contiguous()
         chunks = (length + CHUNK - 1) // CHUNK
         out, ckpt, last = u.new_empty(b, length, d), u.new_empty(b, chunks, n, d), u.new_empty(b, n, d)
-        _run(getattr(library(dtype), "scan_forward_" + VARIANTS[dtype][2]), b, [
-            *_ints(length, d, n, g), _ptr(u), *_ints(u.stride(0), u.stride(2)), _ptr(delta),
-            *_ints(delta.stride(0), delta.stride(2)), _ptr(bias), ctypes.c_int(softplus), _ptr(At), _ptr(Bg),
-            _strides(Bg), _ptr(Cg), _strides(Cg), _ptr(D), _ptr(z), *_ints(*_time_strides(z)),
-            _ptr(out), _ptr(ckpt), _ptr(last), *_ints(CHUNK)])
+        args = [*_ints(length, d, n, g), _ptr(u), *_ints(u.stride(0), u.stride(2)), _ptr(delta),
+                *_ints(delta.stride(0), delta.stride(2)), _ptr(bias), ctypes.c_int(softplus), _ptr(At), _ptr(Bg),
+                _strides(Bg), _ptr(Cg), _strides(Cg), _ptr(D), _ptr(z), *_ints(*_time_strides(z)),
+                _ptr(out), _ptr(ckpt), _ptr(last), *_ints(CHUNK)]
+        _run(getattr(library(dtype), "scan_forward_" + VARIANTS[dtype][2]), _units(b, d, VARIANTS[dtype][1]),
+             lambda k: args)
         ctx.save_for_backward(u, delta, At, Bg, Cg, D, z, bias, ckpt)
         ctx.shapes, ctx.softplus = (B.dim(), C.dim(), _groups(B).shape[1], _groups(C).shape[1]), softplus
         return out.transpose(1, 2), last.transpose(1, 2)
@@ -187,13 +201,18 @@ class NativeScan(torch.autograd.Function):
         du, ddelta = u.new_empty(b, length, d), u.new_empty(b, length, d)
         dz = u.new_empty(b, length, d) if z is not None else None
         dA, dD, dbias = u.new_empty(b, n, d), u.new_empty(b, d), u.new_empty(b, d)
-        dB, dC = u.new_zeros(b, g, length, n), u.new_zeros(b, g, length, n)
-        _run(getattr(library(dtype), "scan_backward_" + VARIANTS[dtype][2]), b, [
-            *_ints(length, d, n, g), _ptr(u), *_ints(u.stride(0), u.stride(2)), _ptr(delta),
-            *_ints(delta.stride(0), delta.stride(2)), _ptr(bias), ctypes.c_int(ctx.softplus), _ptr(At), _ptr(Bg),
-            _strides(Bg), _ptr(Cg), _strides(Cg), _ptr(D), _ptr(z), *_ints(*_time_strides(z)),
-            _ptr(ckpt), _ptr(dout), _ptr(du), _ptr(ddelta), _ptr(dz), _ptr(dA), _ptr(dB), _ptr(dC), _ptr(dD),
-            _ptr(dbias), *_ints(CHUNK)])
+        units = _units(b, d, VARIANTS[dtype][1])
+        # B and C are shared by all channels: units that split the channels each sum into their own
+        shared = 1 if units[0][2:] == (0, d) else len(units)
+        dBs = [u.new_zeros(b, g, length, n) for _ in range(shared)]
+        dCs = [u.new_zeros(b, g, length, n) for _ in range(shared)]
+        head = [*_ints(length, d, n, g), _ptr(u), *_ints(u.stride(0), u.stride(2)), _ptr(delta),
+                *_ints(delta.stride(0), delta.stride(2)), _ptr(bias), ctypes.c_int(ctx.softplus), _ptr(At), _ptr(Bg),
+                _strides(Bg), _ptr(Cg), _strides(Cg), _ptr(D), _ptr(z), *_ints(*_time_strides(z)),
+                _ptr(ckpt), _ptr(dout), _ptr(du), _ptr(ddelta), _ptr(dz), _ptr(dA)]
+        _run(getattr(library(dtype), "scan_backward_" + VARIANTS[dtype][2]), units,
+             lambda k: [*head, _ptr(dBs[k % shared]), _ptr(dCs[k % shared]), _ptr(dD), _ptr(dbias), *_ints(CHUNK)])
+        dB, dC = (sum(parts[1:], parts[0]) for parts in (dBs, dCs))
         b_dim, c_dim, b_groups, c_groups = ctx.shapes
         dB, dC = dB.transpose(-1, -2), dC.transpose(-1, -2)  # (b, g, n, l)
         if b_groups != g:
@@ -225,9 +244,9 @@ class NativeConvSilu(torch.autograd.Function):
         wT = weight.reshape(d, k).t().contiguous()
         bias = bias.contiguous()
         out = x.new_empty(b, length, d)
-        _run(getattr(library(dtype), "conv_silu_forward_" + VARIANTS[dtype][2]), b, [
-            ctypes.c_int64(length), ctypes.c_int64(d), ctypes.c_int64(k), _ptr(x), ctypes.c_int64(x.stride(0)),
-            ctypes.c_int64(x.stride(1)), _ptr(wT), _ptr(bias), _ptr(out)])
+        args = [*_ints(length, d, k), _ptr(x), *_ints(x.stride(0), x.stride(1)), _ptr(wT), _ptr(bias), _ptr(out)]
+        _run(getattr(library(dtype), "conv_silu_forward_" + VARIANTS[dtype][2]), _units(b, d, VARIANTS[dtype][1]),
+             lambda _: args)
         ctx.save_for_backward(x, wT, bias)
         return out
 
@@ -238,7 +257,8 @@ class NativeConvSilu(torch.autograd.Function):
         gout = gout.to(dtype).contiguous()
         gpre, dx = torch.empty_like(gout), x.new_empty(b, length, d)
         dwT, dbias = x.new_empty(b, k, d), x.new_empty(b, d)
-        _run(getattr(library(dtype), "conv_silu_backward_" + VARIANTS[dtype][2]), b, [
-            ctypes.c_int64(length), ctypes.c_int64(d), ctypes.c_int64(k), _ptr(x), ctypes.c_int64(x.stride(0)),
-            ctypes.c_int64(x.stride(1)), _ptr(wT), _ptr(bias), _ptr(gout), _ptr(gpre), _ptr(dx), _ptr(dwT), _ptr(dbias)])
+        args = [*_ints(length, d, k), _ptr(x), *_ints(x.stride(0), x.stride(1)), _ptr(wT), _ptr(bias), _ptr(gout),
+                _ptr(gpre), _ptr(dx), _ptr(dwT), _ptr(dbias)]
+        _run(getattr(library(dtype), "conv_silu_backward_" + VARIANTS[dtype][2]), _units(b, d, VARIANTS[dtype][1]),
+             lambda _: args)
         return dx, dwT.sum(0).t().reshape(d, 1, k), dbias.sum(0)

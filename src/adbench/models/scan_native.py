@@ -55,7 +55,13 @@ def _build(dtype) -> Path | None:
         return None
     real, lanes, suffix, exp = VARIANTS[dtype]
     flags = FLAGS + [f"-DREAL={real}", f"-DW={lanes}", f"-DSUFFIX={suffix}"] + f"-DEXP={exp}".split()
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler] + flags).encode() + _cpu_key().encode())
+    try:
+        source = SOURCE.read_bytes()
+    except OSError:
+        warnings.warn(f"{SOURCE} is missing (an install without package data?): Mamba's scan uses the numba kernel",
+                      stacklevel=3)
+        return None
+    key = hashlib.sha256(source + " ".join([compiler] + flags).encode() + _cpu_key().encode())
     path = _cache_dir() / f"scan_native{suffix}-{key.hexdigest()[:16]}.so"
     if path.exists():
         return path

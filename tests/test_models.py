@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -14,6 +15,16 @@ from adbench.models.transformer import TransformerBackbone
 
 
 HAS_COMPILER = shutil.which("gcc") is not None or shutil.which("cc") is not None
+
+
+@contextmanager
+def _torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _needs_native(impl: str) -> None:
@@ -314,35 +325,29 @@ def test_mamba_layer_on_the_native_kernels_equals_the_pytorch_path(monkeypatch, 
     x = torch.randn(batch, 70, d_model, dtype=torch.float64)
     w = torch.randn(batch, 70, d_model, dtype=torch.float64)
     results = {}
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with _torch_threads(2):
         for choice in ("native", "torch"):
             monkeypatch.setenv("ADBENCH_SCAN", choice)
             leaf = x.clone().requires_grad_()
             out = layer(leaf)
             results[choice] = [out, *torch.autograd.grad((out * w).sum(), [leaf, *layer.parameters()])]
-    finally:
-        torch.set_num_threads(before)
     for a, b in zip(results["native"], results["torch"]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def _native_scan_and_gradients(args, threads: int) -> list:
+    with _torch_threads(threads):
+        leaves = [a.clone().requires_grad_() for a in args]
+        out = selective_scan(*leaves[:5], D=leaves[5], z=leaves[6], delta_bias=leaves[7], delta_softplus=True,
+                             impl="native")
+        return [out, *torch.autograd.grad(out.square().sum(), leaves)]
 
 
 def test_native_scan_results_do_not_depend_on_the_thread_count():
     """Batch elements are split across threads, each computed whole by one: bit-identical results."""
     _needs_native("native")
     args = [a.float() for a in _scan_inputs(4, 32, 16, 150)]
-    results = []
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            leaves = [a.clone().requires_grad_() for a in args]
-            out = selective_scan(*leaves[:5], D=leaves[5], z=leaves[6], delta_bias=leaves[7], delta_softplus=True,
-                                 impl="native")
-            results.append([out, *torch.autograd.grad(out.square().sum(), leaves)])
-    finally:
-        torch.set_num_threads(before)
+    results = [_native_scan_and_gradients(args, threads) for threads in (1, 2, 3)]
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
@@ -365,17 +370,7 @@ def test_native_scan_splits_channels_across_threads_for_a_single_sequence():
     after), the same as one thread up to rounding, and the same from run to run."""
     _needs_native("native")
     args = [a.float() for a in _scan_inputs(1, 64, 16, 150)]
-    before = torch.get_num_threads()
-    runs = []
-    try:
-        for threads in (1, 2, 2):
-            torch.set_num_threads(threads)
-            leaves = [a.clone().requires_grad_() for a in args]
-            out = selective_scan(*leaves[:5], D=leaves[5], z=leaves[6], delta_bias=leaves[7], delta_softplus=True,
-                                 impl="native")
-            runs.append([out, *torch.autograd.grad(out.square().sum(), leaves)])
-    finally:
-        torch.set_num_threads(before)
+    runs = [_native_scan_and_gradients(args, threads) for threads in (1, 2, 2)]
     for a, b, c in zip(*runs):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
         assert torch.equal(b, c)

@@ -246,18 +246,25 @@ void NAME(scan_backward_)(i64 b0, i64 b1, i64 c_lo, i64 c_hi, i64 L, i64 d, i64 
 /* Mamba's depthwise causal convolution and SiLU, channel-last: out[t] = silu(bias + sum_j w[j] x[t-K+1+j]).
  * x: element (i, t, c) at [i*sx_b + t*sx_t + c];  wT: (K, d);  out, gpre: (b, l, d).
  * Each call does batch elements [b0, b1) and channels [c_lo, c_hi), as the scan's. */
+
+/* pre[c] = bias[c] + sum_j w[j][c] x[t-K+1+j][c] over channels [c_lo, c_hi), for one sequence xi */
+static inline void conv_pre(const REAL *xi, i64 sx_t, i64 t, i64 c_lo, i64 c_hi, i64 d, i64 K, const REAL *wT,
+                            const REAL *bias, REAL *pre) {
+    for (i64 c = c_lo; c < c_hi; c++) pre[c] = bias[c];
+    for (i64 j = 0; j < K; j++) {
+        i64 s = t - K + 1 + j;
+        if (s < 0) continue;
+        const REAL *xs = xi + s * sx_t, *wj = wT + j * d;
+        for (i64 c = c_lo; c < c_hi; c++) pre[c] += wj[c] * xs[c];
+    }
+}
+
 void NAME(conv_silu_forward_)(i64 b0, i64 b1, i64 c_lo, i64 c_hi, i64 L, i64 d, i64 K, const REAL *x, i64 sx_b, i64 sx_t,
                               const REAL *wT, const REAL *bias, REAL *out) {
     for (i64 i = b0; i < b1; i++)
         for (i64 t = 0; t < L; t++) {
             REAL *o = out + (i * L + t) * d;
-            for (i64 c = c_lo; c < c_hi; c++) o[c] = bias[c];
-            for (i64 j = 0; j < K; j++) {
-                i64 s = t - K + 1 + j;
-                if (s < 0) continue;
-                const REAL *xs = x + i * sx_b + s * sx_t, *wj = wT + j * d;
-                for (i64 c = c_lo; c < c_hi; c++) o[c] += wj[c] * xs[c];
-            }
+            conv_pre(x + i * sx_b, sx_t, t, c_lo, c_hi, d, K, wT, bias, o);
             for (i64 c = c_lo; c < c_hi; c++) o[c] = o[c] * sigmoid(o[c]);
         }
 }
@@ -274,13 +281,7 @@ void NAME(conv_silu_backward_)(i64 b0, i64 b1, i64 c_lo, i64 c_hi, i64 L, i64 d,
         for (i64 t = 0; t < L; t++) {
             REAL *gp = gpre + (i * L + t) * d;
             const REAL *go = gout + (i * L + t) * d;
-            for (i64 c = c_lo; c < c_hi; c++) gp[c] = bias[c];
-            for (i64 j = 0; j < K; j++) {
-                i64 s = t - K + 1 + j;
-                if (s < 0) continue;
-                const REAL *xs = x + i * sx_b + s * sx_t, *wj = wT + j * d;
-                for (i64 c = c_lo; c < c_hi; c++) gp[c] += wj[c] * xs[c];
-            }
+            conv_pre(x + i * sx_b, sx_t, t, c_lo, c_hi, d, K, wT, bias, gp);
             for (i64 c = c_lo; c < c_hi; c++) {
                 REAL p = gp[c], sg = sigmoid(p);
                 gp[c] = go[c] * sg * ((REAL)1 + p * ((REAL)1 - sg));

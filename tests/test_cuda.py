@@ -17,24 +17,14 @@ from adbench.models import build, load_checkpoint
 from adbench.models.mamba import Mamba
 from adbench.models.scan import scan_implementation, selective_scan, selective_scan_ref
 
+from .test_models import _scan_inputs
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
 
 
 def _mamba_ssm():
     return pytest.importorskip("mamba_ssm.ops.selective_scan_interface", reason="needs mamba-ssm (the cuda extra)")
-
-
-def _inputs(b, d, n, length, bc, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64)
-    u, delta, z = r(b, d, length), r(b, d, length) * 0.5, r(b, d, length)
-    A = -torch.rand(d, n, generator=g, dtype=torch.float64) - 0.1
-    B, C = {"variable": (r(b, n, length), r(b, n, length)), "grouped": (r(b, 2, n, length), r(b, 2, n, length)),
-            "fixed": (r(d, n), r(d, n))}[bc]
-    return u, delta, A, B, C, r(d), z, r(d)
 
 
 @pytest.mark.parametrize("length", [1, 37, 2048 + 5])
@@ -44,7 +34,7 @@ def test_mamba_ssm_kernel_equals_our_scans_outputs_and_gradients(length, bc, use
     """mamba_ssm's selective_scan_fn (float32, CUDA) against the float64 sequential reference and our
     PyTorch scan on CUDA: outputs, last state and the gradients of every input."""
     kernel = _mamba_ssm().selective_scan_fn
-    args64 = _inputs(2, 24, 8, length, bc)
+    args64 = _scan_inputs(2, 24, 8, length, variable_bc=bc != "fixed", grouped=bc == "grouped")
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
     used = {"D": use_d, "z": use_z, "delta_bias": use_bias}
 

@@ -1,7 +1,7 @@
 """The selective scan as a small C kernel (scan_native.c), channel-last, built on first use.
 
-Lanes of the CPU's vector unit are consecutive channels, so the state sums are vertical adds and the
-exp is glibc's vector exp; tensors stay in the (batch, length, channels) layout that Mamba's
+Lanes of the CPU's vector unit are consecutive channels, so the state sums are vertical adds (and,
+in float32, the exp is an inlined polynomial); tensors stay in the (batch, length, channels) layout that Mamba's
 projections produce, so nothing is transposed on the way in or out. Forward writes the gated output
 and one state checkpoint per chunk; backward recomputes each chunk's states from its checkpoint and
 runs the adjoint recurrence in reverse, giving every gradient (u, dt, A, B, C, D, z) in one pass.
@@ -26,7 +26,9 @@ import torch
 
 SOURCE = Path(__file__).with_name("scan_native.c")
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fPIC", "-shared"]
-VARIANTS = {torch.float32: ("float", 16, "_f32", "expf -DINLINE_EXP"), torch.float64: ("double", 8, "_f64", "exp")}
+# dtype -> (vector lanes, symbol suffix, defines): float32 with the inlined exp, float64 with libm's
+VARIANTS = {torch.float32: (16, "_f32", ["-DREAL=float", "-DW=16", "-DSUFFIX=_f32", "-DEXP=expf", "-DINLINE_EXP"]),
+            torch.float64: (8, "_f64", ["-DREAL=double", "-DW=8", "-DSUFFIX=_f64", "-DEXP=exp"])}
 CHUNK = 64  # time steps per checkpoint (at most the kernel's MAXCHUNK)
 MAX_STATE = 64  # the kernel's MAXN
 _libs: dict = {}
@@ -53,8 +55,8 @@ def _build(dtype) -> Path | None:
         warnings.warn("no C compiler (gcc or cc) found: Mamba's scan uses the numba kernel; install gcc for the "
                       "faster native one", stacklevel=3)
         return None
-    real, lanes, suffix, exp = VARIANTS[dtype]
-    flags = FLAGS + [f"-DREAL={real}", f"-DW={lanes}", f"-DSUFFIX={suffix}"] + f"-DEXP={exp}".split()
+    _, suffix, defines = VARIANTS[dtype]
+    flags = FLAGS + defines
     try:
         source = SOURCE.read_bytes()
     except OSError:
@@ -106,7 +108,7 @@ def supports(u, B, C) -> bool:
     holds, and channel groups that are whole vector blocks."""
     if u.device.type != "cpu" or u.dtype not in VARIANTS or B.dim() < 3 or C.dim() < 3 or B.shape[-2] > MAX_STATE:
         return False
-    lanes = VARIANTS[u.dtype][1]
+    lanes = VARIANTS[u.dtype][0]
     for x in (B, C):
         if x.dim() == 4 and x.shape[1] > 1 and (u.shape[1] // x.shape[1]) % lanes:
             return False
@@ -139,6 +141,18 @@ def _ints(*values):
 def _time_strides(t):
     """(batch stride, time stride) of a (b, d, l) channel-last tensor, or zeros for None."""
     return (t.stride(0), t.stride(2)) if t is not None else (0, 0)
+
+
+def _scan_head(u, delta, bias, softplus, At, Bg, Cg, D, z) -> list:
+    """The arguments scan_forward_ and scan_backward_ share, after the work unit."""
+    b, d, length = u.shape
+    return [*_ints(length, d, Bg.shape[2], Bg.shape[1]), _ptr(u), *_ints(u.stride(0), u.stride(2)), _ptr(delta),
+            *_ints(delta.stride(0), delta.stride(2)), _ptr(bias), ctypes.c_int(softplus), _ptr(At), _ptr(Bg),
+            _strides(Bg), _ptr(Cg), _strides(Cg), _ptr(D), _ptr(z), *_ints(*_time_strides(z))]
+
+
+def _kernel(dtype, name: str):
+    return getattr(library(dtype), name + VARIANTS[dtype][1])
 
 
 def _units(batch: int, d: int, lanes: int) -> list:
@@ -185,12 +199,9 @@ class NativeScan(torch.autograd.Function):
         At = A.t().contiguous()
         chunks = (length + CHUNK - 1) // CHUNK
         out, ckpt, last = u.new_empty(b, length, d), u.new_empty(b, chunks, n, d), u.new_empty(b, n, d)
-        args = [*_ints(length, d, n, g), _ptr(u), *_ints(u.stride(0), u.stride(2)), _ptr(delta),
-                *_ints(delta.stride(0), delta.stride(2)), _ptr(bias), ctypes.c_int(softplus), _ptr(At), _ptr(Bg),
-                _strides(Bg), _ptr(Cg), _strides(Cg), _ptr(D), _ptr(z), *_ints(*_time_strides(z)),
-                _ptr(out), _ptr(ckpt), _ptr(last), *_ints(CHUNK)]
-        _run(getattr(library(dtype), "scan_forward_" + VARIANTS[dtype][2]), _units(b, d, VARIANTS[dtype][1]),
-             lambda k: args)
+        args = [*_scan_head(u, delta, bias, softplus, At, Bg, Cg, D, z), _ptr(out), _ptr(ckpt), _ptr(last),
+                *_ints(CHUNK)]
+        _run(_kernel(dtype, "scan_forward_"), _units(b, d, VARIANTS[dtype][0]), lambda k: args)
         ctx.save_for_backward(u, delta, At, Bg, Cg, D, z, bias, ckpt)
         ctx.shapes, ctx.softplus = (B.dim(), C.dim(), _groups(B).shape[1], _groups(C).shape[1]), softplus
         return out.transpose(1, 2), last.transpose(1, 2)
@@ -207,16 +218,14 @@ class NativeScan(torch.autograd.Function):
         du, ddelta = u.new_empty(b, length, d), u.new_empty(b, length, d)
         dz = u.new_empty(b, length, d) if z is not None else None
         dA, dD, dbias = u.new_empty(b, n, d), u.new_empty(b, d), u.new_empty(b, d)
-        units = _units(b, d, VARIANTS[dtype][1])
+        units = _units(b, d, VARIANTS[dtype][0])
         # B and C are shared by all channels: units that split the channels each sum into their own
         shared = 1 if units[0][2:] == (0, d) else len(units)
         dBs = [u.new_zeros(b, g, length, n) for _ in range(shared)]
         dCs = [u.new_zeros(b, g, length, n) for _ in range(shared)]
-        head = [*_ints(length, d, n, g), _ptr(u), *_ints(u.stride(0), u.stride(2)), _ptr(delta),
-                *_ints(delta.stride(0), delta.stride(2)), _ptr(bias), ctypes.c_int(ctx.softplus), _ptr(At), _ptr(Bg),
-                _strides(Bg), _ptr(Cg), _strides(Cg), _ptr(D), _ptr(z), *_ints(*_time_strides(z)),
-                _ptr(ckpt), _ptr(dout), _ptr(du), _ptr(ddelta), _ptr(dz), _ptr(dA)]
-        _run(getattr(library(dtype), "scan_backward_" + VARIANTS[dtype][2]), units,
+        head = [*_scan_head(u, delta, bias, ctx.softplus, At, Bg, Cg, D, z), _ptr(ckpt), _ptr(dout), _ptr(du),
+                _ptr(ddelta), _ptr(dz), _ptr(dA)]
+        _run(_kernel(dtype, "scan_backward_"), units,
              lambda k: [*head, _ptr(dBs[k % shared]), _ptr(dCs[k % shared]), _ptr(dD), _ptr(dbias), *_ints(CHUNK)])
         dB, dC = (sum(parts[1:], parts[0]) for parts in (dBs, dCs))
         b_dim, c_dim, b_groups, c_groups = ctx.shapes
@@ -251,8 +260,7 @@ class NativeConvSilu(torch.autograd.Function):
         bias = bias.contiguous()
         out = x.new_empty(b, length, d)
         args = [*_ints(length, d, k), _ptr(x), *_ints(x.stride(0), x.stride(1)), _ptr(wT), _ptr(bias), _ptr(out)]
-        _run(getattr(library(dtype), "conv_silu_forward_" + VARIANTS[dtype][2]), _units(b, d, VARIANTS[dtype][1]),
-             lambda _: args)
+        _run(_kernel(dtype, "conv_silu_forward_"), _units(b, d, VARIANTS[dtype][0]), lambda _: args)
         ctx.save_for_backward(x, wT, bias)
         return out
 
@@ -265,6 +273,5 @@ class NativeConvSilu(torch.autograd.Function):
         dwT, dbias = x.new_empty(b, k, d), x.new_empty(b, d)
         args = [*_ints(length, d, k), _ptr(x), *_ints(x.stride(0), x.stride(1)), _ptr(wT), _ptr(bias), _ptr(gout),
                 _ptr(gpre), _ptr(dx), _ptr(dwT), _ptr(dbias)]
-        _run(getattr(library(dtype), "conv_silu_backward_" + VARIANTS[dtype][2]), _units(b, d, VARIANTS[dtype][1]),
-             lambda _: args)
+        _run(_kernel(dtype, "conv_silu_backward_"), _units(b, d, VARIANTS[dtype][0]), lambda _: args)
         return dx, dwT.sum(0).t().reshape(d, 1, k), dbias.sum(0)

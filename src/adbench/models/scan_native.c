@@ -112,22 +112,33 @@ static inline __attribute__((always_inline)) void forward_block(i64 i, i64 c0, i
     for (i64 k = 0; k < n; k++) for (int c = 0; c < nl; c++) last[(i * n + k) * d + c0 + c] = h[k][c];
 }
 
-void NAME(scan_forward_)(i64 b0, i64 b1, i64 c_lo, i64 c_hi, i64 L, i64 d, i64 n, i64 g,
+/* Every entry point takes its work as `nunits` units (b0, b1, c_lo, c_hi): batch elements [b0, b1) and
+ * channels [c_lo, c_hi), c_lo a multiple of W. The units run on OpenMP threads: torch's own libgomp
+ * pool where torch has loaded it (the loader shares one libgomp.so.1), so the threads are warm and
+ * nothing competes with torch's spinning workers. */
+#define FOR_UNITS for (i64 k = 0; k < nunits; k++)
+#define UNIT const i64 b0 = units[4 * k], b1 = units[4 * k + 1], c_lo = units[4 * k + 2], c_hi = units[4 * k + 3]
+
+void NAME(scan_forward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 n, i64 g,
                          const REAL *u, i64 su_b, i64 su_t, const REAL *dt, i64 sdt_b, i64 sdt_t,
                          const REAL *bias, int soft, const REAL *At, const REAL *B, const i64 *sB, const REAL *C, const i64 *sC,
                          const REAL *D, const REAL *z, i64 sz_b, i64 sz_t,
                          REAL *out, REAL *ckpt, REAL *last, i64 chunk) {
     i64 per_group = d / g;
-    for (i64 i = b0; i < b1; i++)
-        for (i64 c0 = c_lo; c0 < c_hi; c0 += W) {  /* c_lo is a multiple of W */
-            int nl = d - c0 < W ? (int)(d - c0) : W;
-            if (nl == W)  /* the common case, with the lane count a constant the compiler can use */
-                forward_block(i, c0, W, L, d, n, c0 / per_group, u, su_b, su_t, dt, sdt_b, sdt_t, bias, soft, At, B, sB, C, sC, D,
-                              z, sz_b, sz_t, out, ckpt, last, chunk);
-            else
-                forward_block(i, c0, nl, L, d, n, c0 / per_group, u, su_b, su_t, dt, sdt_b, sdt_t, bias, soft, At, B, sB, C, sC,
-                              D, z, sz_b, sz_t, out, ckpt, last, chunk);
-        }
+    #pragma omp parallel for num_threads(nunits) schedule(static, 1)
+    FOR_UNITS {
+        UNIT;
+        for (i64 i = b0; i < b1; i++)
+            for (i64 c0 = c_lo; c0 < c_hi; c0 += W) {
+                int nl = d - c0 < W ? (int)(d - c0) : W;
+                if (nl == W)  /* the common case, with the lane count a constant the compiler can use */
+                    forward_block(i, c0, W, L, d, n, c0 / per_group, u, su_b, su_t, dt, sdt_b, sdt_t, bias, soft, At, B, sB, C,
+                                  sC, D, z, sz_b, sz_t, out, ckpt, last, chunk);
+                else
+                    forward_block(i, c0, nl, L, d, n, c0 / per_group, u, su_b, su_t, dt, sdt_b, sdt_t, bias, soft, At, B, sB, C,
+                                  sC, D, z, sz_b, sz_t, out, ckpt, last, chunk);
+            }
+    }
 }
 
 /* rows[k][0..W) -> sums[k] = sum over lanes, for k < n: halving adds within each row */
@@ -224,28 +235,35 @@ static inline __attribute__((always_inline)) void backward_block(i64 i, i64 c0, 
     for (int c = 0; c < nl; c++) { dD[i * d + c0 + c] = dDacc[c]; dbias[i * d + c0 + c] = dbacc[c]; }
 }
 
-void NAME(scan_backward_)(i64 b0, i64 b1, i64 c_lo, i64 c_hi, i64 L, i64 d, i64 n, i64 g,
+/* dB and dC: unit k accumulates into dB + k * dbc_unit (0 where units share the channels of no block,
+ * i.e. split the batch; one copy per unit where they split the channels) */
+void NAME(scan_backward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 n, i64 g,
                           const REAL *u, i64 su_b, i64 su_t, const REAL *dt, i64 sdt_b, i64 sdt_t,
                           const REAL *bias, int soft, const REAL *At, const REAL *B, const i64 *sB,
                           const REAL *C, const i64 *sC, const REAL *D, const REAL *z, i64 sz_b, i64 sz_t,
                           const REAL *ckpt, const REAL *dout, REAL *du, REAL *ddt, REAL *dz, REAL *dA,
-                          REAL *dB, REAL *dC, REAL *dD, REAL *dbias, i64 chunk) {
+                          REAL *dB, REAL *dC, i64 dbc_unit, REAL *dD, REAL *dbias, i64 chunk) {
     i64 per_group = d / g;
-    for (i64 i = b0; i < b1; i++)
-        for (i64 c0 = c_lo; c0 < c_hi; c0 += W) {  /* c_lo is a multiple of W */
-            int nl = d - c0 < W ? (int)(d - c0) : W;
-            if (nl == W)
-                backward_block(i, c0, W, L, d, n, g, c0 / per_group, u, su_b, su_t, dt, sdt_b, sdt_t, bias, soft, At, B, sB,
-                               C, sC, D, z, sz_b, sz_t, ckpt, dout, du, ddt, dz, dA, dB, dC, dD, dbias, chunk);
-            else
-                backward_block(i, c0, nl, L, d, n, g, c0 / per_group, u, su_b, su_t, dt, sdt_b, sdt_t, bias, soft, At, B, sB,
-                               C, sC, D, z, sz_b, sz_t, ckpt, dout, du, ddt, dz, dA, dB, dC, dD, dbias, chunk);
-        }
+    #pragma omp parallel for num_threads(nunits) schedule(static, 1)
+    FOR_UNITS {
+        UNIT;
+        REAL *dBk = dB + k * dbc_unit, *dCk = dC + k * dbc_unit;
+        for (i64 i = b0; i < b1; i++)
+            for (i64 c0 = c_lo; c0 < c_hi; c0 += W) {
+                int nl = d - c0 < W ? (int)(d - c0) : W;
+                if (nl == W)
+                    backward_block(i, c0, W, L, d, n, g, c0 / per_group, u, su_b, su_t, dt, sdt_b, sdt_t, bias, soft, At, B,
+                                   sB, C, sC, D, z, sz_b, sz_t, ckpt, dout, du, ddt, dz, dA, dBk, dCk, dD, dbias, chunk);
+                else
+                    backward_block(i, c0, nl, L, d, n, g, c0 / per_group, u, su_b, su_t, dt, sdt_b, sdt_t, bias, soft, At, B,
+                                   sB, C, sC, D, z, sz_b, sz_t, ckpt, dout, du, ddt, dz, dA, dBk, dCk, dD, dbias, chunk);
+            }
+    }
 }
 
 /* Mamba's depthwise causal convolution and SiLU, channel-last: out[t] = silu(bias + sum_j w[j] x[t-K+1+j]).
  * x: element (i, t, c) at [i*sx_b + t*sx_t + c];  wT: (K, d);  out, gpre: (b, l, d).
- * Each call does batch elements [b0, b1) and channels [c_lo, c_hi), as the scan's. */
+ * Work comes in units, as the scan's. */
 
 /* pre[c] = bias[c] + sum_j w[j][c] x[t-K+1+j][c] over channels [c_lo, c_hi), for one sequence xi */
 static inline void conv_pre(const REAL *xi, i64 sx_t, i64 t, i64 c_lo, i64 c_hi, i64 d, i64 K, const REAL *wT,
@@ -259,50 +277,58 @@ static inline void conv_pre(const REAL *xi, i64 sx_t, i64 t, i64 c_lo, i64 c_hi,
     }
 }
 
-void NAME(conv_silu_forward_)(i64 b0, i64 b1, i64 c_lo, i64 c_hi, i64 L, i64 d, i64 K, const REAL *x, i64 sx_b, i64 sx_t,
+void NAME(conv_silu_forward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 K, const REAL *x, i64 sx_b, i64 sx_t,
                               const REAL *wT, const REAL *bias, REAL *out) {
-    for (i64 i = b0; i < b1; i++)
-        for (i64 t = 0; t < L; t++) {
-            REAL *o = out + (i * L + t) * d;
-            conv_pre(x + i * sx_b, sx_t, t, c_lo, c_hi, d, K, wT, bias, o);
-            for (i64 c = c_lo; c < c_hi; c++) o[c] = o[c] * sigmoid(o[c]);
-        }
+    #pragma omp parallel for num_threads(nunits) schedule(static, 1)
+    FOR_UNITS {
+        UNIT;
+        for (i64 i = b0; i < b1; i++)
+            for (i64 t = 0; t < L; t++) {
+                REAL *o = out + (i * L + t) * d;
+                conv_pre(x + i * sx_b, sx_t, t, c_lo, c_hi, d, K, wT, bias, o);
+                for (i64 c = c_lo; c < c_hi; c++) o[c] = o[c] * sigmoid(o[c]);
+            }
+    }
 }
 
 /* Backward: gpre = gout * silu'(pre) (recomputed), dx[s] = sum_j w[j] gpre[s+K-1-j], and per batch
  * element dwT (K, d) and dbias (d). gout: (b, l, d); dx: (b, l, d); dwT: (b, K, d); dbias: (b, d). */
-void NAME(conv_silu_backward_)(i64 b0, i64 b1, i64 c_lo, i64 c_hi, i64 L, i64 d, i64 K, const REAL *x, i64 sx_b, i64 sx_t,
+void NAME(conv_silu_backward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 K, const REAL *x, i64 sx_b, i64 sx_t,
                                const REAL *wT, const REAL *bias, const REAL *gout, REAL *gpre, REAL *dx,
                                REAL *dwT, REAL *dbias) {
-    for (i64 i = b0; i < b1; i++) {
-        REAL *dw = dwT + i * K * d, *db = dbias + i * d;
-        for (i64 j = 0; j < K; j++) for (i64 c = c_lo; c < c_hi; c++) dw[j * d + c] = 0;
-        for (i64 c = c_lo; c < c_hi; c++) db[c] = 0;
-        for (i64 t = 0; t < L; t++) {
-            REAL *gp = gpre + (i * L + t) * d;
-            const REAL *go = gout + (i * L + t) * d;
-            conv_pre(x + i * sx_b, sx_t, t, c_lo, c_hi, d, K, wT, bias, gp);
-            for (i64 c = c_lo; c < c_hi; c++) {
-                REAL p = gp[c], sg = sigmoid(p);
-                gp[c] = go[c] * sg * ((REAL)1 + p * ((REAL)1 - sg));
-                db[c] += gp[c];
+    #pragma omp parallel for num_threads(nunits) schedule(static, 1)
+    FOR_UNITS {
+        UNIT;
+        for (i64 i = b0; i < b1; i++) {
+            REAL *dw = dwT + i * K * d, *db = dbias + i * d;
+            for (i64 j = 0; j < K; j++) for (i64 c = c_lo; c < c_hi; c++) dw[j * d + c] = 0;
+            for (i64 c = c_lo; c < c_hi; c++) db[c] = 0;
+            for (i64 t = 0; t < L; t++) {
+                REAL *gp = gpre + (i * L + t) * d;
+                const REAL *go = gout + (i * L + t) * d;
+                conv_pre(x + i * sx_b, sx_t, t, c_lo, c_hi, d, K, wT, bias, gp);
+                for (i64 c = c_lo; c < c_hi; c++) {
+                    REAL p = gp[c], sg = sigmoid(p);
+                    gp[c] = go[c] * sg * ((REAL)1 + p * ((REAL)1 - sg));
+                    db[c] += gp[c];
+                }
+                for (i64 j = 0; j < K; j++) {
+                    i64 s = t - K + 1 + j;
+                    if (s < 0) continue;
+                    const REAL *xs = x + i * sx_b + s * sx_t;
+                    REAL *dwj = dw + j * d;
+                    for (i64 c = c_lo; c < c_hi; c++) dwj[c] += gp[c] * xs[c];
+                }
             }
-            for (i64 j = 0; j < K; j++) {
-                i64 s = t - K + 1 + j;
-                if (s < 0) continue;
-                const REAL *xs = x + i * sx_b + s * sx_t;
-                REAL *dwj = dw + j * d;
-                for (i64 c = c_lo; c < c_hi; c++) dwj[c] += gp[c] * xs[c];
-            }
-        }
-        for (i64 s = 0; s < L; s++) {
-            REAL *o = dx + (i * L + s) * d;
-            for (i64 c = c_lo; c < c_hi; c++) o[c] = 0;
-            for (i64 j = 0; j < K; j++) {
-                i64 t = s + K - 1 - j;
-                if (t >= L) continue;
-                const REAL *gp = gpre + (i * L + t) * d, *wj = wT + j * d;
-                for (i64 c = c_lo; c < c_hi; c++) o[c] += wj[c] * gp[c];
+            for (i64 s = 0; s < L; s++) {
+                REAL *o = dx + (i * L + s) * d;
+                for (i64 c = c_lo; c < c_hi; c++) o[c] = 0;
+                for (i64 j = 0; j < K; j++) {
+                    i64 t = s + K - 1 - j;
+                    if (t >= L) continue;
+                    const REAL *gp = gpre + (i * L + t) * d, *wj = wT + j * d;
+                    for (i64 c = c_lo; c < c_hi; c++) o[c] += wj[c] * gp[c];
+                }
             }
         }
     }

@@ -335,6 +335,53 @@ def test_mamba_layer_on_the_native_kernels_equals_the_pytorch_path(monkeypatch, 
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("d_model, batch, threads", [(16, 4, 1), (5, 3, 2), (16, 1, 2)])
+def test_native_checkpointed_block_equals_autograd_on_the_pytorch_path(monkeypatch, d_model, batch, threads):
+    """The hand-written block backward (checkpoint_layers on the native kernels) against plain autograd
+    through the PyTorch scan and torch's conv1d, no checkpointing: outputs and every parameter's and
+    the input's gradient, float64. 16-token slices: several slices of one sequence each (d_inner 10:
+    a partial vector block; batch 1 on 2 threads: channels split)."""
+    _needs_native("native")
+    from adbench.models import mamba_native, recompute
+    monkeypatch.setattr(recompute, "RECOMPUTE_TOKENS", 16)
+    torch.manual_seed(0)
+    reference = MambaBackbone(d_model, 2).double()
+    native = MambaBackbone(d_model, 2, checkpoint_layers=True).double()
+    native.load_state_dict(reference.state_dict())
+    x = torch.randn(batch, 70, d_model, dtype=torch.float64)
+    w = torch.randn(batch, 70, d_model, dtype=torch.float64)
+    assert mamba_native.supported(native.layers[0], x)
+    results = []
+    with _torch_threads(threads):
+        for model, choice in ((reference, "torch"), (native, "auto")):
+            monkeypatch.setenv("ADBENCH_SCAN", choice)
+            leaf = x.clone().requires_grad_()
+            out = model(leaf)
+            results.append([out, *torch.autograd.grad((out * w).sum(), [leaf, *model.parameters()])])
+    monkeypatch.setenv("ADBENCH_SCAN", "torch")
+    assert not mamba_native.supported(native.layers[0], x)
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-10)
+
+
+def test_native_checkpointed_block_in_float32_matches_float64():
+    """The same model and input in float32 and float64: outputs and gradients agree to float32's
+    precision (measured: within 1e-6 of each tensor's largest value)."""
+    _needs_native("native")
+    torch.manual_seed(0)
+    model = MambaBackbone(16, 2, checkpoint_layers=True).double()
+    x, w = torch.randn(2, 300, 16, dtype=torch.float64), torch.randn(2, 300, 16, dtype=torch.float64)
+    results = []
+    for dtype in (torch.float64, torch.float32):
+        model.to(dtype)
+        leaf = x.to(dtype, copy=True).requires_grad_()
+        out = model(leaf)
+        grads = torch.autograd.grad((out * w.to(dtype)).sum(), [leaf, *model.parameters()])
+        results.append([out.double(), *(g.double() for g in grads)])
+    for g64, g32 in zip(*results):
+        torch.testing.assert_close(g32, g64, rtol=1e-3, atol=1e-5 * g64.abs().max().item())
+
+
 def _native_scan_and_gradients(args, threads: int) -> list:
     with _torch_threads(threads):
         leaves = [a.clone().requires_grad_() for a in args]

@@ -18,9 +18,16 @@ from torch.utils.checkpoint import checkpoint
 RECOMPUTE_TOKENS = 16384
 
 
+def batch_slices(batch: int, length: int) -> list[slice]:
+    """Slices of the batch of at most RECOMPUTE_TOKENS tokens each (at least one sequence each)."""
+    parts = max(1, min(batch, math.ceil(batch * length / RECOMPUTE_TOKENS)))
+    size = math.ceil(batch / parts)
+    return [slice(start, min(start + size, batch)) for start in range(0, batch, size)]
+
+
 def checkpointed(layer, x: torch.Tensor, *args) -> torch.Tensor:
     """layer(x, *args) with activations recomputed in backward, slice by slice along the batch."""
-    slices = max(1, min(x.shape[0], math.ceil(x.shape[0] * x.shape[1] / RECOMPUTE_TOKENS)))
-    if slices == 1:
+    slices = batch_slices(x.shape[0], x.shape[1])
+    if len(slices) == 1:
         return checkpoint(layer, x, *args, use_reentrant=False)
-    return torch.cat([checkpoint(layer, part, *args, use_reentrant=False) for part in x.chunk(slices)])
+    return torch.cat([checkpoint(layer, x[part], *args, use_reentrant=False) for part in slices])

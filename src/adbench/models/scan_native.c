@@ -179,7 +179,8 @@ static inline __attribute__((always_inline)) void backward_chunk(i64 i, i64 c0, 
                            i64 gi, const REAL *u, i64 su_b, i64 su_t, const REAL *dt, i64 sdt_b, i64 sdt_t,
                            const REAL *bias, int soft, const REAL *At, const REAL *B, const i64 *sB,
                            const REAL *C, const i64 *sC, const REAL *D, const REAL *z, i64 sz_b, i64 sz_t,
-                           const REAL *ck, const REAL *dout, REAL *du, REAL *ddt, REAL *dz, carry_t *cr, chunk_t *w) {
+                           const REAL *ck, const REAL *dout, REAL *du, REAL *ddt, REAL *dz, i64 sdz_b, i64 sdz_t,
+                           REAL *yout, carry_t *cr, chunk_t *w) {
     vec A[MAXN], A2[MAXN];
     for (i64 k = 0; k < n; k++) { A[k] = load(At + k * d + c0, nl); A2[k] = A[k] * LOG2E; }
     vec Dv = load(D + c0, nl), bv = bias ? load(bias + c0, nl) : splat(0);
@@ -205,8 +206,11 @@ static inline __attribute__((always_inline)) void backward_chunk(i64 i, i64 c0, 
         vec ut = load(u + i * su_b + t * su_t + c0, nl), dtt = w->dt[j], g = load(dout + (i * L + t) * d + c0, nl);
         if (z) {  /* out = y * silu(z): the gate's gradients */
             vec zt = load(z + i * sz_b + t * sz_t + c0, nl), s = vsigmoid(zt);
-            store(dz + (i * L + t) * d + c0, g * w->y[j] * s * (1 + zt * (1 - s)), nl);
+            store(dz + i * sdz_b + t * sdz_t + c0, g * w->y[j] * s * (1 + zt * (1 - s)), nl);
             g *= zt * s;
+            if (yout) store(yout + (i * L + t) * d + c0, w->y[j] * zt * s, nl);
+        } else if (yout) {
+            store(yout + (i * L + t) * d + c0, w->y[j], nl);
         }
         /* with l = dL/dh_t: du = g D + dt sum_k l B_k, ddt = u sum_k l B_k + sum_k l A_k a_k h_{t-1},
          * dA_k += dt l a_k h_{t-1}; sb and sa hold the two sums over k */
@@ -229,14 +233,15 @@ static inline __attribute__((always_inline)) void backward_chunk(i64 i, i64 c0, 
     }
 }
 
-/* dB and dC: unit k accumulates into dB + k * dbc_unit (0 where units share the channels of no block,
- * i.e. split the batch; one copy per unit where they split the channels) */
+/* dz: element (i, t, c) at [i*sdz_b + t*sdz_t + c] (so it may be half of a wider gradient); yout, if
+ * not NULL, receives the forward's output (b, l, d), recomputed. dB and dC: unit k accumulates into
+ * dB + k * dbc_unit (0 where units split the batch; one copy per unit where they split the channels) */
 void NAME(scan_backward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 n, i64 g,
                           const REAL *u, i64 su_b, i64 su_t, const REAL *dt, i64 sdt_b, i64 sdt_t,
                           const REAL *bias, int soft, const REAL *At, const REAL *B, const i64 *sB,
                           const REAL *C, const i64 *sC, const REAL *D, const REAL *z, i64 sz_b, i64 sz_t,
-                          const REAL *ckpt, const REAL *dout, REAL *du, REAL *ddt, REAL *dz, REAL *dA,
-                          REAL *dB, REAL *dC, i64 dbc_unit, REAL *dD, REAL *dbias, i64 chunk) {
+                          const REAL *ckpt, const REAL *dout, REAL *du, REAL *ddt, REAL *dz, i64 sdz_b, i64 sdz_t,
+                          REAL *yout, REAL *dA, REAL *dB, REAL *dC, i64 dbc_unit, REAL *dD, REAL *dbias, i64 chunk) {
     i64 per_group = d / g, chunks = (L + chunk - 1) / chunk;
     #pragma omp parallel for num_threads(nunits) schedule(static, 1)
     FOR_UNITS {
@@ -257,10 +262,10 @@ void NAME(scan_backward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 n, i64
                     const REAL *ck = ckpt + ((i * chunks + ch) * n) * d + c0;
                     if (nl == W)
                         backward_chunk(i, c0, W, t0, t1, L, d, n, gi, u, su_b, su_t, dt, sdt_b, sdt_t, bias, soft, At, B, sB,
-                                       C, sC, D, z, sz_b, sz_t, ck, dout, du, ddt, dz, carry + bl, w);
+                                       C, sC, D, z, sz_b, sz_t, ck, dout, du, ddt, dz, sdz_b, sdz_t, yout, carry + bl, w);
                     else
                         backward_chunk(i, c0, nl, t0, t1, L, d, n, gi, u, su_b, su_t, dt, sdt_b, sdt_t, bias, soft, At, B, sB,
-                                       C, sC, D, z, sz_b, sz_t, ck, dout, du, ddt, dz, carry + bl, w);
+                                       C, sC, D, z, sz_b, sz_t, ck, dout, du, ddt, dz, sdz_b, sdz_t, yout, carry + bl, w);
                     if (bl == blocks - 1 || (c0 + W) % per_group == 0) {  /* the group's sums end: across lanes, once */
                         REAL *dBi = dBk + ((i * g + gi) * L + t0) * n, *dCi = dCk + ((i * g + gi) * L + t0) * n;
                         for (i64 jk = 0; jk < (t1 - t0) * n; jk++) {
@@ -317,10 +322,11 @@ void NAME(conv_silu_forward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 K,
 }
 
 /* Backward: gpre = gout * silu'(pre) (recomputed), dx[s] = sum_j w[j] gpre[s+K-1-j], and per batch
- * element dwT (K, d) and dbias (d). gout: (b, l, d); dx: (b, l, d); dwT: (b, K, d); dbias: (b, d). */
+ * element dwT (K, d) and dbias (d). gout: (b, l, d); dx: element (i, s, c) at [i*sdx_b + s*sdx_t + c];
+ * dwT: (b, K, d); dbias: (b, d). */
 void NAME(conv_silu_backward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 K, const REAL *x, i64 sx_b, i64 sx_t,
-                               const REAL *wT, const REAL *bias, const REAL *gout, REAL *gpre, REAL *dx,
-                               REAL *dwT, REAL *dbias) {
+                               const REAL *wT, const REAL *bias, const REAL *gout, REAL *gpre, REAL *dx, i64 sdx_b,
+                               i64 sdx_t, REAL *dwT, REAL *dbias) {
     #pragma omp parallel for num_threads(nunits) schedule(static, 1)
     FOR_UNITS {
         UNIT;
@@ -356,7 +362,7 @@ void NAME(conv_silu_backward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 K
                         i64 t = s + K - 1 - j;
                         if (t < L) o += load(wT + j * d + c0, nl) * load(gpre + (i * L + t) * d + c0, nl);
                     }
-                    store(dx + (i * L + s) * d + c0, o, nl);
+                    store(dx + i * sdx_b + s * sdx_t + c0, o, nl);
                 }
         }
         free(acc);

@@ -176,26 +176,57 @@ def _unit_args(units: list) -> list:
     return [ctypes.c_int64(len(units)), (ctypes.c_int64 * (4 * len(units)))(*[v for unit in units for v in unit])]
 
 
+def scan_forward(u, delta, At, Bg, Cg, D, z, bias, softplus: bool, ckpt=None):
+    """The forward kernel. u, delta, z: (b, d, l) with channel stride 1; At: (n, d); Bg, Cg: (b, g, n, l);
+    D, bias: (d,) (bias and z may be None). Returns out (b, l, d), the chunk states ckpt (b, chunks, n, d)
+    (written into `ckpt` where given) and the last state (b, n, d)."""
+    dtype, (b, d, length), n = u.dtype, u.shape, Bg.shape[2]
+    out, last = u.new_empty(b, length, d), u.new_empty(b, n, d)
+    if ckpt is None:
+        ckpt = u.new_empty(b, (length + CHUNK - 1) // CHUNK, n, d)
+    _kernel(dtype, "scan_forward_")(*_unit_args(_units(b, d, VARIANTS[dtype][0])),
+                                    *_scan_head(u, delta, bias, softplus, At, Bg, Cg, D, z), _ptr(out), _ptr(ckpt),
+                                    _ptr(last), *_ints(CHUNK))
+    return out, ckpt, last
+
+
+def scan_backward(u, delta, At, Bg, Cg, D, z, bias, softplus: bool, ckpt, dout, dz=None, y=None):
+    """The backward kernel, from the forward's inputs and chunk states and dout (b, l, d) contiguous.
+    Returns du, ddelta (b, l, d), dz (written into `dz` where given: (b, l, d), channel stride 1, else
+    new; None without z), dA (n, d), dB, dC (b, g, l, n), dD and dbias (d,). Where `y` (b, l, d) is
+    given, the forward's output is recomputed into it."""
+    dtype, (b, d, length), n, g = u.dtype, u.shape, Bg.shape[2], Bg.shape[1]
+    du, ddelta = u.new_empty(b, length, d), u.new_empty(b, length, d)
+    if z is not None and dz is None:
+        dz = u.new_empty(b, length, d)
+    dA, dD, dbias = u.new_empty(b, n, d), u.new_empty(b, d), u.new_empty(b, d)
+    units = _units(b, d, VARIANTS[dtype][0])
+    # B and C are shared by all channels: units that split the channels each sum into their own copy
+    copies = 1 if units[0][2:] == (0, d) else len(units)
+    dB, dC = u.new_zeros(copies, b, g, length, n), u.new_zeros(copies, b, g, length, n)
+    _kernel(dtype, "scan_backward_")(*_unit_args(units), *_scan_head(u, delta, bias, softplus, At, Bg, Cg, D, z),
+                                     _ptr(ckpt), _ptr(dout), _ptr(du), _ptr(ddelta), _ptr(dz),
+                                     *_ints(*(dz.stride()[:2] if dz is not None else (0, 0))), _ptr(y), _ptr(dA),
+                                     _ptr(dB), _ptr(dC), ctypes.c_int64(dB[0].numel() if copies > 1 else 0), _ptr(dD),
+                                     _ptr(dbias), *_ints(CHUNK))
+    dB, dC = (x[0] if copies == 1 else x.sum(0) for x in (dB, dC))
+    return du, ddelta, dz, dA.sum(0), dB, dC, dD.sum(0), dbias.sum(0)
+
+
 class NativeScan(torch.autograd.Function):
     """out = (C h + D u) * silu(z) along the S6 recurrence, with dt = softplus(delta + bias) (or without
     the softplus); bias and z may be None."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, bias, softplus):
-        dtype = u.dtype
         u, delta = _channel_last(u), _channel_last(delta)
         z = _channel_last(z) if z is not None else None
-        b, d, length = u.shape
         Bg, Cg = _groups(B), _groups(C)
-        n, g = Bg.shape[2], max(Bg.shape[1], Cg.shape[1])
+        g = max(Bg.shape[1], Cg.shape[1])
         if Bg.shape[1] != Cg.shape[1]:  # the kernel takes one grouping for both
             Bg, Cg = (x.repeat_interleave(g // x.shape[1], dim=1) for x in (Bg, Cg))
         At = A.t().contiguous()
-        chunks = (length + CHUNK - 1) // CHUNK
-        out, ckpt, last = u.new_empty(b, length, d), u.new_empty(b, chunks, n, d), u.new_empty(b, n, d)
-        _kernel(dtype, "scan_forward_")(*_unit_args(_units(b, d, VARIANTS[dtype][0])),
-                                        *_scan_head(u, delta, bias, softplus, At, Bg, Cg, D, z), _ptr(out), _ptr(ckpt),
-                                        _ptr(last), *_ints(CHUNK))
+        out, ckpt, last = scan_forward(u, delta, At, Bg, Cg, D, z, bias, softplus)
         ctx.save_for_backward(u, delta, At, Bg, Cg, D, z, bias, ckpt)
         ctx.shapes, ctx.softplus = (B.dim(), C.dim(), _groups(B).shape[1], _groups(C).shape[1]), softplus
         return out.transpose(1, 2), last.transpose(1, 2)
@@ -205,31 +236,18 @@ class NativeScan(torch.autograd.Function):
         u, delta, At, Bg, Cg, D, z, bias, ckpt = ctx.saved_tensors
         if dlast is not None and dlast.abs().max() > 0:
             raise NotImplementedError("the native scan does not backpropagate through last_state; use the PyTorch scan")
-        dtype = u.dtype
-        b, d, length = u.shape
-        n, g = Bg.shape[2], Bg.shape[1]
-        dout = dout.to(dtype).transpose(1, 2).contiguous()  # (b, l, d): no copy when it comes channel-last
-        du, ddelta = u.new_empty(b, length, d), u.new_empty(b, length, d)
-        dz = u.new_empty(b, length, d) if z is not None else None
-        dA, dD, dbias = u.new_empty(b, n, d), u.new_empty(b, d), u.new_empty(b, d)
-        units = _units(b, d, VARIANTS[dtype][0])
-        # B and C are shared by all channels: units that split the channels each sum into their own copy
-        copies = 1 if units[0][2:] == (0, d) else len(units)
-        dB, dC = u.new_zeros(copies, b, g, length, n), u.new_zeros(copies, b, g, length, n)
-        _kernel(dtype, "scan_backward_")(*_unit_args(units), *_scan_head(u, delta, bias, ctx.softplus, At, Bg, Cg, D, z),
-                                         _ptr(ckpt), _ptr(dout), _ptr(du), _ptr(ddelta), _ptr(dz), _ptr(dA), _ptr(dB),
-                                         _ptr(dC), ctypes.c_int64(dB[0].numel() if copies > 1 else 0), _ptr(dD),
-                                         _ptr(dbias), *_ints(CHUNK))
-        dB, dC = (x[0] if copies == 1 else x.sum(0) for x in (dB, dC))
+        dout = dout.to(u.dtype).transpose(1, 2).contiguous()  # (b, l, d): no copy when it comes channel-last
+        du, ddelta, dz, dA, dB, dC, dD, dbias = scan_backward(u, delta, At, Bg, Cg, D, z, bias, ctx.softplus, ckpt, dout)
+        g = Bg.shape[1]
         b_dim, c_dim, b_groups, c_groups = ctx.shapes
         dB, dC = dB.transpose(-1, -2), dC.transpose(-1, -2)  # (b, g, n, l)
         if b_groups != g:
             dB = dB.unflatten(1, (b_groups, g // b_groups)).sum(2)
         if c_groups != g:
             dC = dC.unflatten(1, (c_groups, g // c_groups)).sum(2)
-        return (du.transpose(1, 2), ddelta.transpose(1, 2), dA.sum(0).t(), dB[:, 0] if b_dim == 3 else dB,
-                dC[:, 0] if c_dim == 3 else dC, dD.sum(0), dz.transpose(1, 2) if dz is not None else None,
-                dbias.sum(0) if bias is not None else None, None)
+        return (du.transpose(1, 2), ddelta.transpose(1, 2), dA.t(), dB[:, 0] if b_dim == 3 else dB,
+                dC[:, 0] if c_dim == 3 else dC, dD, dz.transpose(1, 2) if dz is not None else None,
+                dbias if bias is not None else None, None)
 
 
 def native_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
@@ -241,30 +259,42 @@ def native_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                             z.to(dtype) if z is not None else None, bias, bool(delta_softplus))
 
 
+def conv_forward(x, wT, bias):
+    """silu(causal depthwise conv(x) + bias): x (b, l, d) with channel stride 1, wT (K, d) -> (b, l, d)."""
+    dtype, (b, length, d), k = x.dtype, x.shape, wT.shape[0]
+    out = x.new_empty(b, length, d)
+    _kernel(dtype, "conv_silu_forward_")(*_unit_args(_units(b, d, VARIANTS[dtype][0])), *_ints(length, d, k), _ptr(x),
+                                         *_ints(x.stride(0), x.stride(1)), _ptr(wT), _ptr(bias), _ptr(out))
+    return out
+
+
+def conv_backward(x, wT, bias, gout, dx=None):
+    """Gradients of conv_forward for gout (b, l, d) contiguous: dx (written into `dx` where given:
+    (b, l, d), channel stride 1), dwT (K, d) and dbias (d,)."""
+    dtype, (b, length, d), k = x.dtype, x.shape, wT.shape[0]
+    gpre = torch.empty_like(gout)
+    dx = x.new_empty(b, length, d) if dx is None else dx
+    dwT, dbias = x.new_empty(b, k, d), x.new_empty(b, d)
+    _kernel(dtype, "conv_silu_backward_")(*_unit_args(_units(b, d, VARIANTS[dtype][0])), *_ints(length, d, k), _ptr(x),
+                                          *_ints(x.stride(0), x.stride(1)), _ptr(wT), _ptr(bias), _ptr(gout), _ptr(gpre),
+                                          _ptr(dx), *_ints(dx.stride(0), dx.stride(1)), _ptr(dwT), _ptr(dbias))
+    return dx, dwT.sum(0), dbias.sum(0)
+
+
 class NativeConvSilu(torch.autograd.Function):
     """silu(causal depthwise conv1d(x) + bias) on channel-last x (b, l, d); weight (d, 1, K)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        dtype, (b, length, d), k = x.dtype, x.shape, weight.shape[-1]
+        d, k = weight.shape[0], weight.shape[-1]
         if x.stride(2) != 1:
             x = x.contiguous()
-        wT = weight.reshape(d, k).t().contiguous()
-        bias = bias.contiguous()
-        out = x.new_empty(b, length, d)
-        _kernel(dtype, "conv_silu_forward_")(*_unit_args(_units(b, d, VARIANTS[dtype][0])), *_ints(length, d, k), _ptr(x),
-                                             *_ints(x.stride(0), x.stride(1)), _ptr(wT), _ptr(bias), _ptr(out))
+        wT, bias = weight.reshape(d, k).t().contiguous(), bias.contiguous()
         ctx.save_for_backward(x, wT, bias)
-        return out
+        return conv_forward(x, wT, bias)
 
     @staticmethod
     def backward(ctx, gout):
         x, wT, bias = ctx.saved_tensors
-        dtype, (b, length, d), k = x.dtype, x.shape, wT.shape[0]
-        gout = gout.to(dtype).contiguous()
-        gpre, dx = torch.empty_like(gout), x.new_empty(b, length, d)
-        dwT, dbias = x.new_empty(b, k, d), x.new_empty(b, d)
-        _kernel(dtype, "conv_silu_backward_")(*_unit_args(_units(b, d, VARIANTS[dtype][0])), *_ints(length, d, k),
-                                              _ptr(x), *_ints(x.stride(0), x.stride(1)), _ptr(wT), _ptr(bias), _ptr(gout),
-                                              _ptr(gpre), _ptr(dx), _ptr(dwT), _ptr(dbias))
-        return dx, dwT.sum(0).t().reshape(d, 1, k), dbias.sum(0)
+        dx, dwT, dbias = conv_backward(x, wT, bias, gout.to(x.dtype).contiguous())
+        return dx, dwT.t().reshape(-1, 1, wT.shape[0]), dbias

@@ -1,0 +1,116 @@
+"""A Mamba block (RMSNorm, the S6 mixer, the residual) with layer checkpointing, its backward written
+out by hand over the native kernels.
+
+What autograd's checkpointing of a block recomputes in backward is the whole forward; this backward
+recomputes only what the gradients need: the input projection, the convolution and the step sizes.
+The scan's chunk states are kept from the forward (n * d / 64 numbers per token, half a block input's
+worth at d_state 16), so the backward kernel starts from them and gives back the scan's output as it
+goes, which the output projection's weight gradient takes; the output projection is not rerun, and the
+gradients of the two halves of the input projection are written side by side, not concatenated. Both
+passes run over slices of the batch of at most RECOMPUTE_TOKENS tokens, as `recompute.checkpointed`.
+Used by MambaBackbone where the native kernels run (CPU, float32 or float64); elsewhere the block is
+checkpointed by autograd.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from . import scan_native
+from .recompute import batch_slices
+
+
+def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _inputs(mixer, h: torch.Tensor, wT):
+    """The mixer's activations up to the scan, for normalised input h (b, l, d_model): the projection xz,
+    the scan's input u and raw step sizes dt (b, l, d_inner), its x_proj output, and B, C as (b, 1, n, l)."""
+    di, r, n = mixer.d_inner, mixer.dt_rank, mixer.d_state
+    xz = F.linear(h, mixer.in_proj.weight)
+    u = scan_native.conv_forward(xz[..., :di], wT, mixer.conv1d.bias)
+    x_dbl = F.linear(u, mixer.x_proj.weight)
+    dt = F.linear(x_dbl[..., :r], mixer.dt_proj.weight)
+    B, C = (x_dbl[..., r + i * n:r + (i + 1) * n].transpose(1, 2)[:, None] for i in (0, 1))
+    return xz, u, dt, x_dbl, B, C
+
+
+def _scan_args(mixer, xz, u, dt, B, C, At):
+    """The scan kernels' arguments, as (b, d, l) channel-last views."""
+    di = mixer.d_inner
+    return (u.transpose(1, 2), dt.transpose(1, 2), At, B, C, mixer.D, xz[..., di:].transpose(1, 2), mixer.dt_proj.bias,
+            True)
+
+
+class _Block(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, block, *params):
+        mixer, eps = block.mixer, block.norm.eps
+        with torch.no_grad():
+            wT = mixer.conv1d.weight[:, 0].t().contiguous()
+            At = (-torch.exp(mixer.A_log)).t().contiguous()
+            chunks = -(-x.shape[1] // scan_native.CHUNK)
+            ckpt = x.new_empty(x.shape[0], chunks, mixer.d_state, mixer.d_inner)
+            out = torch.empty_like(x)
+            for part in batch_slices(*x.shape[:2]):
+                xs = x[part]
+                h = xs * _rms(xs, eps) * block.norm.weight
+                xz, u, dt, _, B, C = _inputs(mixer, h, wT)
+                y, _, _ = scan_native.scan_forward(*_scan_args(mixer, xz, u, dt, B, C, At), ckpt=ckpt[part])
+                torch.addmm(xs.flatten(0, 1), y.flatten(0, 1), mixer.out_proj.weight.t(), out=out[part].flatten(0, 1))
+        ctx.block = block
+        ctx.save_for_backward(x, ckpt, wT, At)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        x, ckpt, wT, At = ctx.saved_tensors
+        block = ctx.block
+        mixer, norm = block.mixer, block.norm
+        di, r = mixer.d_inner, mixer.dt_rank
+        gout = gout.contiguous()
+        grads = {name: torch.zeros_like(p) for name, p in block.named_parameters()}
+        gx = torch.empty_like(x)
+        with torch.no_grad():
+            for part in batch_slices(*x.shape[:2]):
+                xs, gs = x[part], gout[part]
+                rs = _rms(xs, norm.eps)
+                h = xs * rs * norm.weight
+                xz, u, dt, x_dbl, B, C = _inputs(mixer, h, wT)
+                dy = gs @ mixer.out_proj.weight
+                dxz, y = torch.empty_like(xz), torch.empty_like(u)
+                du, ddt, _, dA, dB, dC, dD, dbias = scan_native.scan_backward(
+                    *_scan_args(mixer, xz, u, dt, B, C, At), ckpt[part], dy, dz=dxz[..., di:], y=y)
+                grads["mixer.out_proj.weight"] += gs.flatten(0, 1).t() @ y.flatten(0, 1)
+                grads["mixer.A_log"] += dA.t() * At.t()  # A = -exp(A_log): dA/dA_log = A
+                grads["mixer.D"] += dD
+                grads["mixer.dt_proj.bias"] += dbias
+                grads["mixer.dt_proj.weight"] += ddt.flatten(0, 1).t() @ x_dbl[..., :r].flatten(0, 1)
+                dx_dbl = torch.cat([ddt @ mixer.dt_proj.weight, dB[:, 0], dC[:, 0]], dim=-1)
+                du += dx_dbl @ mixer.x_proj.weight
+                grads["mixer.x_proj.weight"] += dx_dbl.flatten(0, 1).t() @ u.flatten(0, 1)
+                _, dwT, dcb = scan_native.conv_backward(xz[..., :di], wT, mixer.conv1d.bias, du, dx=dxz[..., :di])
+                grads["mixer.conv1d.weight"] += dwT.t()[:, None]
+                grads["mixer.conv1d.bias"] += dcb
+                grads["mixer.in_proj.weight"] += dxz.flatten(0, 1).t() @ h.flatten(0, 1)
+                dh = dxz @ mixer.in_proj.weight
+                # h = x * rs * w, rs = (mean(x^2) + eps)^-1/2
+                grads["norm.weight"] += (dh * xs * rs).flatten(0, 1).sum(0)
+                a = dh * norm.weight
+                gx[part] = gs + rs * a - xs * rs.pow(3) * (a * xs).mean(-1, keepdim=True)
+        return (gx, None, *(grads[name] for name, _ in block.named_parameters()))
+
+
+def supported(block, x: torch.Tensor) -> bool:
+    """Whether the native block runs for this input: the native kernels are chosen (ADBENCH_SCAN) and
+    built, x is a float32 or float64 CPU tensor and the block's parameters are of its dtype."""
+    from .scan import _native
+    native = _native()
+    return (native is not None and x.device.type == "cpu" and x.dtype in native.VARIANTS
+            and block.mixer.d_state <= native.MAX_STATE and all(p.dtype == x.dtype for p in block.parameters())
+            and native.library(x.dtype) is not None)
+
+
+def checkpointed_block(block, x: torch.Tensor) -> torch.Tensor:
+    """block(x) with its activations recomputed in backward (the hand-written backward above)."""
+    return _Block.apply(x.contiguous(), block, *block.parameters())

@@ -23,11 +23,12 @@ def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
-def _inputs(mixer, h: torch.Tensor, wT):
-    """The mixer's activations up to the scan, for normalised input h (b, l, d_model): the projection xz,
-    the scan's input u and raw step sizes dt (b, l, d_inner), its x_proj output, and B, C as (b, 1, n, l)."""
+def _inputs(mixer, h: torch.Tensor, wT, xz_buffer: torch.Tensor):
+    """The mixer's activations up to the scan, for normalised input h (b, l, d_model): the projection xz
+    (written into the front of xz_buffer), the scan's input u and raw step sizes dt (b, l, d_inner), its
+    x_proj output, and B, C as (b, 1, n, l)."""
     di, r, n = mixer.d_inner, mixer.dt_rank, mixer.d_state
-    xz = F.linear(h, mixer.in_proj.weight)
+    xz = torch.matmul(h, mixer.in_proj.weight.t(), out=xz_buffer[:h.shape[0]])
     u = scan_native.conv_forward(xz[..., :di], wT, mixer.conv1d.bias)
     x_dbl = F.linear(u, mixer.x_proj.weight)
     dt = F.linear(x_dbl[..., :r], mixer.dt_proj.weight)
@@ -42,6 +43,12 @@ def _scan_args(mixer, xz, u, dt, B, C, At):
             True)
 
 
+def _buffer(x: torch.Tensor, parts: list, width: int) -> torch.Tensor:
+    """One (slice, length, width) tensor for every slice's (b, l, 2 d_inner) activations: allocated once
+    per pass, as glibc maps each allocation of 32 MB or more afresh and faults in every page of it."""
+    return x.new_empty(parts[0].stop - parts[0].start, x.shape[1], width)
+
+
 class _Block(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, block, *params):
@@ -52,10 +59,12 @@ class _Block(torch.autograd.Function):
             chunks = -(-x.shape[1] // scan_native.CHUNK)
             ckpt = x.new_empty(x.shape[0], chunks, mixer.d_state, mixer.d_inner)
             out = torch.empty_like(x)
-            for part in batch_slices(*x.shape[:2]):
+            parts = batch_slices(*x.shape[:2])
+            xz_buffer = _buffer(x, parts, 2 * mixer.d_inner)
+            for part in parts:
                 xs = x[part]
                 h = xs * _rms(xs, eps) * block.norm.weight
-                xz, u, dt, _, B, C = _inputs(mixer, h, wT)
+                xz, u, dt, _, B, C = _inputs(mixer, h, wT, xz_buffer)
                 y, _, _ = scan_native.scan_forward(*_scan_args(mixer, xz, u, dt, B, C, At), ckpt=ckpt[part])
                 torch.addmm(xs.flatten(0, 1), y.flatten(0, 1), mixer.out_proj.weight.t(), out=out[part].flatten(0, 1))
         ctx.block = block
@@ -72,21 +81,26 @@ class _Block(torch.autograd.Function):
         grads = {name: torch.zeros_like(p) for name, p in block.named_parameters()}
         gx = torch.empty_like(x)
         with torch.no_grad():
-            for part in batch_slices(*x.shape[:2]):
+            parts = batch_slices(*x.shape[:2])
+            xz_buffer, dxz_buffer = _buffer(x, parts, 2 * di), _buffer(x, parts, 2 * di)
+            for part in parts:
                 xs, gs = x[part], gout[part]
                 rs = _rms(xs, norm.eps)
                 h = xs * rs * norm.weight
-                xz, u, dt, x_dbl, B, C = _inputs(mixer, h, wT)
+                xz, u, dt, x_dbl, B, C = _inputs(mixer, h, wT, xz_buffer)
                 dy = gs @ mixer.out_proj.weight
-                dxz, y = torch.empty_like(xz), torch.empty_like(u)
+                dxz, y = dxz_buffer[:xs.shape[0]], torch.empty_like(u)
                 du, ddt, _, dA, dB, dC, dD, dbias = scan_native.scan_backward(
                     *_scan_args(mixer, xz, u, dt, B, C, At), ckpt[part], dy, dz=dxz[..., di:], y=y)
                 grads["mixer.out_proj.weight"] += gs.flatten(0, 1).t() @ y.flatten(0, 1)
                 grads["mixer.A_log"] += dA.t() * At.t()  # A = -exp(A_log): dA/dA_log = A
                 grads["mixer.D"] += dD
                 grads["mixer.dt_proj.bias"] += dbias
-                grads["mixer.dt_proj.weight"] += ddt.flatten(0, 1).t() @ x_dbl[..., :r].flatten(0, 1)
-                dx_dbl = torch.cat([ddt @ mixer.dt_proj.weight, dB[:, 0], dC[:, 0]], dim=-1)
+                # the rank-r products with the long dimension inside: MKL runs the other order 4-8x slower
+                ddt2 = ddt.flatten(0, 1)
+                grads["mixer.dt_proj.weight"] += (x_dbl[..., :r].flatten(0, 1).t() @ ddt2).t()
+                d_dt_low = (mixer.dt_proj.weight.t() @ ddt2.t()).t().unflatten(0, ddt.shape[:2])
+                dx_dbl = torch.cat([d_dt_low, dB[:, 0], dC[:, 0]], dim=-1)
                 du += dx_dbl @ mixer.x_proj.weight
                 grads["mixer.x_proj.weight"] += dx_dbl.flatten(0, 1).t() @ u.flatten(0, 1)
                 _, dwT, dcb = scan_native.conv_backward(xz[..., :di], wT, mixer.conv1d.bias, du, dx=dxz[..., :di])

@@ -15,7 +15,7 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
-RECOMPUTE_TOKENS = 16384
+RECOMPUTE_TOKENS = 8192
 
 
 def batch_slices(batch: int, length: int) -> list[slice]:

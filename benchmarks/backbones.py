@@ -1,7 +1,8 @@
 """Backbone cost against sequence length: forward+backward seconds and peak memory for training,
 and milliseconds per recurrent step for inference, for our Mamba and transformer (equal parameter
-counts) and mambapy as a pure-PyTorch peer. Each measurement runs in its own process, on one
-thread unless --threads says otherwise (torch and the numba scan kernel alike).
+counts) and mambapy as a pure-PyTorch peer. Each measurement runs in its own process, set up as the
+training stage sets itself up (`adbench.process.setup`: torch's thread count, which the native
+kernels share, and glibc's allocator thresholds), on one thread unless --threads says otherwise.
 
     pip install mambapy==1.2.0   # the peer, for this benchmark only
     python benchmarks/backbones.py [--lengths 1024 4096 16384] [--archs mamba transformer mambapy]
@@ -38,7 +39,8 @@ def rss_mib() -> float:
 
 def measure(arch: str, length: int, mode: str, threads: int, device: str = "cpu") -> dict:
     import torch
-    torch.set_num_threads(threads)
+    from adbench import process
+    process.setup(threads)  # as the training and evaluation stages set themselves up
     torch.manual_seed(0)
     dev = torch.device(device)
     cuda = dev.type == "cuda"

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from .data import DatasetError, open_histories, task_table, validate_file
+from . import process
 from .baselines import BASELINES, policy_from_checkpoint
 from .devices import pick_device
 from .models import from_checkpoint, read_checkpoint
@@ -151,7 +152,7 @@ def train_env_steps(info: dict, ckpt: dict) -> int:
 def evaluate_model(cfg: dict, dataset, model_path, out_path, cost_path=None, progress=None) -> None:
     """In-context returns to `out_path`; the model's inference cost (ms per batched step) to `cost_path`."""
     ecfg = cfg["evaluate"]
-    torch.set_num_threads(ecfg["threads"])
+    process.setup(ecfg["threads"])
     info = validate_file(dataset)
     model, ckpt = load_policy(model_path)
     meta = ckpt["meta"]

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from . import config as cfglib
+from . import process
 from .devices import pick_device
 from .data import WindowSampler, input_statistics, validate_file
 from .models import build, count_parameters, save_checkpoint
@@ -60,7 +61,7 @@ def run(cfg: dict, dataset, arch: str, context_episodes: int, seed: int, out_dir
     tcfg, out_dir = cfg["train"], Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = validate_file(dataset)
-    torch.set_num_threads(tcfg["threads"])
+    process.setup(tcfg["threads"])
     device = pick_device(tcfg["device"])
     run_key = (info["family"], arch, context_episodes, seed)
     torch.manual_seed(derive_seed(seed, "train-init", *run_key))

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import config as cfglib
+from .. import process
 from ..data import open_histories, task_table, validate_file
 from ..progress import say
 from ..seeding import derive_seed
@@ -291,7 +292,7 @@ def run(cfg: dict, dataset, seed: int, out_dir, progress=None, stop_after: int |
     write out_dir/model.pt (with the env-step budget in its meta) and out_dir/metrics.csv."""
     rcfg = dict(cfg["rl2"])
     threads = rcfg.pop("threads")
-    torch.set_num_threads(threads)
+    process.setup(threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = validate_file(dataset)

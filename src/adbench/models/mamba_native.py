@@ -63,7 +63,7 @@ class _Block(torch.autograd.Function):
             xz_buffer = _buffer(x, parts, 2 * mixer.d_inner)
             for part in parts:
                 xs = x[part]
-                h = xs * _rms(xs, eps) * block.norm.weight
+                h = torch.mul(xs, _rms(xs, eps)).mul_(block.norm.weight)
                 xz, u, dt, _, B, C = _inputs(mixer, h, wT, xz_buffer)
                 y, _, _ = scan_native.scan_forward(*_scan_args(mixer, xz, u, dt, B, C, At), ckpt=ckpt[part])
                 torch.addmm(xs.flatten(0, 1), y.flatten(0, 1), mixer.out_proj.weight.t(), out=out[part].flatten(0, 1))
@@ -86,7 +86,8 @@ class _Block(torch.autograd.Function):
             for part in parts:
                 xs, gs = x[part], gout[part]
                 rs = _rms(xs, norm.eps)
-                h = xs * rs * norm.weight
+                xr = xs * rs
+                h = xr * norm.weight
                 xz, u, dt, x_dbl, B, C = _inputs(mixer, h, wT, xz_buffer)
                 dy = gs @ mixer.out_proj.weight
                 dxz, y = dxz_buffer[:xs.shape[0]], torch.empty_like(u)
@@ -108,10 +109,12 @@ class _Block(torch.autograd.Function):
                 grads["mixer.conv1d.bias"] += dcb
                 grads["mixer.in_proj.weight"] += dxz.flatten(0, 1).t() @ h.flatten(0, 1)
                 dh = dxz @ mixer.in_proj.weight
-                # h = x * rs * w, rs = (mean(x^2) + eps)^-1/2
-                grads["norm.weight"] += (dh * xs * rs).flatten(0, 1).sum(0)
-                a = dh * norm.weight
-                gx[part] = gs + rs * a - xs * rs.pow(3) * (a * xs).mean(-1, keepdim=True)
+                # h = x rs w, rs = (mean(x^2) + eps)^-1/2: dx = rs a - x rs^3 mean(a x), a = dh w (in place: the
+                # (b, l, d_model) temporaries are what the norm costs)
+                grads["norm.weight"] += (dh * xr).flatten(0, 1).sum(0)
+                a = dh.mul_(norm.weight)
+                coef = rs.pow(3).mul_((a * xs).mean(-1, keepdim=True))
+                torch.addcmul(gs, a, rs, out=gx[part]).addcmul_(xs, coef, value=-1)
         return (gx, None, *(grads[name] for name, _ in block.named_parameters()))
 
 

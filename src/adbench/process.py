@@ -1,13 +1,15 @@
 """Process set-up for the stages that run models (train, evaluate, the RL^2 baseline) and for the
 benchmark that times them: torch's thread count and glibc's allocator.
 
-glibc serves an allocation of 32 MB or more with a fresh mmap (and, below that, returns the heap's
-free top to the system once it exceeds twice the last such size), so a long-context training step,
-which makes and frees tensors of 8-64 MB many times over, pays for page faults on every one of them:
-a 16k-token Mamba step spent ~1 s of its ~12 s in them (benchmarks/backbones.py, one thread). Here
-allocations under 64 MB come from the heap and up to 256 MB of freed heap is kept for reuse, which
-raised that step's peak memory by under 0.1 GiB. MALLOC_* variables in the environment take
-precedence: where any is set, the allocator is left as they say.
+glibc starts by serving every allocation over 128 KB with a fresh mmap, raising that threshold (up to
+32 MB) only as such blocks are freed, and returns the heap's free top to the system once it exceeds
+twice the threshold; a long-context training step, which makes and frees tensors of 8-32 MB many
+times over, pays for page faults on each fresh page (~9 us each on this project's 2-core VM). Here the
+threshold is 32 MB from the start and up to 256 MB of freed heap is kept for reuse: a 16k-token Mamba
+step (benchmarks/backbones.py, one thread) 12.2-12.9 -> 11.3-11.4 s, peak unchanged (0.9 GiB); the
+transformer's 16k step unchanged (two threads: 95 / 92 s, peak 1.39 GiB both). A 64 MB threshold was
+as fast for Mamba but raised the transformer's peak by 0.3-0.6 GiB. MALLOC_* variables in the
+environment take precedence: where any is set, the allocator is left as they say.
 """
 
 import ctypes
@@ -15,7 +17,7 @@ import os
 
 import torch
 
-MMAP_THRESHOLD = 64 << 20
+MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 256 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 

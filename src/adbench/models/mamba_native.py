@@ -19,8 +19,12 @@ from . import scan_native
 from .recompute import batch_slices
 
 
-def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+def _normed(x: torch.Tensor, norm):
+    """RMSNorm (mamba.RMSNorm's arithmetic) with the parts its backward takes: rs = (mean(x^2) + eps)^-1/2,
+    x rs and h = x rs w."""
+    rs = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)
+    xr = x * rs
+    return rs, xr, xr * norm.weight
 
 
 def _inputs(mixer, h: torch.Tensor, wT, xz_buffer: torch.Tensor):
@@ -52,7 +56,7 @@ def _buffer(x: torch.Tensor, parts: list, width: int) -> torch.Tensor:
 class _Block(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, block, *params):
-        mixer, eps = block.mixer, block.norm.eps
+        mixer = block.mixer
         with torch.no_grad():
             wT = mixer.conv1d.weight[:, 0].t().contiguous()
             At = (-torch.exp(mixer.A_log)).t().contiguous()
@@ -63,7 +67,7 @@ class _Block(torch.autograd.Function):
             xz_buffer = _buffer(x, parts, 2 * mixer.d_inner)
             for part in parts:
                 xs = x[part]
-                h = torch.mul(xs, _rms(xs, eps)).mul_(block.norm.weight)
+                _, _, h = _normed(xs, block.norm)
                 xz, u, dt, _, B, C = _inputs(mixer, h, wT, xz_buffer)
                 y, _, _ = scan_native.scan_forward(*_scan_args(mixer, xz, u, dt, B, C, At), ckpt=ckpt[part])
                 torch.addmm(xs.flatten(0, 1), y.flatten(0, 1), mixer.out_proj.weight.t(), out=out[part].flatten(0, 1))
@@ -85,9 +89,7 @@ class _Block(torch.autograd.Function):
             xz_buffer, dxz_buffer = _buffer(x, parts, 2 * di), _buffer(x, parts, 2 * di)
             for part in parts:
                 xs, gs = x[part], gout[part]
-                rs = _rms(xs, norm.eps)
-                xr = xs * rs
-                h = xr * norm.weight
+                rs, xr, h = _normed(xs, norm)
                 xz, u, dt, x_dbl, B, C = _inputs(mixer, h, wT, xz_buffer)
                 dy = gs @ mixer.out_proj.weight
                 dxz, y = dxz_buffer[:xs.shape[0]], torch.empty_like(u)

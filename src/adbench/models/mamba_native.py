@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from . import scan_native
 from .recompute import batch_slices
+from .scan import native_kernels
 
 
 def _normed(x: torch.Tensor, norm):
@@ -122,12 +123,10 @@ class _Block(torch.autograd.Function):
 
 def supported(block, x: torch.Tensor) -> bool:
     """Whether the native block runs for this input: the native kernels are chosen (ADBENCH_SCAN) and
-    built, x is a float32 or float64 CPU tensor and the block's parameters are of its dtype."""
-    from .scan import _native
-    native = _native()
-    return (native is not None and x.device.type == "cpu" and x.dtype in native.VARIANTS
-            and block.mixer.d_state <= native.MAX_STATE and all(p.dtype == x.dtype for p in block.parameters())
-            and native.library(x.dtype) is not None)
+    run on x, the block's state size is one the scan kernel holds and its parameters are of x's dtype."""
+    native = native_kernels()
+    return (native is not None and block.mixer.d_state <= native.MAX_STATE
+            and all(p.dtype == x.dtype for p in block.parameters()) and native.runs_on(x))
 
 
 def checkpointed_block(block, x: torch.Tensor) -> torch.Tensor:

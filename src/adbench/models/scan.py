@@ -104,8 +104,8 @@ def _choice() -> str:
     return choice
 
 
-def _native():
-    """The C kernel's module (built on first use), or None where it cannot be used."""
+def native_kernels():
+    """The C kernels' module (`scan_native`, built on first use), or None where ADBENCH_SCAN rules it out."""
     if _choice() not in ("auto", "native"):
         return None
     from . import scan_native
@@ -126,8 +126,8 @@ def _fused():
 def conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Mamba's silu(causal depthwise conv1d(x)) on channel-last x (b, l, d) -> (b, l, d): the C kernel
     where the native scan runs, else torch's conv1d (on a transposed view)."""
-    native = _native()
-    if native is not None and x.device.type == "cpu" and native.library(x.dtype) is not None:
+    native = native_kernels()
+    if native is not None and native.runs_on(x):
         return native.NativeConvSilu.apply(x, weight, bias)
     conv = F.conv1d(x.transpose(1, 2), weight, bias, padding=weight.shape[-1] - 1, groups=x.shape[2])
     return F.silu(conv[..., :x.shape[1]]).transpose(1, 2)
@@ -148,7 +148,7 @@ def scan_implementation(u, B, C) -> str:
         return "torch"
     if u.device.type == "cuda":
         return "mamba_ssm" if _mamba_ssm() is not None else "torch"
-    native = _native()
+    native = native_kernels()
     if native is not None and native.supports(u, B, C):
         return "native"
     fusable = (u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64) and B.dim() >= 3 and C.dim() >= 3)
@@ -170,7 +170,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             return out, last * B.to(last.dtype)
         return result
     if chosen == "native":
-        from .scan_native import native_selective_scan  # (not _native(): an explicit impl ignores ADBENCH_SCAN)
+        from .scan_native import native_selective_scan  # (not native_kernels(): an explicit impl ignores ADBENCH_SCAN)
         out, last = native_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         return (out, last) if return_last_state else out
     if chosen == "fused":

@@ -104,16 +104,21 @@ def library(dtype):
     return _libs[dtype]
 
 
+def runs_on(x: torch.Tensor) -> bool:
+    """Whether the kernels run on tensors like x: a float32 or float64 CPU tensor, the library built."""
+    return x.device.type == "cpu" and x.dtype in VARIANTS and library(x.dtype) is not None
+
+
 def supports(u, B, C) -> bool:
-    """Whether the kernel takes these inputs: a float CPU tensor, variable B and C, a state size it
+    """Whether the scan kernel takes these inputs: `runs_on(u)`, variable B and C, a state size it
     holds, and channel groups that are whole vector blocks."""
-    if u.device.type != "cpu" or u.dtype not in VARIANTS or B.dim() < 3 or C.dim() < 3 or B.shape[-2] > MAX_STATE:
+    if B.dim() < 3 or C.dim() < 3 or B.shape[-2] > MAX_STATE or u.dtype not in VARIANTS:
         return False
     lanes = VARIANTS[u.dtype][0]
     for x in (B, C):
         if x.dim() == 4 and x.shape[1] > 1 and (u.shape[1] // x.shape[1]) % lanes:
             return False
-    return library(u.dtype) is not None
+    return runs_on(u)
 
 
 def _channel_last(t: torch.Tensor) -> torch.Tensor:

@@ -279,10 +279,12 @@ def test_fused_float32_decay_is_exp_to_float32_precision():
     assert _decay(-0.3, False) == np.exp(-0.3)  # float64: the exact exp
 
 
-def test_mamba_layer_checkpointing_in_batch_slices_keeps_outputs_and_gradients(monkeypatch):
+@pytest.mark.parametrize("scan", ["auto", "torch"])  # the native block where it runs; autograd's checkpointing
+def test_mamba_layer_checkpointing_in_batch_slices_keeps_outputs_and_gradients(monkeypatch, scan):
     arch = "mamba"
     from adbench.models import recompute
     monkeypatch.setattr(recompute, "RECOMPUTE_TOKENS", 16)  # 4 sequences x 20 tokens: recomputed one by one
+    monkeypatch.setenv("ADBENCH_SCAN", scan)
     torch.manual_seed(0)
     plain = build(arch, 3, 2, d_model=16, n_layers=2, window=20).backbone.double()
     sliced = build(arch, 3, 2, d_model=16, n_layers=2, window=20, checkpoint_layers=True).backbone.double()

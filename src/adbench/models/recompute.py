@@ -6,8 +6,7 @@ contexts a Mamba layer's intermediate (batch, length, d_inner) tensors are what 
 (benchmarks/backbones.py, d_model 128, batch 8: 2.3 -> 1.4 GiB, and faster). Small slices are also
 faster: glibc serves each allocation over 32 MB with a fresh mmap, page-faulted on first touch and
 unmapped when freed, and a slice of 16k tokens keeps d_inner = 256 tensors at 16 MB, reused from the
-heap instead (Mamba at 16k tokens: 19.6 s with 32k-token slices, 14.9 s with 16k; with the native
-block below, 8k- and 16k-token slices ran equally fast and 8k peaked at 0.91 GiB, 16k at 0.97-1.0). The transformer
+heap instead (Mamba at 16k tokens: 19.6 s with 32k-token slices, 14.9 s with 16k). The transformer
 keeps whole-batch checkpointing: sliced, its attention at 16k took twice the memory. Where the native
 kernels run, a Mamba block is checkpointed by `mamba_native` instead, over the same slices.
 """
@@ -17,7 +16,7 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
-RECOMPUTE_TOKENS = 8192
+RECOMPUTE_TOKENS = 16384
 
 
 def batch_slices(batch: int, length: int) -> list[slice]:

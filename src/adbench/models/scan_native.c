@@ -78,14 +78,25 @@ static inline vec vexp(vec x) {
     vec p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
     return p * scale2(mi);
 }
+static inline vec exp2_poly(vec r) {
+    return 1.000000072f + r * (6.931469671e-1f + r * (2.402211979e-1f + r * (5.550713315e-2f + r * (
+        9.675537697e-3f + r * 1.327644440e-3f))));
+}
+#ifdef __AVX512F__
+/* round and scale by one instruction each (vrndscaleps, vscalefps): no clamp above (scalef gives inf),
+ * and the clamp below keeps results normal, as the generic version's */
+static inline vec vexp2(vec x) {
+    x = vmax(x, splat(-126.0f));
+    vec m = (vec)_mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return (vec)_mm512_scalef_ps((__m512)exp2_poly(x - m), (__m512)m);
+}
+#else
 static inline vec vexp2(vec x) {
     x = vmax(vmin(x, splat(127.0f)), splat(-126.0f));
     ivec mi = __builtin_convertvector(x + 126.5f, ivec) - 126;
-    vec r = x - __builtin_convertvector(mi, vec);
-    vec p = 1.000000072f + r * (6.931469671e-1f + r * (2.402211979e-1f + r * (5.550713315e-2f + r * (
-        9.675537697e-3f + r * 1.327644440e-3f))));
-    return p * scale2(mi);
+    return exp2_poly(x - __builtin_convertvector(mi, vec)) * scale2(mi);
 }
+#endif
 /* softplus(x) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1]; log1p(e) = 2 atanh(s), s = e / (2 + e)
  * in (0, 1/3], by its series to s^15 (relative error below 1e-9, under float's): no log call. */
 static inline vec vsoftplus(vec x) {
@@ -166,18 +177,24 @@ void NAME(scan_forward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 n, i64 
     }
 }
 
-/* What a channel block carries from one chunk to the one before it in the backward pass. */
-typedef struct { vec lam[MAXN], dA[MAXN], dD, dbias; } carry_t;
+/* What a channel block carries from one chunk to the one before it in the backward pass: per state
+ * index the adjoint and dA's running sum. (What one step of the adjoint reads and writes lies side by
+ * side, here and in cell_t: as separate arrays a multiple of 4 KB apart, their loads and stores shared
+ * address bits; 16k-token slice, one thread: backward 62 -> 60 ms.) */
+typedef struct { vec lam, dA; } carry_state_t;
+typedef struct { carry_state_t s[MAXN]; vec dD, dbias; } carry_t;
 
-/* Per work unit and time chunk: the chunk's B and C gradients as lanes, summed over the unit's blocks
- * of one group, and the recomputed chunk (its states, decays, dt, d dt / d delta, C h + D u). */
+/* Per work unit and time chunk, for each step j and state index k: the recomputed state before the step
+ * (h) and decay (a), and the B and C gradients as lanes, summed over the unit's blocks of one group; per
+ * step: dt, d dt / d delta and C h + D u. Row j = MAXCHUNK holds only the chunk's last state. */
+typedef struct { vec h, a, accB, accC; } cell_t;
 typedef struct {
-    vec accB[MAXCHUNK * MAXN], accC[MAXCHUNK * MAXN];
-    vec h[(MAXCHUNK + 1) * MAXN], a[MAXCHUNK * MAXN], dt[MAXCHUNK], slope[MAXCHUNK], y[MAXCHUNK];
+    cell_t c[(MAXCHUNK + 1) * MAXN];
+    vec dt[MAXCHUNK], slope[MAXCHUNK], y[MAXCHUNK];
 } chunk_t;
 
 /* One channel block over time steps [t0, t1): recompute the chunk's states from its checkpoint,
- * then run the adjoint recurrence in reverse, adding the B and C gradients into w->accB / accC. */
+ * then run the adjoint recurrence in reverse, adding the B and C gradients into its cells' accB / accC. */
 static inline __attribute__((always_inline)) void backward_chunk(i64 i, i64 c0, int nl, i64 t0, i64 t1, i64 L, i64 d, i64 n,
                            i64 gi, const REAL *u, i64 su_b, i64 su_t, const REAL *dt, i64 sdt_b, i64 sdt_t,
                            const REAL *bias, int soft, const REAL *At, const REAL *B, const i64 *sB,
@@ -188,7 +205,7 @@ static inline __attribute__((always_inline)) void backward_chunk(i64 i, i64 c0, 
     for (i64 k = 0; k < n; k++) { A[k] = load(At + k * d + c0, nl); A2[k] = A[k] * LOG2E; }
     vec Dv = load(D + c0, nl), bv = bias ? load(bias + c0, nl) : splat(0);
     const REAL *Bi = B + i * sB[0] + gi * sB[1], *Ci = C + i * sC[0] + gi * sC[1];
-    for (i64 k = 0; k < n; k++) w->h[k] = load(ck + k * d, nl);
+    for (i64 k = 0; k < n; k++) w->c[k].h = load(ck + k * d, nl);
     for (i64 t = t0; t < t1; t++) {  /* recompute the chunk's states and decays */
         i64 j = t - t0;
         vec ut = load(u + i * su_b + t * su_t + c0, nl), dtt = load(dt + i * sdt_b + t * sdt_t + c0, nl) + bv;
@@ -197,9 +214,9 @@ static inline __attribute__((always_inline)) void backward_chunk(i64 i, i64 c0, 
         w->dt[j] = dtt;
         vec y = Dv * ut, drive = dtt * ut;
         for (i64 k = 0; k < n; k++) {
-            vec a = vexp2(dtt * A2[k]), hn = a * w->h[j * n + k] + drive * Bi[k * sB[2] + t * sB[3]];
-            w->a[j * n + k] = a;
-            w->h[(j + 1) * n + k] = hn;
+            vec a = vexp2(dtt * A2[k]), hn = a * w->c[j * n + k].h + drive * Bi[k * sB[2] + t * sB[3]];
+            w->c[j * n + k].a = a;
+            w->c[(j + 1) * n + k].h = hn;
             y += Ci[k * sC[2] + t * sC[3]] * hn;  /* the pre-gate output, for the gate's gradient */
         }
         w->y[j] = y;
@@ -221,13 +238,14 @@ static inline __attribute__((always_inline)) void backward_chunk(i64 i, i64 c0, 
         cr->dD += g * ut;
         for (i64 k = 0; k < n; k++) {
             REAL bk = Bi[k * sB[2] + t * sB[3]], ckv = Ci[k * sC[2] + t * sC[3]];
-            vec l = cr->lam[k] + g * ckv, a = w->a[j * n + k], lah = l * a * w->h[j * n + k];
-            w->accC[j * n + k] += g * w->h[(j + 1) * n + k];
-            w->accB[j * n + k] += l * dtu;
+            cell_t *cell = w->c + j * n + k;
+            vec l = cr->s[k].lam + g * ckv, a = cell->a, lah = l * a * cell->h;
+            cell->accC += g * cell[n].h;
+            cell->accB += l * dtu;
             sb += l * bk;
             sa += A[k] * lah;
-            cr->dA[k] += dtt * lah;
-            cr->lam[k] = l * a;
+            cr->s[k].dA += dtt * lah;
+            cr->s[k].lam = l * a;
         }
         vec ddt_t = (ut * sb + sa) * w->slope[j];
         cr->dbias += ddt_t;
@@ -260,7 +278,7 @@ void NAME(scan_backward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 n, i64
                 for (i64 bl = 0; bl < blocks; bl++) {
                     i64 c0 = c_lo + bl * W, gi = c0 / per_group;
                     if (bl == 0 || c0 % per_group == 0)  /* a new group's sums begin */
-                        for (i64 jk = 0; jk < (t1 - t0) * n; jk++) w->accB[jk] = w->accC[jk] = splat(0);
+                        for (i64 jk = 0; jk < (t1 - t0) * n; jk++) w->c[jk].accB = w->c[jk].accC = splat(0);
                     int nl = d - c0 < W ? (int)(d - c0) : W;
                     const REAL *ck = ckpt + ((i * chunks + ch) * n) * d + c0;
                     if (nl == W)
@@ -272,8 +290,8 @@ void NAME(scan_backward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 n, i64
                     if (bl == blocks - 1 || (c0 + W) % per_group == 0) {  /* the group's sums end: across lanes, once */
                         REAL *dBi = dBk + ((i * g + gi) * L + t0) * n, *dCi = dCk + ((i * g + gi) * L + t0) * n;
                         for (i64 jk = 0; jk < (t1 - t0) * n; jk++) {
-                            dBi[jk] += lane_sum(w->accB[jk]);
-                            dCi[jk] += lane_sum(w->accC[jk]);
+                            dBi[jk] += lane_sum(w->c[jk].accB);
+                            dCi[jk] += lane_sum(w->c[jk].accC);
                         }
                     }
                 }
@@ -281,7 +299,7 @@ void NAME(scan_backward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 n, i64
             for (i64 bl = 0; bl < blocks; bl++) {
                 i64 c0 = c_lo + bl * W;
                 int nl = d - c0 < W ? (int)(d - c0) : W;
-                for (i64 kk = 0; kk < n; kk++) store(dA + (i * n + kk) * d + c0, carry[bl].dA[kk], nl);
+                for (i64 kk = 0; kk < n; kk++) store(dA + (i * n + kk) * d + c0, carry[bl].s[kk].dA, nl);
                 store(dD + i * d + c0, carry[bl].dD, nl);
                 store(dbias + i * d + c0, carry[bl].dbias, nl);
             }

@@ -4,10 +4,11 @@ out by hand over the native kernels.
 What autograd's checkpointing of a block recomputes in backward is the whole forward; this backward
 recomputes only what the gradients need: the input projection, the convolution and the step sizes.
 The scan's chunk states are kept from the forward (n * d / 64 numbers per token, half a block input's
-worth at d_state 16), so the backward kernel starts from them and gives back the scan's output as it
-goes, which the output projection's weight gradient takes; the output projection is not rerun, and the
-gradients of the two halves of the input projection are written side by side, not concatenated. Both
-passes run over slices of the batch of at most RECOMPUTE_TOKENS tokens, as `recompute.checkpointed`.
+worth at d_state 16), and so is x_proj's output (dt_rank + 2 n per token, a third of a block input's
+worth; rerunning it took 7 ms of a 16k-token slice's ~250 ms backward on one thread), so the backward
+kernel starts from them and gives back the scan's output as it goes, which the output projection's
+weight gradient takes; the output projection is not rerun, and the gradients of the two halves of the
+input projection are written side by side, not concatenated. Both passes run over slices of the batch of at most RECOMPUTE_TOKENS tokens, as `recompute.checkpointed`.
 Used by MambaBackbone where the native kernels run (CPU, float32 or float64); elsewhere the block is
 checkpointed by autograd.
 """
@@ -28,14 +29,15 @@ def _normed(x: torch.Tensor, norm):
     return rs, xr, xr * norm.weight
 
 
-def _inputs(mixer, h: torch.Tensor, wT, xz_buffer: torch.Tensor):
+def _inputs(mixer, h: torch.Tensor, wT, xz_buffer: torch.Tensor, x_dbl: torch.Tensor, kept: bool):
     """The mixer's activations up to the scan, for normalised input h (b, l, d_model): the projection xz
     (written into the front of xz_buffer), the scan's input u and raw step sizes dt (b, l, d_inner), its
-    x_proj output, and B, C as (b, 1, n, l)."""
+    x_proj output x_dbl (written into x_dbl, or there already where `kept`), and B, C as (b, 1, n, l)."""
     di, r, n = mixer.d_inner, mixer.dt_rank, mixer.d_state
     xz = torch.matmul(h, mixer.in_proj.weight.t(), out=xz_buffer[:h.shape[0]])
     u = scan_native.conv_forward(xz[..., :di], wT, mixer.conv1d.bias)
-    x_dbl = F.linear(u, mixer.x_proj.weight)
+    if not kept:
+        torch.matmul(u, mixer.x_proj.weight.t(), out=x_dbl)
     dt = F.linear(x_dbl[..., :r].contiguous(), mixer.dt_proj.weight)  # (MKL: 2x slower on the strided view)
     B, C = (x_dbl[..., r + i * n:r + (i + 1) * n].transpose(1, 2)[:, None] for i in (0, 1))
     return xz, u, dt, x_dbl, B, C
@@ -63,22 +65,23 @@ class _Block(torch.autograd.Function):
             At = (-torch.exp(mixer.A_log)).t().contiguous()
             chunks = -(-x.shape[1] // scan_native.CHUNK)
             ckpt = x.new_empty(x.shape[0], chunks, mixer.d_state, mixer.d_inner)
+            x_dbl = x.new_empty(*x.shape[:2], mixer.x_proj.out_features)
             out = torch.empty_like(x)
             parts = batch_slices(*x.shape[:2])
             xz_buffer = _buffer(x, parts, 2 * mixer.d_inner)
             for part in parts:
                 xs = x[part]
                 _, _, h = _normed(xs, block.norm)
-                xz, u, dt, _, B, C = _inputs(mixer, h, wT, xz_buffer)
+                xz, u, dt, _, B, C = _inputs(mixer, h, wT, xz_buffer, x_dbl[part], kept=False)
                 y, _, _ = scan_native.scan_forward(*_scan_args(mixer, xz, u, dt, B, C, At), ckpt=ckpt[part])
                 torch.addmm(xs.flatten(0, 1), y.flatten(0, 1), mixer.out_proj.weight.t(), out=out[part].flatten(0, 1))
         ctx.block = block
-        ctx.save_for_backward(x, ckpt, wT, At)
+        ctx.save_for_backward(x, ckpt, x_dbl, wT, At)
         return out
 
     @staticmethod
     def backward(ctx, gout):
-        x, ckpt, wT, At = ctx.saved_tensors
+        x, ckpt, x_dbl_kept, wT, At = ctx.saved_tensors
         block = ctx.block
         mixer, norm = block.mixer, block.norm
         di, r = mixer.d_inner, mixer.dt_rank
@@ -91,7 +94,7 @@ class _Block(torch.autograd.Function):
             for part in parts:
                 xs, gs = x[part], gout[part]
                 rs, xr, h = _normed(xs, norm)
-                xz, u, dt, x_dbl, B, C = _inputs(mixer, h, wT, xz_buffer)
+                xz, u, dt, x_dbl, B, C = _inputs(mixer, h, wT, xz_buffer, x_dbl_kept[part], kept=True)
                 dy = gs @ mixer.out_proj.weight
                 dxz, y = dxz_buffer[:xs.shape[0]], torch.empty_like(u)
                 du, ddt, _, dA, dB, dC, dD, dbias = scan_native.scan_backward(

@@ -153,6 +153,27 @@ def test_native_conv_silu_equals_torchs_conv1d(monkeypatch, dtype):
         torch.testing.assert_close(a, b_, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_rms_norm_equals_torchs_ops(monkeypatch, dtype, threads):
+    """RMSNorm by the C kernel against torch's ops: output and the input's and weight's gradients; width
+    21 (a whole vector block of floats and a partial one), rows split over threads."""
+    _needs_native("native")
+    from adbench.models.scan import rms_norm
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(3, 7, 21, generator=g, dtype=dtype) * 3, torch.randn(21, generator=g, dtype=dtype)
+    results = {}
+    with _torch_threads(threads):
+        for choice in ("native", "torch"):
+            monkeypatch.setenv("ADBENCH_SCAN", choice)
+            leaves = [t.clone().requires_grad_() for t in (x, w)]
+            out = rms_norm(leaves[0], leaves[1], 1e-5)
+            results[choice] = [out, *torch.autograd.grad((out * torch.arange(out.numel()).reshape(out.shape).sin()).sum(), leaves)]
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for a, b_ in zip(results["native"], results["torch"]):
+        torch.testing.assert_close(a, b_, rtol=tol, atol=tol)
+
+
 def test_fused_scan_keeps_torchs_thread_count():
     """numba's first parallel launch resets the process's OpenMP thread count; a job's `threads` must
     survive it. In a fresh process, since the reset happens once per process."""

@@ -13,7 +13,7 @@ from torch import nn
 
 from . import mamba_native
 from .recompute import checkpointed
-from .scan import conv_silu, selective_scan
+from .scan import conv_silu, rms_norm, selective_scan
 
 
 class RMSNorm(nn.Module):
@@ -23,7 +23,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return rms_norm(x, self.weight, self.eps)
 
 
 class Mamba(nn.Module):

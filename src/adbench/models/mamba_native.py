@@ -21,14 +21,6 @@ from .recompute import batch_slices
 from .scan import native_kernels
 
 
-def _normed(x: torch.Tensor, norm):
-    """RMSNorm (mamba.RMSNorm's arithmetic) with the parts its backward takes: rs = (mean(x^2) + eps)^-1/2,
-    x rs and h = x rs w."""
-    rs = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)
-    xr = x * rs
-    return rs, xr, xr * norm.weight
-
-
 def _inputs(mixer, h: torch.Tensor, wT, xz_buffer: torch.Tensor, x_dbl: torch.Tensor, kept: bool):
     """The mixer's activations up to the scan, for normalised input h (b, l, d_model): the projection xz
     (written into the front of xz_buffer), the scan's input u and raw step sizes dt (b, l, d_inner), its
@@ -71,7 +63,7 @@ class _Block(torch.autograd.Function):
             xz_buffer = _buffer(x, parts, 2 * mixer.d_inner)
             for part in parts:
                 xs = x[part]
-                _, _, h = _normed(xs, block.norm)
+                h, _ = scan_native.rms_norm_forward(xs, block.norm.weight, block.norm.eps)
                 xz, u, dt, _, B, C = _inputs(mixer, h, wT, xz_buffer, x_dbl[part], kept=False)
                 y, _, _ = scan_native.scan_forward(*_scan_args(mixer, xz, u, dt, B, C, At), ckpt=ckpt[part])
                 torch.addmm(xs.flatten(0, 1), y.flatten(0, 1), mixer.out_proj.weight.t(), out=out[part].flatten(0, 1))
@@ -93,7 +85,7 @@ class _Block(torch.autograd.Function):
             xz_buffer, dxz_buffer = _buffer(x, parts, 2 * di), _buffer(x, parts, 2 * di)
             for part in parts:
                 xs, gs = x[part], gout[part]
-                rs, xr, h = _normed(xs, norm)
+                h, rs = scan_native.rms_norm_forward(xs, norm.weight, norm.eps)
                 xz, u, dt, x_dbl, B, C = _inputs(mixer, h, wT, xz_buffer, x_dbl_kept[part], kept=True)
                 dy = gs @ mixer.out_proj.weight
                 dxz, y = dxz_buffer[:xs.shape[0]], torch.empty_like(u)
@@ -115,12 +107,7 @@ class _Block(torch.autograd.Function):
                 grads["mixer.conv1d.bias"] += dcb
                 grads["mixer.in_proj.weight"] += dxz.flatten(0, 1).t() @ h.flatten(0, 1)
                 dh = dxz @ mixer.in_proj.weight
-                # h = x rs w, rs = (mean(x^2) + eps)^-1/2: dx = rs a - x rs^3 mean(a x), a = dh w (in place: the
-                # (b, l, d_model) temporaries are what the norm costs)
-                grads["norm.weight"] += (dh * xr).flatten(0, 1).sum(0)
-                a = dh.mul_(norm.weight)
-                coef = rs.pow(3).mul_((a * xs).mean(-1, keepdim=True))
-                torch.addcmul(gs, a, rs, out=gx[part]).addcmul_(xs, coef, value=-1)
+                grads["norm.weight"] += scan_native.rms_norm_backward(xs, norm.weight, rs, dh, gs, gx[part])
         return (gx, None, *(grads[name] for name, _ in block.named_parameters()))
 
 

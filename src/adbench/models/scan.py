@@ -133,6 +133,15 @@ def conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torc
     return F.silu(conv[..., :x.shape[1]]).transpose(1, 2)
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x * (mean(x^2 over the last dimension) + eps)^-1/2 * weight: the C kernel where the native scan
+    runs (one pass over each row, where torch's ops take five), else torch's ops."""
+    native = native_kernels()
+    if native is not None and native.runs_on(x) and weight.dtype == x.dtype:
+        return native.NativeRMSNorm.apply(x, weight, eps)
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
 def _mamba_ssm():
     """mamba_ssm's CUDA `selective_scan_fn`, imported only when asked for on a CUDA tensor."""
     try:

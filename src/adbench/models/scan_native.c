@@ -389,3 +389,50 @@ void NAME(conv_silu_backward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 K
         free(acc);
     }
 }
+
+/* The blocks' RMSNorm over rows of width m: h = x rs w, rs = (mean(x^2) + eps)^-1/2, one pass over a
+ * row where torch's ops take five. x, h, dh, gin, gx: (rows, m) contiguous; rs: (rows). Units are rows
+ * [b0, b1). The backward: gx = gin + rs a - x rs^3 mean(a x), a = dh w (gin, which may be NULL, is the
+ * gradient arriving by the residual), and unit k's dw (m) = sum over its rows of dh x rs. */
+#define FOR_ROW_BLOCKS for (i64 c0 = 0; c0 < m; c0 += W)
+#define ROW_NL const int nl = m - c0 < W ? (int)(m - c0) : W
+
+void NAME(rms_norm_forward_)(i64 nunits, const i64 *units, i64 m, const REAL *x, const REAL *w, REAL eps, REAL *h,
+                             REAL *rs) {
+    #pragma omp parallel for num_threads(nunits) schedule(static, 1)
+    FOR_UNITS {
+        UNIT;
+        for (i64 r = b0; r < b1; r++) {
+            const REAL *xr = x + r * m;
+            vec ss = splat(0);
+            FOR_ROW_BLOCKS { ROW_NL; vec v = load(xr + c0, nl); ss += v * v; }
+            REAL s = (REAL)(1 / sqrt((double)lane_sum(ss) / m + eps));
+            rs[r] = s;
+            FOR_ROW_BLOCKS { ROW_NL; store(h + r * m + c0, load(xr + c0, nl) * s * load(w + c0, nl), nl); }
+        }
+    }
+}
+
+void NAME(rms_norm_backward_)(i64 nunits, const i64 *units, i64 m, const REAL *x, const REAL *w, const REAL *rs,
+                              const REAL *dh, const REAL *gin, REAL *gx, REAL *dw) {
+    #pragma omp parallel for num_threads(nunits) schedule(static, 1)
+    FOR_UNITS {
+        UNIT;
+        vec *acc = aligned_alloc(64, sizeof(vec) * ((m + W - 1) / W));
+        FOR_ROW_BLOCKS acc[c0 / W] = splat(0);
+        for (i64 r = b0; r < b1; r++) {
+            const REAL *xr = x + r * m, *dhr = dh + r * m;
+            vec sax = splat(0);
+            FOR_ROW_BLOCKS { ROW_NL; sax += load(dhr + c0, nl) * load(w + c0, nl) * load(xr + c0, nl); }
+            REAL s = rs[r], coef = s * s * s * lane_sum(sax) / m;
+            FOR_ROW_BLOCKS {
+                ROW_NL;
+                vec xv = load(xr + c0, nl), dv = load(dhr + c0, nl), gv = gin ? load(gin + r * m + c0, nl) : splat(0);
+                store(gx + r * m + c0, gv + s * dv * load(w + c0, nl) - coef * xv, nl);
+                acc[c0 / W] += dv * xv * s;
+            }
+        }
+        FOR_ROW_BLOCKS { ROW_NL; store(dw + k * m + c0, acc[c0 / W], nl); }
+        free(acc);
+    }
+}

@@ -286,6 +286,54 @@ def conv_backward(x, wT, bias, gout, dx=None):
     return dx, dwT.sum(0), dbias.sum(0)
 
 
+def _row_units(rows: int) -> list:
+    """(r0, r1, 0, 0) pieces of work: rows split across torch's threads."""
+    parts = max(1, min(torch.get_num_threads(), rows))
+    return [(rows * i // parts, rows * (i + 1) // parts, 0, 0) for i in range(parts)]
+
+
+def _real(dtype, value: float):
+    return (ctypes.c_float if dtype == torch.float32 else ctypes.c_double)(value)
+
+
+def rms_norm_forward(x, weight, eps: float):
+    """RMSNorm of x (..., m) contiguous: h = x rs weight and rs = (mean(x^2) + eps)^-1/2 (x.shape[:-1])."""
+    h, rs = torch.empty_like(x), x.new_empty(x.shape[:-1])
+    rows = rs.numel()
+    _kernel(x.dtype, "rms_norm_forward_")(*_unit_args(_row_units(rows)), *_ints(x.shape[-1]), _ptr(x), _ptr(weight),
+                                          _real(x.dtype, eps), _ptr(h), _ptr(rs))
+    return h, rs
+
+
+def rms_norm_backward(x, weight, rs, dh, gin, gx):
+    """RMSNorm's backward for dh (the gradient of h, contiguous like x): writes gin + dx into gx (contiguous;
+    gin, the gradient arriving by the residual, may be gx itself, or None for none) and returns weight's
+    gradient."""
+    units = _row_units(rs.numel())
+    dw = x.new_empty(len(units), x.shape[-1])
+    _kernel(x.dtype, "rms_norm_backward_")(*_unit_args(units), *_ints(x.shape[-1]), _ptr(x), _ptr(weight), _ptr(rs),
+                                           _ptr(dh), _ptr(gin), _ptr(gx), _ptr(dw))
+    return dw.sum(0)
+
+
+class NativeRMSNorm(torch.autograd.Function):
+    """x (..., m) * (mean(x^2) + eps)^-1/2 * weight."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        x = x.contiguous()
+        h, rs = rms_norm_forward(x, weight, eps)
+        ctx.save_for_backward(x, weight, rs)
+        return h
+
+    @staticmethod
+    def backward(ctx, gh):
+        x, weight, rs = ctx.saved_tensors
+        gx = torch.empty_like(x)
+        dw = rms_norm_backward(x, weight, rs, gh.to(x.dtype).contiguous(), None, gx)
+        return gx, dw, None
+
+
 class NativeConvSilu(torch.autograd.Function):
     """silu(causal depthwise conv1d(x) + bias) on channel-last x (b, l, d); weight (d, 1, K)."""
 

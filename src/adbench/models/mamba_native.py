@@ -100,7 +100,7 @@ class _Block(torch.autograd.Function):
                 grads["mixer.dt_proj.weight"] += (x_dbl[..., :r].flatten(0, 1).t() @ ddt2).t()
                 d_dt_low = (mixer.dt_proj.weight.t() @ ddt2.t()).t().unflatten(0, ddt.shape[:2])
                 dx_dbl = torch.cat([d_dt_low, dB[:, 0], dC[:, 0]], dim=-1)
-                du += dx_dbl @ mixer.x_proj.weight
+                du.flatten(0, 1).addmm_(dx_dbl.flatten(0, 1), mixer.x_proj.weight)  # (one pass over du)
                 grads["mixer.x_proj.weight"] += dx_dbl.flatten(0, 1).t() @ u.flatten(0, 1)
                 _, dwT, dcb = scan_native.conv_backward(xz[..., :di], wT, mixer.conv1d.bias, du, dx=dxz[..., :di])
                 grads["mixer.conv1d.weight"] += dwT.t()[:, None]

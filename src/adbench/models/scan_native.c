@@ -343,49 +343,52 @@ void NAME(conv_silu_forward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 K,
 }
 
 /* Backward: gpre = gout * silu'(pre) (recomputed), dx[s] = sum_j w[j] gpre[s+K-1-j], and per batch
- * element dwT (K, d) and dbias (d). gout: (b, l, d); dx: element (i, s, c) at [i*sdx_b + s*sdx_t + c];
- * dwT: (b, K, d); dbias: (b, d). */
+ * element dwT (K, d) and dbias (d). One pass, time-major, as the data lie: each block keeps its last K
+ * values of gpre in a ring, so dx[s] is written as soon as step s + K - 1 is done. gout: (b, l, d);
+ * dx: element (i, s, c) at [i*sdx_b + s*sdx_t + c]; dwT: (b, K, d); dbias: (b, d). */
 void NAME(conv_silu_backward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 K, const REAL *x, i64 sx_b, i64 sx_t,
-                               const REAL *wT, const REAL *bias, const REAL *gout, REAL *gpre, REAL *dx, i64 sdx_b,
-                               i64 sdx_t, REAL *dwT, REAL *dbias) {
+                               const REAL *wT, const REAL *bias, const REAL *gout, REAL *dx, i64 sdx_b, i64 sdx_t,
+                               REAL *dwT, REAL *dbias) {
     #pragma omp parallel for num_threads(nunits) schedule(static, 1)
     FOR_UNITS {
         UNIT;
         i64 blocks = (c_hi - c_lo + W - 1) / W;
         vec *acc = aligned_alloc(64, sizeof(vec) * blocks * (K + 1));  /* per block: dw[0..K), dbias */
+        vec *ring = aligned_alloc(64, sizeof(vec) * blocks * K);       /* per block: gpre at t-K+1 .. t */
         for (i64 i = b0; i < b1; i++) {
             const REAL *xi = x + i * sx_b;
             for (i64 a = 0; a < blocks * (K + 1); a++) acc[a] = splat(0);
-            for (i64 t = 0; t < L; t++)  /* time-major, as the data lie: each step reads whole rows */
+            for (i64 t = 0; t < L + K - 1; t++) {  /* past L: the last dx, with gpre = 0 beyond the end */
                 FOR_BLOCKS {
                     NL;
-                    vec *dw = acc + (c0 - c_lo) / W * (K + 1);
-                    vec pre = conv_pre(xi, sx_t, t, c0, nl, d, K, wT, bias), sg = vsigmoid(pre);
-                    vec gp = load(gout + (i * L + t) * d + c0, nl) * sg * (1 + pre * (1 - sg));
-                    store(gpre + (i * L + t) * d + c0, gp, nl);
-                    dw[K] += gp;
-                    for (i64 j = 0; j < K; j++) {
-                        i64 s = t - K + 1 + j;
-                        if (s >= 0) dw[j] += gp * load(xi + s * sx_t + c0, nl);
+                    i64 bl = (c0 - c_lo) / W;
+                    vec *dw = acc + bl * (K + 1), *rg = ring + bl * K, gp = splat(0);
+                    if (t < L) {
+                        vec pre = conv_pre(xi, sx_t, t, c0, nl, d, K, wT, bias), sg = vsigmoid(pre);
+                        gp = load(gout + (i * L + t) * d + c0, nl) * sg * (1 + pre * (1 - sg));
+                        dw[K] += gp;
+                        for (i64 j = 0; j < K; j++) {
+                            i64 s = t - K + 1 + j;
+                            if (s >= 0) dw[j] += gp * load(xi + s * sx_t + c0, nl);
+                        }
+                    }
+                    rg[t % K] = gp;
+                    i64 s = t - K + 1;
+                    if (s >= 0) {
+                        vec o = splat(0);
+                        for (i64 j = 0; j < K; j++) o += load(wT + j * d + c0, nl) * rg[(t - j) % K];
+                        store(dx + i * sdx_b + s * sdx_t + c0, o, nl);
                     }
                 }
+            }
             FOR_BLOCKS {
                 NL;
                 vec *dw = acc + (c0 - c_lo) / W * (K + 1);
                 for (i64 j = 0; j < K; j++) store(dwT + (i * K + j) * d + c0, dw[j], nl);
                 store(dbias + i * d + c0, dw[K], nl);
             }
-            for (i64 s = 0; s < L; s++)
-                FOR_BLOCKS {
-                    NL;
-                    vec o = splat(0);
-                    for (i64 j = 0; j < K; j++) {
-                        i64 t = s + K - 1 - j;
-                        if (t < L) o += load(wT + j * d + c0, nl) * load(gpre + (i * L + t) * d + c0, nl);
-                    }
-                    store(dx + i * sdx_b + s * sdx_t + c0, o, nl);
-                }
         }
+        free(ring);
         free(acc);
     }
 }

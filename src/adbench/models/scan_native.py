@@ -277,11 +277,10 @@ def conv_backward(x, wT, bias, gout, dx=None):
     """Gradients of conv_forward for gout (b, l, d) contiguous: dx (written into `dx` where given:
     (b, l, d), channel stride 1), dwT (K, d) and dbias (d,)."""
     dtype, (b, length, d), k = x.dtype, x.shape, wT.shape[0]
-    gpre = torch.empty_like(gout)
     dx = x.new_empty(b, length, d) if dx is None else dx
     dwT, dbias = x.new_empty(b, k, d), x.new_empty(b, d)
     _kernel(dtype, "conv_silu_backward_")(*_unit_args(_units(b, d, VARIANTS[dtype][0])), *_ints(length, d, k), _ptr(x),
-                                          *_ints(x.stride(0), x.stride(1)), _ptr(wT), _ptr(bias), _ptr(gout), _ptr(gpre),
+                                          *_ints(x.stride(0), x.stride(1)), _ptr(wT), _ptr(bias), _ptr(gout),
                                           _ptr(dx), *_ints(dx.stride(0), dx.stride(1)), _ptr(dwT), _ptr(dbias))
     return dx, dwT.sum(0), dbias.sum(0)
 

@@ -153,6 +153,22 @@ def test_native_conv_silu_equals_torchs_conv1d(monkeypatch, dtype):
         torch.testing.assert_close(a, b_, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("n", [8, 12, 17])
+def test_native_scan_state_sizes(n):
+    """The backward kernel's adjoint runs the state indices in tiles of 8: whole tiles, and a partial
+    one after them, against the sequential reference (float64, every gradient)."""
+    _needs_native("native")
+    u, delta, A, B, C, D, z, bias = _scan_inputs(2, 6, n, 70)
+    leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
+    kw = dict(D=D, z=z, delta_bias=bias, delta_softplus=True)
+    out = selective_scan(u, delta, A, B, C, impl="native", **kw)
+    ref = selective_scan_ref(u, delta, A, B, C, **kw)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    w = torch.randn_like(out)
+    for g, rg in zip(torch.autograd.grad((out * w).sum(), leaves), torch.autograd.grad((ref * w).sum(), leaves)):
+        torch.testing.assert_close(g, rg, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_rms_norm_equals_torchs_ops(monkeypatch, dtype, threads):

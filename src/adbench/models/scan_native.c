@@ -186,12 +186,43 @@ typedef struct { carry_state_t s[MAXN]; vec dD, dbias; } carry_t;
 
 /* Per work unit and time chunk, for each step j and state index k: the recomputed state before the step
  * (h) and decay (a), and the B and C gradients as lanes, summed over the unit's blocks of one group; per
- * step: dt, d dt / d delta and C h + D u. Row j = MAXCHUNK holds only the chunk's last state. */
+ * step: dt, d dt / d delta, C h + D u, the gated output's gradient g, dt u and the adjoint's two sums over
+ * the state (sb, sa). Row j = MAXCHUNK holds only the chunk's last state. */
 typedef struct { vec h, a, accB, accC; } cell_t;
 typedef struct {
     cell_t c[(MAXCHUNK + 1) * MAXN];
-    vec dt[MAXCHUNK], slope[MAXCHUNK], y[MAXCHUNK];
+    vec dt[MAXCHUNK], slope[MAXCHUNK], y[MAXCHUNK], g[MAXCHUNK], dtu[MAXCHUNK], sb[MAXCHUNK], sa[MAXCHUNK];
 } chunk_t;
+
+/* The adjoint over one chunk for state indices [k0, k0 + nk), nk <= KT, in reverse time: their lam and
+ * dA stay in registers through the chunk, and the sums over k (sb, sa) carry over from tile to tile in
+ * w. With l = dL/dh_t: du = g D + dt sum_k l B_k, ddt = u sum_k l B_k + sum_k l A_k a_k h_{t-1},
+ * dA_k += dt l a_k h_{t-1}; sb and sa hold the two sums over k. */
+#define KT 8
+static inline __attribute__((always_inline)) void adjoint_tile(i64 k0, int nk, i64 n, i64 t0, i64 t1, const vec *A,
+                                                               const REAL *Bi, const i64 *sB, const REAL *Ci,
+                                                               const i64 *sC, carry_t *cr, chunk_t *w) {
+    vec lam[KT], dAk[KT];
+    for (int kk = 0; kk < nk; kk++) { lam[kk] = cr->s[k0 + kk].lam; dAk[kk] = cr->s[k0 + kk].dA; }
+    for (i64 t = t1 - 1; t >= t0; t--) {
+        i64 j = t - t0;
+        vec g = w->g[j], dtt = w->dt[j], dtu = w->dtu[j], sb = w->sb[j], sa = w->sa[j];
+        for (int kk = 0; kk < nk; kk++) {
+            i64 k = k0 + kk;
+            cell_t *cell = w->c + j * n + k;
+            vec l = lam[kk] + g * Ci[k * sC[2] + t * sC[3]], a = cell->a, lah = l * a * cell->h;
+            cell->accC += g * cell[n].h;
+            cell->accB += l * dtu;
+            sb += l * Bi[k * sB[2] + t * sB[3]];
+            sa += A[k] * lah;
+            dAk[kk] += dtt * lah;
+            lam[kk] = l * a;
+        }
+        w->sb[j] = sb;
+        w->sa[j] = sa;
+    }
+    for (int kk = 0; kk < nk; kk++) { cr->s[k0 + kk].lam = lam[kk]; cr->s[k0 + kk].dA = dAk[kk]; }
+}
 
 /* One channel block over time steps [t0, t1): recompute the chunk's states from its checkpoint,
  * then run the adjoint recurrence in reverse, adding the B and C gradients into its cells' accB / accC. */
@@ -221,9 +252,9 @@ static inline __attribute__((always_inline)) void backward_chunk(i64 i, i64 c0, 
         }
         w->y[j] = y;
     }
-    for (i64 t = t1 - 1; t >= t0; t--) {  /* the adjoint recurrence, in reverse */
+    for (i64 t = t0; t < t1; t++) {  /* the gate's gradients, and what the adjoint takes per step */
         i64 j = t - t0;
-        vec ut = load(u + i * su_b + t * su_t + c0, nl), dtt = w->dt[j], g = load(dout + (i * L + t) * d + c0, nl);
+        vec ut = load(u + i * su_b + t * su_t + c0, nl), g = load(dout + (i * L + t) * d + c0, nl);
         if (z) {  /* out = y * silu(z): the gate's gradients */
             vec zt = load(z + i * sz_b + t * sz_t + c0, nl), s = vsigmoid(zt);
             store(dz + i * sdz_b + t * sdz_t + c0, g * w->y[j] * s * (1 + zt * (1 - s)), nl);
@@ -232,24 +263,22 @@ static inline __attribute__((always_inline)) void backward_chunk(i64 i, i64 c0, 
         } else if (yout) {
             store(yout + (i * L + t) * d + c0, w->y[j], nl);
         }
-        /* with l = dL/dh_t: du = g D + dt sum_k l B_k, ddt = u sum_k l B_k + sum_k l A_k a_k h_{t-1},
-         * dA_k += dt l a_k h_{t-1}; sb and sa hold the two sums over k */
-        vec sb = splat(0), sa = splat(0), dtu = dtt * ut;
         cr->dD += g * ut;
-        for (i64 k = 0; k < n; k++) {
-            REAL bk = Bi[k * sB[2] + t * sB[3]], ckv = Ci[k * sC[2] + t * sC[3]];
-            cell_t *cell = w->c + j * n + k;
-            vec l = cr->s[k].lam + g * ckv, a = cell->a, lah = l * a * cell->h;
-            cell->accC += g * cell[n].h;
-            cell->accB += l * dtu;
-            sb += l * bk;
-            sa += A[k] * lah;
-            cr->s[k].dA += dtt * lah;
-            cr->s[k].lam = l * a;
-        }
-        vec ddt_t = (ut * sb + sa) * w->slope[j];
+        w->g[j] = g;
+        w->dtu[j] = w->dt[j] * ut;
+        w->sb[j] = w->sa[j] = splat(0);
+    }
+    for (i64 k0 = 0; k0 < n; k0 += KT) {  /* the adjoint recurrence, in reverse, KT state indices at a time */
+        if (n - k0 >= KT)
+            adjoint_tile(k0, KT, n, t0, t1, A, Bi, sB, Ci, sC, cr, w);
+        else
+            adjoint_tile(k0, (int)(n - k0), n, t0, t1, A, Bi, sB, Ci, sC, cr, w);
+    }
+    for (i64 t = t0; t < t1; t++) {
+        i64 j = t - t0;
+        vec ut = load(u + i * su_b + t * su_t + c0, nl), ddt_t = (ut * w->sb[j] + w->sa[j]) * w->slope[j];
         cr->dbias += ddt_t;
-        store(du + (i * L + t) * d + c0, g * Dv + dtt * sb, nl);
+        store(du + (i * L + t) * d + c0, w->g[j] * Dv + w->dt[j] * w->sb[j], nl);
         store(ddt + (i * L + t) * d + c0, ddt_t, nl);
     }
 }

@@ -374,12 +374,13 @@ def test_mamba_layer_on_the_native_kernels_equals_the_pytorch_path(monkeypatch, 
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("d_model, batch, threads", [(16, 4, 1), (5, 3, 2), (16, 1, 2)])
+@pytest.mark.parametrize("d_model, batch, threads", [(16, 4, 1), (5, 3, 2), (16, 1, 2), (40, 2, 1)])
 def test_native_checkpointed_block_equals_autograd_on_the_pytorch_path(monkeypatch, d_model, batch, threads):
     """The hand-written block backward (checkpoint_layers on the native kernels) against plain autograd
     through the PyTorch scan and torch's conv1d, no checkpointing: outputs and every parameter's and
     the input's gradient, float64. 16-token slices: several slices of one sequence each (d_inner 10:
-    a partial vector block; batch 1 on 2 threads: channels split)."""
+    a partial vector block; batch 1 on 2 threads: channels split; d_model 40: dt_rank 3 and five vector
+    blocks)."""
     _needs_native("native")
     from adbench.models import mamba_native, recompute
     monkeypatch.setattr(recompute, "RECOMPUTE_TOKENS", 16)

@@ -136,18 +136,22 @@ def test_scan_picks_the_native_kernel_on_cpu_and_honours_the_override(monkeypatc
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_native_conv_silu_equals_torchs_conv1d(monkeypatch, dtype):
+@pytest.mark.parametrize("width, threads", [(4, 1), (4, 4), (3, 4)])
+def test_native_conv_silu_equals_torchs_conv1d(monkeypatch, dtype, width, threads):
+    """On 4 threads the 3 sequences are too few to go one per thread, so the kernels split the steps
+    (each unit's last dx reaches K - 1 steps into the next unit's range); width 3 is the generic path."""
     _needs_native("native")
     from adbench.models.scan import conv_silu
     g = torch.Generator().manual_seed(0)
     xz = torch.randn(3, 50, 40, generator=g, dtype=dtype)  # x is a strided slice, as Mamba's in_proj makes it
-    w, b = torch.randn(20, 1, 4, generator=g, dtype=dtype), torch.randn(20, generator=g, dtype=dtype)
+    w, b = torch.randn(20, 1, width, generator=g, dtype=dtype), torch.randn(20, generator=g, dtype=dtype)
     results = {}
-    for choice in ("native", "torch"):
-        monkeypatch.setenv("ADBENCH_SCAN", choice)
-        leaves = [t.clone().requires_grad_() for t in (xz, w, b)]
-        out = conv_silu(leaves[0][..., :20], leaves[1], leaves[2])
-        results[choice] = [out, *torch.autograd.grad((out * torch.arange(out.numel()).reshape(out.shape).sin()).sum(), leaves)]
+    with _torch_threads(threads):
+        for choice in ("native", "torch"):
+            monkeypatch.setenv("ADBENCH_SCAN", choice)
+            leaves = [t.clone().requires_grad_() for t in (xz, w, b)]
+            out = conv_silu(leaves[0][..., :20], leaves[1], leaves[2])
+            results[choice] = [out, *torch.autograd.grad((out * torch.arange(out.numel()).reshape(out.shape).sin()).sum(), leaves)]
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     for a, b_ in zip(results["native"], results["torch"]):
         torch.testing.assert_close(a, b_, rtol=tol, atol=tol)

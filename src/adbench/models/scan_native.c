@@ -343,8 +343,8 @@ void NAME(scan_backward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 n, i64
  * Work comes in units, as the scan's; each channel block of W lanes is one vector. */
 
 /* bias + sum_j w[j] x[t-K+1+j] on the block at channel c0, for one sequence xi */
-static inline vec conv_pre(const REAL *xi, i64 sx_t, i64 t, i64 c0, int nl, i64 d, i64 K, const REAL *wT,
-                           const REAL *bias) {
+static inline __attribute__((always_inline)) vec conv_pre(const REAL *xi, i64 sx_t, i64 t, i64 c0, int nl, i64 d, i64 K,
+                                                          const REAL *wT, const REAL *bias) {
     vec pre = load(bias + c0, nl);
     for (i64 j = 0; j < K; j++) {
         i64 s = t - K + 1 + j;
@@ -353,69 +353,105 @@ static inline vec conv_pre(const REAL *xi, i64 sx_t, i64 t, i64 c0, int nl, i64 
     return pre;
 }
 
-#define FOR_BLOCKS for (i64 c0 = c_lo; c0 < c_hi; c0 += W)
+/* The conv kernels' units are (b0, b1, t_lo, t_hi): batch elements [b0, b1), steps [t_lo, t_hi), all channels.
+ * (Where a call has fewer sequences than threads they split time, not channels: on two threads, split
+ * channels ran the conv no faster than one thread.) */
+#define CONV_UNIT const i64 b0 = units[4 * k], b1 = units[4 * k + 1], t_lo = units[4 * k + 2], t_hi = units[4 * k + 3]
+#define FOR_BLOCKS for (i64 c0 = 0; c0 < d; c0 += W)
 #define NL const int nl = d - c0 < W ? (int)(d - c0) : W
+/* The conv kernels' step bodies take the lane count, the width and whether the window lies inside the
+ * sequence as arguments, and are called with constants in the common case (whole blocks, Mamba's
+ * d_conv = 4, t >= 3): so the window unrolls, the loads need no lane test and stay in registers (the
+ * generic body kept its vectors on the stack). */
+#define CONV_COMMON(t) (nl == W && K == 4 && (t) >= 3)
+
+static inline __attribute__((always_inline)) void conv_forward_step(const REAL *xi, i64 sx_t, i64 t, i64 c0, int nl,
+                                                                    i64 d, i64 K, const REAL *wT, const REAL *bias,
+                                                                    REAL *o) {
+    vec pre = conv_pre(xi, sx_t, t, c0, nl, d, K, wT, bias);
+    store(o, pre * vsigmoid(pre), nl);
+}
 
 void NAME(conv_silu_forward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 K, const REAL *x, i64 sx_b, i64 sx_t,
                               const REAL *wT, const REAL *bias, REAL *out) {
     #pragma omp parallel for num_threads(nunits) schedule(static, 1)
     FOR_UNITS {
-        UNIT;
+        CONV_UNIT;
         for (i64 i = b0; i < b1; i++)
-            for (i64 t = 0; t < L; t++)
+            for (i64 t = t_lo; t < t_hi; t++)
                 FOR_BLOCKS {
                     NL;
-                    vec pre = conv_pre(x + i * sx_b, sx_t, t, c0, nl, d, K, wT, bias);
-                    store(out + (i * L + t) * d + c0, pre * vsigmoid(pre), nl);
+                    REAL *o = out + (i * L + t) * d + c0;
+                    if (CONV_COMMON(t))
+                        conv_forward_step(x + i * sx_b, sx_t, t, c0, W, d, 4, wT, bias, o);
+                    else
+                        conv_forward_step(x + i * sx_b, sx_t, t, c0, nl, d, K, wT, bias, o);
                 }
     }
 }
 
-/* Backward: gpre = gout * silu'(pre) (recomputed), dx[s] = sum_j w[j] gpre[s+K-1-j], and per batch
- * element dwT (K, d) and dbias (d). One pass, time-major, as the data lie: each block keeps its last K
- * values of gpre in a ring, so dx[s] is written as soon as step s + K - 1 is done. gout: (b, l, d);
- * dx: element (i, s, c) at [i*sdx_b + s*sdx_t + c]; dwT: (b, K, d); dbias: (b, d). */
+/* One step of the backward on one block (see conv_silu_backward_): dw (K + 1 sums) and ring (K values of
+ * gpre) are the block's; steps from t_hi on only fill the ring, for the unit's last dx. */
+static inline __attribute__((always_inline)) void conv_backward_step(const REAL *xi, i64 sx_t, i64 t, i64 L, i64 t_lo,
+                                                                     i64 t_hi, i64 c0, int nl, i64 d, i64 K,
+                                                                     const REAL *wT, const REAL *bias, const REAL *g,
+                                                                     vec *dw, vec *rg, REAL *dxi, i64 sdx_t) {
+    vec gp = splat(0);
+    if (t < L) {
+        vec pre = conv_pre(xi, sx_t, t, c0, nl, d, K, wT, bias), sg = vsigmoid(pre);
+        gp = load(g, nl) * sg * (1 + pre * (1 - sg));
+        if (t < t_hi) {
+            dw[K] += gp;
+            for (i64 j = 0; j < K; j++) {
+                i64 s = t - K + 1 + j;
+                if (s >= 0) dw[j] += gp * load(xi + s * sx_t + c0, nl);
+            }
+        }
+    }
+    rg[t % K] = gp;
+    i64 s = t - K + 1;
+    if (s >= t_lo) {
+        vec o = splat(0);
+        for (i64 j = 0; j < K; j++) o += load(wT + j * d + c0, nl) * rg[(t - j) % K];
+        store(dxi + s * sdx_t + c0, o, nl);
+    }
+}
+
+/* Backward: gpre = gout * silu'(pre) (recomputed), dx[s] = sum_j w[j] gpre[s+K-1-j], and per unit
+ * dwT (K, d) and dbias (d). One pass, time-major, as the data lie: each block keeps its last K values
+ * of gpre in a ring, so dx[s] is written as soon as step s + K - 1 is done (a unit runs K - 1 steps past
+ * its range for its last dx). gout: (b, l, d); dx: element (i, s, c) at [i*sdx_b + s*sdx_t + c];
+ * dwT: (nunits, K, d); dbias: (nunits, d). */
 void NAME(conv_silu_backward_)(i64 nunits, const i64 *units, i64 L, i64 d, i64 K, const REAL *x, i64 sx_b, i64 sx_t,
                                const REAL *wT, const REAL *bias, const REAL *gout, REAL *dx, i64 sdx_b, i64 sdx_t,
                                REAL *dwT, REAL *dbias) {
     #pragma omp parallel for num_threads(nunits) schedule(static, 1)
     FOR_UNITS {
-        UNIT;
-        i64 blocks = (c_hi - c_lo + W - 1) / W;
+        CONV_UNIT;
+        i64 blocks = (d + W - 1) / W, t_end = t_hi + K - 1 < L + K - 1 ? t_hi + K - 1 : L + K - 1;
         vec *acc = aligned_alloc(64, sizeof(vec) * blocks * (K + 1));  /* per block: dw[0..K), dbias */
         vec *ring = aligned_alloc(64, sizeof(vec) * blocks * K);       /* per block: gpre at t-K+1 .. t */
+        for (i64 a = 0; a < blocks * (K + 1); a++) acc[a] = splat(0);
         for (i64 i = b0; i < b1; i++) {
             const REAL *xi = x + i * sx_b;
-            for (i64 a = 0; a < blocks * (K + 1); a++) acc[a] = splat(0);
-            for (i64 t = 0; t < L + K - 1; t++) {  /* past L: the last dx, with gpre = 0 beyond the end */
+            for (i64 t = t_lo; t < t_end; t++)  /* past L: the last dx, with gpre = 0 beyond the end */
                 FOR_BLOCKS {
                     NL;
-                    i64 bl = (c0 - c_lo) / W;
-                    vec *dw = acc + bl * (K + 1), *rg = ring + bl * K, gp = splat(0);
-                    if (t < L) {
-                        vec pre = conv_pre(xi, sx_t, t, c0, nl, d, K, wT, bias), sg = vsigmoid(pre);
-                        gp = load(gout + (i * L + t) * d + c0, nl) * sg * (1 + pre * (1 - sg));
-                        dw[K] += gp;
-                        for (i64 j = 0; j < K; j++) {
-                            i64 s = t - K + 1 + j;
-                            if (s >= 0) dw[j] += gp * load(xi + s * sx_t + c0, nl);
-                        }
-                    }
-                    rg[t % K] = gp;
-                    i64 s = t - K + 1;
-                    if (s >= 0) {
-                        vec o = splat(0);
-                        for (i64 j = 0; j < K; j++) o += load(wT + j * d + c0, nl) * rg[(t - j) % K];
-                        store(dx + i * sdx_b + s * sdx_t + c0, o, nl);
-                    }
+                    i64 bl = c0 / W;
+                    const REAL *g = gout + (i * L + t) * d + c0;
+                    if (CONV_COMMON(t) && t < L)
+                        conv_backward_step(xi, sx_t, t, L, t_lo, t_hi, c0, W, d, 4, wT, bias, g, acc + bl * 5,
+                                           ring + bl * 4, dx + i * sdx_b, sdx_t);
+                    else
+                        conv_backward_step(xi, sx_t, t, L, t_lo, t_hi, c0, nl, d, K, wT, bias, g, acc + bl * (K + 1),
+                                           ring + bl * K, dx + i * sdx_b, sdx_t);
                 }
-            }
-            FOR_BLOCKS {
-                NL;
-                vec *dw = acc + (c0 - c_lo) / W * (K + 1);
-                for (i64 j = 0; j < K; j++) store(dwT + (i * K + j) * d + c0, dw[j], nl);
-                store(dbias + i * d + c0, dw[K], nl);
-            }
+        }
+        FOR_BLOCKS {
+            NL;
+            vec *dw = acc + c0 / W * (K + 1);
+            for (i64 j = 0; j < K; j++) store(dwT + (k * K + j) * d + c0, dw[j], nl);
+            store(dbias + k * d + c0, dw[K], nl);
         }
         free(ring);
         free(acc);

@@ -264,11 +264,21 @@ def native_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                             z.to(dtype) if z is not None else None, bias, bool(delta_softplus))
 
 
+def _conv_units(batch: int, length: int) -> list:
+    """(b0, b1, t_lo, t_hi) pieces of work for the conv kernels, one per thread of torch's count: batch
+    elements split across threads or, where there are fewer than threads, the steps."""
+    threads = max(1, torch.get_num_threads())
+    if batch >= threads:
+        return [(batch * i // threads, batch * (i + 1) // threads, 0, length) for i in range(threads)]
+    parts = max(1, min(threads, length))
+    return [(0, batch, length * i // parts, length * (i + 1) // parts) for i in range(parts)]
+
+
 def conv_forward(x, wT, bias):
     """silu(causal depthwise conv(x) + bias): x (b, l, d) with channel stride 1, wT (K, d) -> (b, l, d)."""
     dtype, (b, length, d), k = x.dtype, x.shape, wT.shape[0]
     out = x.new_empty(b, length, d)
-    _kernel(dtype, "conv_silu_forward_")(*_unit_args(_units(b, d, VARIANTS[dtype][0])), *_ints(length, d, k), _ptr(x),
+    _kernel(dtype, "conv_silu_forward_")(*_unit_args(_conv_units(b, length)), *_ints(length, d, k), _ptr(x),
                                          *_ints(x.stride(0), x.stride(1)), _ptr(wT), _ptr(bias), _ptr(out))
     return out
 
@@ -278,8 +288,9 @@ def conv_backward(x, wT, bias, gout, dx=None):
     (b, l, d), channel stride 1), dwT (K, d) and dbias (d,)."""
     dtype, (b, length, d), k = x.dtype, x.shape, wT.shape[0]
     dx = x.new_empty(b, length, d) if dx is None else dx
-    dwT, dbias = x.new_empty(b, k, d), x.new_empty(b, d)
-    _kernel(dtype, "conv_silu_backward_")(*_unit_args(_units(b, d, VARIANTS[dtype][0])), *_ints(length, d, k), _ptr(x),
+    units = _conv_units(b, length)
+    dwT, dbias = x.new_empty(len(units), k, d), x.new_empty(len(units), d)
+    _kernel(dtype, "conv_silu_backward_")(*_unit_args(units), *_ints(length, d, k), _ptr(x),
                                           *_ints(x.stride(0), x.stride(1)), _ptr(wT), _ptr(bias), _ptr(gout),
                                           _ptr(dx), *_ints(dx.stride(0), dx.stride(1)), _ptr(dwT), _ptr(dbias))
     return dx, dwT.sum(0), dbias.sum(0)

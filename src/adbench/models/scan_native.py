@@ -161,19 +161,20 @@ def _kernel(dtype, name: str):
     return getattr(library(dtype), name + VARIANTS[dtype][1])
 
 
+def _split(n: int, parts: int) -> list:
+    """[lo, hi) ranges cutting range(n) into min(parts, n) near-equal pieces (one where n is 0)."""
+    parts = max(1, min(parts, n))
+    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
+
+
 def _units(batch: int, d: int, lanes: int) -> list:
     """(b0, b1, c_lo, c_hi) pieces of work, one per thread of torch's count: batch elements split
     across threads or, where there are fewer than threads, blocks of channels."""
     threads = max(1, torch.get_num_threads())
-    if threads == 1:
-        return [(0, batch, 0, d)]
     if batch >= threads:
-        bounds = [batch * i // threads for i in range(threads + 1)]
-        return [(bounds[i], bounds[i + 1], 0, d) for i in range(threads)]
+        return [(b0, b1, 0, d) for b0, b1 in _split(batch, threads)]
     blocks = -(-d // lanes)
-    parts = min(threads, blocks)
-    bounds = [min(d, blocks * i // parts * lanes) for i in range(parts + 1)]
-    return [(0, batch, bounds[i], bounds[i + 1]) for i in range(parts)]
+    return [(0, batch, lo * lanes, min(d, hi * lanes)) for lo, hi in _split(blocks, threads)]
 
 
 def _unit_args(units: list) -> list:
@@ -269,9 +270,8 @@ def _conv_units(batch: int, length: int) -> list:
     elements split across threads or, where there are fewer than threads, the steps."""
     threads = max(1, torch.get_num_threads())
     if batch >= threads:
-        return [(batch * i // threads, batch * (i + 1) // threads, 0, length) for i in range(threads)]
-    parts = max(1, min(threads, length))
-    return [(0, batch, length * i // parts, length * (i + 1) // parts) for i in range(parts)]
+        return [(b0, b1, 0, length) for b0, b1 in _split(batch, threads)]
+    return [(0, batch, t_lo, t_hi) for t_lo, t_hi in _split(length, threads)]
 
 
 def conv_forward(x, wT, bias):
@@ -298,8 +298,7 @@ def conv_backward(x, wT, bias, gout, dx=None):
 
 def _row_units(rows: int) -> list:
     """(r0, r1, 0, 0) pieces of work: rows split across torch's threads."""
-    parts = max(1, min(torch.get_num_threads(), rows))
-    return [(rows * i // parts, rows * (i + 1) // parts, 0, 0) for i in range(parts)]
+    return [(r0, r1, 0, 0) for r0, r1 in _split(rows, torch.get_num_threads())]
 
 
 def _real(dtype, value: float):

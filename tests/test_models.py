@@ -145,16 +145,22 @@ def test_native_conv_silu_equals_torchs_conv1d(monkeypatch, dtype, width, thread
     g = torch.Generator().manual_seed(0)
     xz = torch.randn(3, 50, 40, generator=g, dtype=dtype)  # x is a strided slice, as Mamba's in_proj makes it
     w, b = torch.randn(20, 1, width, generator=g, dtype=dtype), torch.randn(20, generator=g, dtype=dtype)
+    _assert_native_equals_torch(monkeypatch, lambda x, w, b: conv_silu(x[..., :20], w, b), (xz, w, b), threads)
+
+
+def _assert_native_equals_torch(monkeypatch, fn, inputs, threads: int) -> None:
+    """fn's output and its inputs' gradients with the C kernels (ADBENCH_SCAN=native) and with torch's
+    ops, on `threads` threads, agree to the inputs' precision."""
     results = {}
     with _torch_threads(threads):
         for choice in ("native", "torch"):
             monkeypatch.setenv("ADBENCH_SCAN", choice)
-            leaves = [t.clone().requires_grad_() for t in (xz, w, b)]
-            out = conv_silu(leaves[0][..., :20], leaves[1], leaves[2])
+            leaves = [t.clone().requires_grad_() for t in inputs]
+            out = fn(*leaves)
             results[choice] = [out, *torch.autograd.grad((out * torch.arange(out.numel()).reshape(out.shape).sin()).sum(), leaves)]
-    tol = 1e-12 if dtype == torch.float64 else 1e-5
-    for a, b_ in zip(results["native"], results["torch"]):
-        torch.testing.assert_close(a, b_, rtol=tol, atol=tol)
+    tol = 1e-12 if inputs[0].dtype == torch.float64 else 1e-5
+    for a, b in zip(results["native"], results["torch"]):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("n", [8, 12, 17])
@@ -182,16 +188,14 @@ def test_native_rms_norm_equals_torchs_ops(monkeypatch, dtype, threads):
     from adbench.models.scan import rms_norm
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(3, 7, 21, generator=g, dtype=dtype) * 3, torch.randn(21, generator=g, dtype=dtype)
-    results = {}
-    with _torch_threads(threads):
+    _assert_native_equals_torch(monkeypatch, lambda x, w: rms_norm(x, w, 1e-5), (x, w), threads)
+    with torch.no_grad():  # inference: the kernel is called without the autograd Function
+        outs = []
         for choice in ("native", "torch"):
             monkeypatch.setenv("ADBENCH_SCAN", choice)
-            leaves = [t.clone().requires_grad_() for t in (x, w)]
-            out = rms_norm(leaves[0], leaves[1], 1e-5)
-            results[choice] = [out, *torch.autograd.grad((out * torch.arange(out.numel()).reshape(out.shape).sin()).sum(), leaves)]
+            outs.append(rms_norm(x, w, 1e-5))
     tol = 1e-12 if dtype == torch.float64 else 1e-5
-    for a, b_ in zip(results["native"], results["torch"]):
-        torch.testing.assert_close(a, b_, rtol=tol, atol=tol)
+    torch.testing.assert_close(*outs, rtol=tol, atol=tol)
 
 
 def test_fused_scan_keeps_torchs_thread_count():

@@ -138,7 +138,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     runs (one pass over each row, where torch's ops take five), else torch's ops."""
     native = native_kernels()
     if native is not None and native.runs_on(x) and weight.dtype == x.dtype:
-        return native.NativeRMSNorm.apply(x, weight, eps)
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+            return native.NativeRMSNorm.apply(x, weight, eps)
+        return native.rms_norm_forward(x.contiguous(), weight, eps)[0]  # (inference steps: no autograd Function)
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 

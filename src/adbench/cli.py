@@ -30,9 +30,14 @@ def cmd_check_config(args):
           f"contexts {cfg['context_episodes']}, seeds {cfg['seeds']}")
 
 
+def cmd_expert(args):
+    from .histories import SECTIONS, train_expert
+    train_expert(_settings(args, SECTIONS), args.family, args.out, progress=sys.stderr)
+
+
 def cmd_histories(args):
     from .histories import SECTIONS, run_shard
-    run_shard(_settings(args, SECTIONS), args.family, args.shard, args.out, progress=sys.stderr)
+    run_shard(_settings(args, SECTIONS), args.family, args.shard, args.out, progress=sys.stderr, expert_path=args.expert)
 
 
 def cmd_dataset(args):
@@ -59,12 +64,14 @@ def cmd_rl2_train(args):
 
 def cmd_evaluate(args):
     from .evaluate import SECTIONS, evaluate_model
-    evaluate_model(_settings(args, SECTIONS), args.dataset, args.model, args.out, args.cost_out, progress=sys.stderr)
+    evaluate_model(_settings(args, SECTIONS), args.dataset, args.model, args.out, args.cost_out, progress=sys.stderr,
+                   inference_path=args.inference_out)
 
 
 def cmd_reference(args):
     from .evaluate import SECTIONS, evaluate_references
-    evaluate_references(_settings(args, SECTIONS), args.dataset, args.out, progress=sys.stderr)
+    evaluate_references(_settings(args, SECTIONS), args.dataset, args.out, progress=sys.stderr,
+                        inference_path=args.inference_out)
 
 
 def cmd_figures(args):
@@ -75,7 +82,8 @@ def cmd_figures(args):
         if not k.isdigit() or int(k) < 1:
             raise cfglib.ConfigError(f"--episode-strides takes FAMILY=K with K >= 1, got {item!r}")
         strides[family] = int(k)
-    summary = make_all(strides, args.models, args.references, args.out_dir, args.train_metrics, args.inference_costs)
+    summary = make_all(strides, args.models, args.references, args.out_dir, args.train_metrics, args.inference_costs,
+                       args.task_inference)
     print(summary.to_string(index=False))
 
 
@@ -93,10 +101,14 @@ def parser() -> argparse.ArgumentParser:
         return s
 
     stage("check-config", cmd_check_config, "validate config files")
+    s = stage("expert", cmd_expert, "train the task-conditioned expert of a family on its training tasks")
+    s.add_argument("--family", required=True)
+    s.add_argument("--out", required=True)
     s = stage("histories", cmd_histories, "learning histories of one shard of tasks")
     s.add_argument("--family", required=True)
     s.add_argument("--shard", type=int, required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--expert", help="the trained task-conditioned expert (source.noise_distill.expert task_ppo)")
     s = stage("dataset", cmd_dataset, "merge history shards into one validated dataset")
     s.add_argument("--family", required=True)
     s.add_argument("--out", required=True)
@@ -118,9 +130,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--cost-out", help="CSV of the inference cost (ms per batched step)")
+    s.add_argument("--inference-out", help="CSV of the task-inference diagnostic of every episode")
     s = stage("reference", cmd_reference, "random-policy and source-algorithm curves on the held-out tasks")
     s.add_argument("--dataset", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--inference-out", help="CSV of the task-inference diagnostic of every episode")
     s = stage("figures", cmd_figures, "figures and summary tables from the result CSVs")
     s.add_argument("--episode-strides", nargs="+", required=True, metavar="FAMILY=K",
                    help="each family's AD subsampling stride (dataset.episode_stride)")
@@ -128,6 +142,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--references", nargs="+", required=True)
     s.add_argument("--train-metrics", nargs="*", default=[], help="metrics.csv of each training run (cost figure)")
     s.add_argument("--inference-costs", nargs="*", default=[], help="inference cost CSVs of the evaluate stage")
+    s.add_argument("--task-inference", nargs="*", default=[],
+                   help="task-inference diagnostic CSVs of the evaluate and reference stages")
     s.add_argument("--out-dir", required=True, help="writes figures/ and tables/ under it")
     return p
 

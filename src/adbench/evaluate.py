@@ -23,6 +23,7 @@ from .models import from_checkpoint, read_checkpoint
 from .progress import say
 from .seeding import derive_seed
 from .tasks import BatchedTasks
+from .tasks.inference import diagnose
 
 SECTIONS = ["evaluate"]
 COLUMNS = ["family", "arch", "context_episodes", "seed", "eval_seed", "control", "task", "episode", "return"]
@@ -39,9 +40,11 @@ def test_tasks(dataset) -> list:
 
 
 def rollout(family: str, tasks: list, horizon: int, episodes: int, eval_seeds: list, policy, progress=None,
-            controls: tuple = ("none",), threads: int = 1) -> np.ndarray:
+            controls: tuple = ("none",), threads: int = 1, with_observations: bool = False):
     """Run `policy` over `episodes` consecutive episodes of every (control, eval_seed, task), all in one
-    batch; returns the true returns, (controls, seeds, tasks, episodes).
+    batch; returns the true returns, (controls, seeds, tasks, episodes), and with `with_observations`
+    also the mean and the last of each episode's observations, (controls, seeds, tasks, episodes, obs_dim)
+    (what the task-inference diagnostic reads, see `tasks.inference`).
 
     `policy(obs, prev_action, prev_reward, episode_start, generator) -> actions` sees the AD token of
     each step; the previous action and reward carry across episode boundaries (zeros at the start).
@@ -62,6 +65,7 @@ def rollout(family: str, tasks: list, horizon: int, episodes: int, eval_seeds: l
     deranged = np.roll(rows, -1, axis=2)  # row of (control, seed, task j+1)
     generator = torch.Generator().manual_seed(derive_seed(eval_seeds[0], "evaluate", family, len(eval_seeds)))
     returns = np.zeros((k, episodes))
+    obs_mean, obs_last = np.zeros((k, episodes, env.obs_dim)), np.zeros((k, episodes, env.obs_dim))
     prev_action = np.zeros((k, env.act_dim), np.float32)
     prev_reward = np.zeros(k, np.float32)
     for ep in tqdm(range(episodes), desc=f"evaluate {family}", file=progress, mininterval=10, disable=not progress):
@@ -71,6 +75,8 @@ def rollout(family: str, tasks: list, horizon: int, episodes: int, eval_seeds: l
         for t in range(env.horizon):
             start = np.full(k, 1.0 if t == 0 else 0.0, np.float32)
             action = np.clip(policy(obs, prev_action, prev_reward, start, generator), -1.0, 1.0).astype(np.float32)
+            obs_mean[:, ep] += obs / env.horizon
+            obs_last[:, ep] = obs
             obs, reward, _, _ = env.step(action)
             returns[:, ep] += reward
             seen = reward.copy()
@@ -83,7 +89,10 @@ def rollout(family: str, tasks: list, horizon: int, episodes: int, eval_seeds: l
                 elif control == "other_task_reward":
                     seen[block] = reward[deranged[c].ravel()]
             prev_action, prev_reward = action, seen
-    return returns.reshape(n_c, n_s, n_t, episodes)
+    returns = returns.reshape(n_c, n_s, n_t, episodes)
+    if with_observations:
+        return returns, obs_mean.reshape(n_c, n_s, n_t, episodes, -1), obs_last.reshape(n_c, n_s, n_t, episodes, -1)
+    return returns
 
 
 class ModelPolicy:
@@ -132,7 +141,28 @@ def tidy(family, arch, ctx, seed, eval_seeds, task_ids, returns, controls=("none
             for e in range(returns.shape[3])]
 
 
-COST_COLUMNS = ["family", "arch", "context_episodes", "seed", "batch", "ms_per_step", "train_env_steps"]
+INFERENCE_COLUMNS = ["family", "arch", "context_episodes", "seed", "eval_seed", "control", "task", "episode", "quantity",
+                     "target", "achieved", "error"]
+
+
+def inference_rows(family, arch, ctx, seed, eval_seeds, tasks, obs_mean, obs_last, controls=("none",)) -> list:
+    """Rows of the task-inference table (see `tasks.inference`) from observations (controls, seeds, tasks, episodes, obs_dim)."""
+    n_c, n_s, n_t, n_e, _ = obs_mean.shape
+    task_of = [task for _ in range(n_c * n_s) for _, task in tasks for _ in range(n_e)]
+    d = diagnose(family, task_of, obs_mean.reshape(len(task_of), -1), obs_last.reshape(len(task_of), -1))
+    rows, i = [], 0
+    for control in controls:
+        for s in eval_seeds:
+            for tid, _ in tasks:
+                for e in range(n_e):
+                    rows.append({"family": family, "arch": arch, "context_episodes": ctx, "seed": seed, "eval_seed": s,
+                                 "control": control, "task": tid, "episode": e, "quantity": d.quantity,
+                                 "target": d.target[i], "achieved": d.achieved[i], "error": d.error[i]})
+                    i += 1
+    return rows
+
+
+COST_COLUMNS = ["family", "arch", "context_episodes", "seed", "batch", "ms_per_step", "train_env_steps", "source"]
 
 
 def load_policy(path):
@@ -143,14 +173,15 @@ def load_policy(path):
 
 def train_env_steps(info: dict, ckpt: dict) -> int:
     """Environment steps behind a model: a baseline's own interaction; for AD, the source algorithm's
-    steps over every training-task history it learned from."""
+    steps over every training-task history it learned from, and those that trained the source's expert."""
     if ckpt["arch"] in BASELINES:
         return int(ckpt["meta"]["train_env_steps"])
-    return info["n_train"] * info["H"] * info["T"]
+    return info["n_train"] * info["H"] * info["T"] + info["expert_env_steps"]
 
 
-def evaluate_model(cfg: dict, dataset, model_path, out_path, cost_path=None, progress=None) -> None:
-    """In-context returns to `out_path`; the model's inference cost (ms per batched step) to `cost_path`."""
+def evaluate_model(cfg: dict, dataset, model_path, out_path, cost_path=None, progress=None, inference_path=None) -> None:
+    """In-context returns to `out_path`; the model's inference cost (ms per batched step) to `cost_path`; the
+    task-inference diagnostic of every episode to `inference_path`."""
     ecfg = cfg["evaluate"]
     process.setup(ecfg["threads"])
     info = validate_file(dataset)
@@ -165,20 +196,24 @@ def evaluate_model(cfg: dict, dataset, model_path, out_path, cost_path=None, pro
     device = pick_device(ecfg["device"], "evaluate.device")
     say(f"{ckpt['arch']} on {device}", progress)
     policy = ModelPolicy(model, batch, ecfg["sample_actions"], device)
-    returns = rollout(info["family"], [t for _, t in tasks], meta["horizon"], ecfg["episodes"], seeds, policy, progress,
-                      controls, ecfg["threads"])
+    returns, obs_mean, obs_last = rollout(info["family"], [t for _, t in tasks], meta["horizon"], ecfg["episodes"], seeds,
+                                          policy, progress, controls, ecfg["threads"], with_observations=True)
     ms = policy.step_seconds / policy.steps * 1e3
     say(f"{ms:.3f} ms per batched step of {batch} sequences ({len(controls)} controls x {len(seeds)} seeds x "
         f"{len(tasks)} tasks)", progress)
     write_rows(out_path, tidy(info["family"], ckpt["arch"], meta["context_episodes"], meta["seed"], seeds,
                               [tid for tid, _ in tasks], returns, controls))
+    if inference_path is not None:
+        write_rows(inference_path, inference_rows(info["family"], ckpt["arch"], meta["context_episodes"], meta["seed"], seeds,
+                                                  tasks, obs_mean, obs_last, controls), INFERENCE_COLUMNS)
     if cost_path is not None:
         write_rows(cost_path, [{"family": info["family"], "arch": ckpt["arch"], "context_episodes": meta["context_episodes"],
                                 "seed": meta["seed"], "batch": batch, "ms_per_step": ms,
-                                "train_env_steps": train_env_steps(info, ckpt)}], COST_COLUMNS)
+                                "train_env_steps": train_env_steps(info, ckpt),
+                                "source": "online" if ckpt["arch"] in BASELINES else info["source"]}], COST_COLUMNS)
 
 
-def evaluate_references(cfg: dict, dataset, out_path, progress=None) -> None:
+def evaluate_references(cfg: dict, dataset, out_path, progress=None, inference_path=None) -> None:
     """A uniform-random policy on the held-out tasks and seeds, and the source algorithm's learning curves.
 
     Source rows hold every history episode of every task, train and test (seed = history index,
@@ -191,10 +226,29 @@ def evaluate_references(cfg: dict, dataset, out_path, progress=None) -> None:
     with open_histories(dataset) as f:
         horizon = int(f.attrs["horizon"])
         source = {tid: g["episode_returns"][...] for tid, g in f["tasks"].items()}
-    returns = rollout(info["family"], [t for _, t in tasks], horizon, ecfg["episodes"], ecfg["seeds"], random_policy, progress)
+    returns, obs_mean, obs_last = rollout(info["family"], [t for _, t in tasks], horizon, ecfg["episodes"], ecfg["seeds"],
+                                          random_policy, progress, with_observations=True)
     rows = tidy(info["family"], "random", 0, 0, ecfg["seeds"], [tid for tid, _ in tasks], returns)
     for tid, curves in source.items():
         for h, curve in enumerate(curves):
             rows += [{"family": info["family"], "arch": "source", "context_episodes": 0, "seed": h, "eval_seed": -1,
                       "control": "none", "task": tid, "episode": e, "return": float(r)} for e, r in enumerate(curve)]
     write_rows(out_path, rows)
+    if inference_path is not None:
+        diag = inference_rows(info["family"], "random", 0, 0, ecfg["seeds"], tasks, obs_mean, obs_last)
+        write_rows(inference_path, diag + source_inference_rows(dataset, info["family"], tasks, horizon), INFERENCE_COLUMNS)
+
+
+def source_inference_rows(dataset, family: str, tasks: list, horizon: int) -> list:
+    """The task-inference diagnostic of every history episode of the held-out tasks (seed = history index)."""
+    rows = []
+    with open_histories(dataset) as f:
+        for tid, task in tasks:
+            obs = f["tasks"][tid]["observations"]
+            for h in range(obs.shape[0]):
+                episodes = obs[h].reshape(-1, horizon, obs.shape[-1])
+                d = diagnose(family, [task] * len(episodes), episodes.mean(1, dtype=np.float64), episodes[:, -1])
+                rows += [{"family": family, "arch": "source", "context_episodes": 0, "seed": h, "eval_seed": -1,
+                          "control": "none", "task": tid, "episode": e, "quantity": d.quantity, "target": d.target[e],
+                          "achieved": d.achieved[e], "error": d.error[e]} for e in range(len(episodes))]
+    return rows

@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-SUMMARY_COLUMNS = ["family", "arch", "context_episodes", "train_env_steps", "runs", "first_return", "final_return", "gain",
+SUMMARY_COLUMNS = ["family", "arch", "context_episodes", "source", "train_env_steps", "runs", "first_return", "final_return",
+                   "source_final_return", "random_return", "gain",
                    "gain_ci_low", "gain_ci_high", "normalized_final_iqm", "normalized_ci_low", "normalized_ci_high",
                    "zero_reward_gain", "zero_reward_gain_ci_low", "zero_reward_gain_ci_high",
                    "other_task_gain", "other_task_gain_ci_low", "other_task_gain_ci_high",
@@ -103,6 +104,8 @@ def summarize(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0, costs: pd
     rng = np.random.default_rng(seed)
     budget = {} if costs is None or "train_env_steps" not in costs else (
         costs.groupby(["family", "arch", "context_episodes"])["train_env_steps"].mean().to_dict())
+    sources = {} if costs is None or "source" not in costs else (
+        costs.groupby(["family", "arch", "context_episodes"])["source"].first().to_dict())
     scores = run_scores(models)
     refs = held_out(refs)
     rows = []
@@ -115,9 +118,10 @@ def summarize(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0, costs: pd
             g = runs[runs["control"] == "none"]
             gain = (g["final"] - g["first"]).to_numpy()
             norm = ((g["final"] - random_level) / (src_final - random_level)).to_numpy()
-            row = {"family": family, "arch": arch, "context_episodes": ctx,
+            row = {"family": family, "arch": arch, "context_episodes": ctx, "source": sources.get((family, arch, ctx), ""),
                    "train_env_steps": budget.get((family, arch, ctx), np.nan), "runs": len(g),
-                   "first_return": g["first"].mean(), "final_return": g["final"].mean(), "gain": gain.mean(),
+                   "first_return": g["first"].mean(), "final_return": g["final"].mean(), "source_final_return": src_final,
+                   "random_return": random_level, "gain": gain.mean(),
                    **dict(zip(["gain_ci_low", "gain_ci_high"], bootstrap_ci(gain, np.mean, rng))),
                    "normalized_final_iqm": iqm(norm),
                    **dict(zip(["normalized_ci_low", "normalized_ci_high"], bootstrap_ci(norm, iqm, rng)))}
@@ -202,6 +206,73 @@ def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+INFERENCE_SUMMARY_COLUMNS = ["family", "model", "quantity", "units", "final_achieved", "final_error", "target_correlation"]
+
+
+def _circular_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Jammalamadaka and SenGupta's correlation of two angles (radians)."""
+    da = np.sin(a - np.angle(np.exp(1j * a).mean()))
+    db = np.sin(b - np.angle(np.exp(1j * b).mean()))
+    return float((da * db).sum() / np.sqrt((da**2).sum() * (db**2).sum()))
+
+
+def final_inference(inference: pd.DataFrame) -> pd.DataFrame:
+    """Per unit (model, seed, eval_seed, task) on the held-out tasks: target and the mean achieved and error
+    over the last 10% of its episodes (the source's: of its history), seeing the true rewards."""
+    df = held_out(inference)
+    df = df[df["control"] == "none"]
+    df = df.assign(model=[label(a, c) for a, c in zip(df["arch"], df["context_episodes"])])
+    n = df.groupby(["family", "model"])["episode"].transform("max") + 1
+    final = df[df["episode"] >= n - np.maximum(1, np.ceil(0.1 * n))]
+    keys = ["family", "model", "quantity", "seed", "eval_seed", "task"]
+    circular = final["quantity"] == "direction_of_travel"
+    final = final.assign(achieved_x=np.where(circular, np.cos(final["achieved"]), final["achieved"]),
+                         achieved_y=np.where(circular, np.sin(final["achieved"]), 0.0))
+    out = final.groupby(keys).agg(target=("target", "first"), x=("achieved_x", "mean"), y=("achieved_y", "mean"),
+                                  error=("error", "mean")).reset_index()
+    achieved = np.where(out["quantity"] == "direction_of_travel", np.arctan2(out["y"], out["x"]) % (2 * np.pi), out["x"])
+    return out.assign(achieved=achieved).drop(columns=["x", "y"])
+
+
+def inference_summary(inference: pd.DataFrame) -> pd.DataFrame:
+    """Per family and model: the final episodes' mean achieved and error, and how closely the achieved
+    tracks the target across held-out tasks (Pearson r; circular r for directions)."""
+    rows = []
+    for (family, model, quantity), g in final_inference(inference).groupby(["family", "model", "quantity"]):
+        corr = np.nan
+        if g["target"].notna().all() and g["target"].nunique() > 1:
+            corr = (_circular_correlation(g["target"].to_numpy(), g["achieved"].to_numpy())
+                    if quantity == "direction_of_travel" else float(np.corrcoef(g["target"], g["achieved"])[0, 1]))
+        rows.append({"family": family, "model": model, "quantity": quantity, "units": len(g),
+                     "final_achieved": g["achieved"].mean(), "final_error": g["error"].mean(), "target_correlation": corr})
+    return pd.DataFrame(rows, columns=INFERENCE_SUMMARY_COLUMNS)
+
+
+def plot_task_inference(inference: pd.DataFrame, path: Path) -> None:
+    """Per family: what the final episodes achieved against what the task asked, for every model and the
+    source's final history episodes (a scatter where the task sets a target, else the achieved per model)."""
+    final = final_inference(inference)
+    families = sorted(final["family"].unique())
+    fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 4.4), squeeze=False)
+    for ax, family in zip(axes[0], families):
+        fam = final[final["family"] == family]
+        quantity = fam["quantity"].iloc[0]
+        if fam["target"].notna().all() and fam["target"].nunique() > 1:
+            sns.scatterplot(data=fam, x="target", y="achieved", hue="model", style="model", s=25, alpha=0.8, ax=ax)
+            lo, hi = fam["target"].min(), fam["target"].max()
+            ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
+            ax.set(title=family, xlabel=f"target {quantity.replace('_', ' ')}", ylabel="achieved (final episodes)")
+        else:
+            column = "achieved" if fam["error"].isna().all() else "error"
+            sns.stripplot(data=fam, x="model", y=column, hue="model", ax=ax, size=3, legend=False)
+            ax.tick_params(axis="x", rotation=30)
+            ax.set(title=family, xlabel="", ylabel=f"{quantity.replace('_', ' ')} (final episodes)")
+        if ax.get_legend() is not None:
+            sns.move_legend(ax, "upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _save(fig, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,10 +299,11 @@ def _write_table(df: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
     md_path.write_text(header + body)
 
 
-def make_all(strides: dict, model_csvs: list, reference_csvs: list, out_dir, train_metrics=(), inference_costs=()) -> pd.DataFrame:
+def make_all(strides: dict, model_csvs: list, reference_csvs: list, out_dir, train_metrics=(), inference_costs=(),
+             inference_csvs=()) -> pd.DataFrame:
     """Every figure and table under out_dir/{figures,tables}/. `strides`: {family: dataset.episode_stride},
     to place the source's history episodes on the in-context x-axis; the cost figure needs the training
-    metrics and inference costs."""
+    metrics and inference costs; the task-inference figure and table the evaluations' diagnostics."""
     out = Path(out_dir)
     models, refs = load(model_csvs), load(reference_csvs)
     missing = sorted(set(refs["family"]) - set(strides))
@@ -244,6 +316,10 @@ def make_all(strides: dict, model_csvs: list, reference_csvs: list, out_dir, tra
     summary = summarize(models, refs, costs=costs)
     _write_table(summary, out / "tables/summary.csv", out / "tables/summary.md")
     plot_context_scaling(summary, out / "figures/context_scaling.png")
+    if inference_csvs:
+        inference = pd.concat([pd.read_csv(p) for p in inference_csvs], ignore_index=True)
+        _write_table(inference_summary(inference), out / "tables/task_inference.csv", out / "tables/task_inference.md")
+        plot_task_inference(inference, out / "figures/task_inference.png")
     if train_metrics and inference_costs:
         plot_cost(pd.concat([pd.read_csv(p) for p in train_metrics]), costs, out / "figures/cost.png")
     return summary

@@ -1,15 +1,16 @@
 """The histories and dataset stages: run the source algorithm on a shard of tasks, merge shards into one file."""
 
 import math
+import os
+from pathlib import Path
 
 import torch
-
 
 from . import config as cfglib
 from .data import atomic_h5, open_histories, validate_file, write_root_attrs, write_task
 from .provenance import git_revision, package_versions
 from .seeding import derive_seed
-from .sources import generate_histories
+from .sources import PPOConfig, TaskExpert, generate_histories, train_task_expert
 from .tasks import get_family, split_tasks, task_ids
 
 SECTIONS = ["tasks", "source"]
@@ -28,6 +29,50 @@ def num_shards(cfg: dict) -> int:
     return math.ceil((t["n_train"] + t["n_test"]) / cfg["source"]["tasks_per_shard"])
 
 
+def needs_expert(cfg: dict) -> bool:
+    """Whether the histories are rolled out by a trained task-conditioned expert (the `expert` stage)."""
+    src = cfg["source"]
+    return src["algorithm"] == "noise_distill" and src["noise_distill"]["expert"] == "task_ppo"
+
+
+def expert_env_steps(cfg: dict, family: str) -> int:
+    """Environment steps spent training the task-conditioned expert (0 where there is none)."""
+    if not needs_expert(cfg):
+        return 0
+    horizon = cfglib.horizon(cfg, family, get_family(family).horizon)
+    return cfg["tasks"]["n_train"] * cfg["source"]["noise_distill"]["expert_episodes"] * horizon
+
+
+def train_expert(cfg: dict, family: str, out_path, progress=None) -> None:
+    """The task-conditioned expert of `source.noise_distill.expert: task_ppo`, trained on the training tasks only."""
+    src = cfg["source"]
+    if not needs_expert(cfg):
+        raise ValueError("the expert stage runs only with source.algorithm noise_distill and "
+                         "source.noise_distill.expert task_ppo")
+    torch.set_num_threads(src["threads"])
+    train = [task for _, split, task in all_tasks(cfg, family) if split == "train"]
+    horizon = cfglib.horizon(cfg, family, get_family(family).horizon)
+    expert, returns = train_task_expert(family, train, horizon, src["noise_distill"]["expert_episodes"],
+                                        PPOConfig(**src["ppo"]), derive_seed(src["seed"], "expert", family), progress,
+                                        src["threads"])
+    last = max(1, returns.shape[1] // 10)
+    print(f"task expert {family}: mean return over training tasks, first {last} episodes "
+          f"{returns[:, :last].mean():.1f}, last {last} {returns[:, -last:].mean():.1f}", file=progress)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    torch.save({**expert.state_dict(), "config_digest": cfglib.digest({s: cfg[s] for s in SECTIONS}),
+                "env_steps": expert_env_steps(cfg, family), "train_returns": torch.from_numpy(returns)}, tmp)
+    os.replace(tmp, out_path)
+
+
+def load_expert(path, cfg: dict, family: str) -> TaskExpert:
+    state = torch.load(path, weights_only=False)
+    if state.get("family") != family or state.get("config_digest") != cfglib.digest({s: cfg[s] for s in SECTIONS}):
+        raise ValueError(f"{path}: an expert of another family or config; delete it and rerun the workflow")
+    return TaskExpert.from_state_dict(state)
+
+
 def root_attrs(cfg: dict, family: str) -> dict:
     src = cfg["source"]
     return {
@@ -40,11 +85,13 @@ def root_attrs(cfg: dict, family: str) -> dict:
         "horizon": cfglib.horizon(cfg, family, get_family(family).horizon),
         "episodes": src["episodes"],
         "histories_per_task": src["histories_per_task"],
+        "expert_env_steps": expert_env_steps(cfg, family),
     }
 
 
-def run_shard(cfg: dict, family: str, shard: int, out_path, progress=None) -> None:
-    """Learning histories of every task in one shard, written atomically to `out_path`."""
+def run_shard(cfg: dict, family: str, shard: int, out_path, progress=None, expert_path=None) -> None:
+    """Learning histories of every task in one shard, written atomically to `out_path`; `expert_path` is
+    the `expert` stage's output where the source needs it."""
     src = cfg["source"]
     torch.set_num_threads(src["threads"])  # float reductions, hence the histories, depend on it
     n = num_shards(cfg)
@@ -55,8 +102,11 @@ def run_shard(cfg: dict, family: str, shard: int, out_path, progress=None) -> No
     h = src["histories_per_task"]
     learners = [task for _, _, task in chunk for _ in range(h)]  # H independent learners per task
     attrs = root_attrs(cfg, family)
+    if needs_expert(cfg) and expert_path is None:
+        raise ValueError("source.noise_distill.expert task_ppo: give the trained expert (--expert, the expert stage's output)")
+    expert = load_expert(expert_path, cfg, family) if needs_expert(cfg) else None
     hist = generate_histories(src, family, learners, attrs["horizon"], derive_seed(src["seed"], "histories", family, shard),
-                              progress=progress)
+                              progress=progress, task_expert=expert)
     with atomic_h5(out_path) as f:
         write_root_attrs(f, {**attrs, "shard": shard})
         for i, (tid, split, task) in enumerate(chunk):

@@ -56,6 +56,15 @@ def num_shards(family):
     return math.ceil((cfg["tasks"]["n_train"] + cfg["tasks"]["n_test"]) / cfg["source"]["tasks_per_shard"])
 
 
+def expert_input(wildcards):
+    """The task-conditioned expert a family's histories are rolled out by, where its source has one."""
+    cfg = adbench_config.for_family(config, wildcards.family)
+    src = cfg["source"]
+    if src["algorithm"] == "noise_distill" and src["noise_distill"]["expert"] == "task_ppo":
+        return f"results/experts/{wildcards.family}.pt"
+    return []
+
+
 def shard_paths(wildcards):
     return expand("results/histories/{family}/shard-{shard}.h5", family=wildcards.family, shard=range(num_shards(wildcards.family)))
 
@@ -85,6 +94,13 @@ def train_metrics():
     return [f"results/train/{run}/metrics.csv" for run in ad_runs()]
 
 
+def task_inference_tables():
+    """The task-inference diagnostic of every model and of the references (random, source)."""
+    return [f"results/eval/{run}.inference.csv" for run in model_runs()] + expand(
+        "results/eval/{family}/reference.inference.csv", family=config["families"]
+    )
+
+
 def reference_tables():
     return expand("results/eval/{family}/reference.csv", family=config["families"])
 
@@ -97,6 +113,7 @@ def final_targets():
         "results/figures/source_learning_curves.png",
         "results/figures/context_scaling.png",
         "results/figures/cost.png",
+        "results/figures/task_inference.png",
         "results/tables/summary.csv",
         "results/tables/source_improvement.csv",
         *expand("results/datasets/{family}.h5", family=config["families"]),

@@ -5,6 +5,7 @@ rule evaluate:
     output:
         returns="results/eval/{family}/{run}.csv",
         cost="results/eval/{family}/{run}.cost.csv",
+        inference="results/eval/{family}/{run}.inference.csv",
     log:
         "results/logs/evaluate/{family}/{run}.log",
     benchmark:
@@ -20,14 +21,15 @@ rule evaluate:
         gpu=gpus("evaluate"),
     shell:
         "OMP_NUM_THREADS={threads} python -m adbench evaluate --settings {params.settings} --dataset {input.dataset} "
-        "--model {input.model} --out {output.returns} --cost-out {output.cost} 2> {log}"
+        "--model {input.model} --out {output.returns} --cost-out {output.cost} --inference-out {output.inference} 2> {log}"
 
 
 rule reference:
     input:
         dataset="results/datasets/{family}.h5",
     output:
-        "results/eval/{family}/reference.csv",
+        returns="results/eval/{family}/reference.csv",
+        inference="results/eval/{family}/reference.inference.csv",
     log:
         "results/logs/evaluate/{family}/reference.log",
     params:
@@ -40,4 +42,4 @@ rule reference:
         runtime=runtime("reference", 30),
     shell:
         "OMP_NUM_THREADS={threads} python -m adbench reference --settings {params.settings} --dataset {input.dataset} "
-        "--out {output} 2> {log}"
+        "--out {output.returns} --inference-out {output.inference} 2> {log}"

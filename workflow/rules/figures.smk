@@ -4,6 +4,7 @@ rule figures:
         references=reference_tables(),
         train_metrics=train_metrics(),
         inference_costs=inference_costs(),
+        task_inference=task_inference_tables(),
     output:
         in_context=report(
             "results/figures/in_context_return.png",
@@ -20,6 +21,13 @@ rule figures:
             caption="../report/cost.rst",
             category="Cost",
         ),
+        task_inference=report(
+            "results/figures/task_inference.png",
+            caption="../report/task_inference.rst",
+            category="In-context RL",
+        ),
+        task_inference_table="results/tables/task_inference.csv",
+        task_inference_md="results/tables/task_inference.md",
         source_curves=report(
             "results/figures/source_learning_curves.png",
             caption="../report/source_learning_curves.rst",
@@ -50,4 +58,4 @@ rule figures:
     shell:
         "python -m adbench figures --episode-strides {params.strides} --models {input.models} "
         "--references {input.references} --train-metrics {input.train_metrics} "
-        "--inference-costs {input.inference_costs} --out-dir results > {log} 2>&1"
+        "--inference-costs {input.inference_costs} --task-inference {input.task_inference} --out-dir results > {log} 2>&1"

@@ -1,4 +1,26 @@
+rule expert:
+    output:
+        "results/experts/{family}.pt",
+    log:
+        "results/logs/experts/{family}.log",
+    benchmark:
+        "results/benchmarks/experts/{family}.tsv"
+    params:
+        settings=settings("tasks", "source"),
+    conda:
+        "../../envs/sim.yaml"
+    threads: config["source"]["threads"]
+    resources:
+        mem_mb=mem_mb("expert", 2000),
+        runtime=runtime("expert", 120),
+    shell:
+        "OMP_NUM_THREADS={threads} python -m adbench expert --settings {params.settings} "
+        "--family {wildcards.family} --out {output} 2> {log}"
+
+
 rule histories:
+    input:
+        expert=expert_input,
     output:
         "results/histories/{family}/shard-{shard}.h5",
     log:
@@ -7,6 +29,7 @@ rule histories:
         "results/benchmarks/histories/{family}-shard-{shard}.tsv"
     params:
         settings=settings("tasks", "source"),
+        expert=lambda wildcards, input: f"--expert {input.expert}" if input.expert else "",
     conda:
         "../../envs/sim.yaml"
     threads: config["source"]["threads"]
@@ -15,4 +38,4 @@ rule histories:
         runtime=runtime("histories", 120),
     shell:
         "OMP_NUM_THREADS={threads} python -m adbench histories --settings {params.settings} "
-        "--family {wildcards.family} --shard {wildcards.shard} --out {output} 2> {log}"
+        "--family {wildcards.family} --shard {wildcards.shard} --out {output} {params.expert} 2> {log}"

@@ -87,4 +87,13 @@ def _validate(f: h5py.File, path: Path) -> dict:
         raise DatasetError(f"{path}: no train tasks")
     return {"family": str(f.attrs["family"]), "n_train": counts["train"], "n_test": counts["test"],
             "H": shape[0], "T": shape[1], "E": episodes, "horizon": horizon,
-            "obs_dim": shape[2], "act_dim": shape[3]}
+            "obs_dim": shape[2], "act_dim": shape[3], "source": source_label(f),
+            "expert_env_steps": int(f.attrs.get("expert_env_steps", 0))}
+
+
+def source_label(f: h5py.File) -> str:
+    """The source algorithm as results name it: `ppo`, or `noise_distill(<expert>)`."""
+    algorithm = str(f.attrs.get("source_algorithm", "unknown"))
+    if algorithm == "noise_distill" and "source_settings" in f.attrs:
+        return f"{algorithm}({json.loads(f.attrs['source_settings'])['noise_distill']['expert']})"
+    return algorithm

@@ -13,16 +13,19 @@ import numpy as np
 from tqdm import tqdm
 
 from ..tasks import BatchedTasks, get_family
+from ..tasks.inference import task_features
 from .history import empty_history, finish_history
 from .ppo import PPOConfig, train_ppo
+from .task_expert import TaskExpert
 
 
 @dataclass
 class NoiseDistillConfig:
     expert: str = "oracle"
-    """'oracle' (the family's analytic expert, where it has one) or 'ppo' (a PPO learner trained first)."""
+    """'oracle' (the family's analytic expert, where it has one), 'ppo' (a PPO learner per task, trained
+    first) or 'task_ppo' (one task-conditioned PPO learner over all training tasks, see `task_expert`)."""
     expert_episodes: int = 200
-    """episodes of PPO training per task when expert == 'ppo' (not part of the history)."""
+    """PPO training episodes per task for the 'ppo' and 'task_ppo' experts (not part of the history)."""
     clean_fraction: float = 0.1
     """final fraction of the history rolled out with no noise."""
 
@@ -33,7 +36,7 @@ def epsilon(episode: int, episodes: int, clean_fraction: float) -> float:
 
 
 def run_noise_distill(family: str, tasks: list, horizon: int, episodes: int, cfg: NoiseDistillConfig, seed: int,
-                      ppo: PPOConfig, progress=None, threads: int = 1) -> dict:
+                      ppo: PPOConfig, progress=None, threads: int = 1, task_expert: TaskExpert | None = None) -> dict:
     env = BatchedTasks(family, tasks, horizon, threads)
     if cfg.expert == "oracle":
         oracle = get_family(family).oracle
@@ -43,8 +46,14 @@ def run_noise_distill(family: str, tasks: list, horizon: int, episodes: int, cfg
     elif cfg.expert == "ppo":
         agent = train_ppo(family, tasks, horizon, cfg.expert_episodes, ppo, seed, progress, threads)[1]
         expert = agent.mean_action
+    elif cfg.expert == "task_ppo":
+        if task_expert is None or task_expert.family != family:
+            raise ValueError(f"source.noise_distill.expert 'task_ppo' needs the trained {family} expert (the `expert` "
+                             f"stage's output, passed as --expert)")
+        features = np.stack([task_features(family, t) for t in env.tasks]).astype(np.float32)
+        expert = lambda obs: task_expert.mean_action(obs, features)  # noqa: E731
     else:
-        raise ValueError(f"unknown source.noise_distill.expert {cfg.expert!r}; use 'oracle' or 'ppo'")
+        raise ValueError(f"unknown source.noise_distill.expert {cfg.expert!r}; use 'oracle', 'ppo' or 'task_ppo'")
     rng = np.random.default_rng(seed)
     hist = empty_history(env.num_tasks, episodes * env.horizon, env.obs_dim, env.act_dim)
     t = 0

@@ -103,12 +103,17 @@ class BatchedPPO:
 
     def update(self, batch: dict, lr_frac: float) -> dict:
         """PPO epochs on a rollout. batch tensors are (K, N, ...) in time order."""
+        adv = gae(batch["rewards"], batch["values"], batch["next_values"], batch["episode_end"], self.cfg.gamma,
+                  self.cfg.gae_lambda)
+        return self.optimize(batch["obs"], batch["actions"], batch["log_probs"], adv, batch["values"], lr_frac)
+
+    def optimize(self, obs: np.ndarray, actions, old_log_probs, adv, values, lr_frac: float) -> dict:
+        """Clipped-surrogate epochs over (K, N, ...) samples whose advantages are already estimated."""
         cfg = self.cfg
         if cfg.anneal_lr:
             self.optimizer.param_groups[0]["lr"] = lr_frac * cfg.learning_rate
-        adv = gae(batch["rewards"], batch["values"], batch["next_values"], batch["episode_end"], cfg.gamma, cfg.gae_lambda)
-        returns = adv + batch["values"]
-        data = (self.normalize_obs(batch["obs"]), batch["actions"], batch["log_probs"], adv, batch["values"], returns)
+        returns = adv + values
+        data = (self.normalize_obs(obs), actions, old_log_probs, adv, values, returns)
         n = adv.shape[1]
         mb = max(1, n // cfg.minibatches)
         stats = {}
@@ -116,8 +121,8 @@ class BatchedPPO:
             perm = torch.randperm(n, generator=self.sample_gen)
             shuffled = [t[:, perm] for t in data]  # one gather per epoch; minibatches are then views
             for start in range(0, n, mb):
-                x, actions, old_logp, b_adv, b_values, b_returns = (t[:, start:start + mb] for t in shuffled)
-                logp = self.log_prob(x, actions)
+                x, b_actions, old_logp, b_adv, b_values, b_returns = (t[:, start:start + mb] for t in shuffled)
+                logp = self.log_prob(x, b_actions)
                 v = self.critic(x)[..., 0]
                 pg_loss, v_loss = clipped_losses(logp, old_logp, b_adv, v, b_values, b_returns, cfg.clip_coef, dims=(1,))
                 # Summing per-learner losses keeps each learner's gradient its own.

@@ -13,7 +13,7 @@ def test_dataset_meets_the_contract(dataset, smoke_config):
     info = validate_file(dataset)
     t, s = smoke_config["tasks"], smoke_config["source"]
     assert info == {"family": "PointNav", "n_train": t["n_train"], "n_test": t["n_test"], "H": 1, "T": s["episodes"] * 50,
-                    "E": s["episodes"], "horizon": 50, "obs_dim": 2, "act_dim": 2}
+                    "E": s["episodes"], "horizon": 50, "obs_dim": 2, "act_dim": 2, "source": "ppo", "expert_env_steps": 0}
     with h5py.File(dataset) as f:
         assert f.attrs["schema_version"] == SCHEMA_VERSION
         assert json.loads(f.attrs["source_settings"])["ppo"]["learning_rate"] == s["ppo"]["learning_rate"]

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from adbench.figures import edge, iqm, make_all, source_improvement, summarize
+from adbench.figures import inference_summary, edge, iqm, make_all, source_improvement, summarize
 
 
 def _table(arch, ctx, slope, episodes=10, tasks=6, seeds=(0, 1), level=-50.0, control="none"):
@@ -58,9 +58,9 @@ def test_make_all_writes_a_figure_and_tables(tmp_path):
                              "lr": 1e-3, "tokens_per_s": 1000.0 / c, "peak_mem_mib": 300.0 * c}
                             for a in ("mamba", "transformer") for c in (2, 4) for s in (10, 20)])
     costs = pd.DataFrame([{"family": "PointNav", "arch": a, "context_episodes": c, "seed": 0, "batch": 8, "ms_per_step": c * 0.5,
-                           "train_env_steps": 1000} for a in ("mamba", "transformer") for c in (2, 4)]
+                           "train_env_steps": 1000, "source": "ppo"} for a in ("mamba", "transformer") for c in (2, 4)]
                          + [{"family": "PointNav", "arch": "rl2", "context_episodes": 0, "seed": 0, "batch": 8,
-                             "ms_per_step": 0.2, "train_env_steps": 5_000_000}])
+                             "ms_per_step": 0.2, "train_env_steps": 5_000_000, "source": "online"}])
     metrics.to_csv(tmp_path / "metrics.csv", index=False)
     costs.to_csv(tmp_path / "costs.csv", index=False)
     make_all({"PointNav": 4}, [tmp_path / "m.csv"], [tmp_path / "r.csv"], tmp_path, [tmp_path / "metrics.csv"],
@@ -68,9 +68,12 @@ def test_make_all_writes_a_figure_and_tables(tmp_path):
     for name in ("in_context_return", "source_learning_curves", "context_scaling", "cost"):
         assert Image.open(tmp_path / f"figures/{name}.png").size[0] > 100
     summary = pd.read_csv(tmp_path / "tables/summary.csv")
-    assert list(summary.columns)[:4] == ["family", "arch", "context_episodes", "train_env_steps"]
+    assert list(summary.columns)[:5] == ["family", "arch", "context_episodes", "source", "train_env_steps"]
     summary = summary.set_index("arch")
     assert summary.loc["mamba", "train_env_steps"] == 1000 and summary.loc["rl2", "train_env_steps"] == 5_000_000
+    assert summary.loc["mamba", "source"] == "ppo" and summary.loc["rl2", "source"] == "online"
+    refs = _refs()
+    assert summary.loc["mamba", "random_return"] == pytest.approx(refs[refs["arch"] == "random"]["return"].mean())
     assert summary.loc["rl2", "gain"] == pytest.approx(0.5 * 9)  # last episode minus first (one-episode edges)
     md = (tmp_path / "tables/summary.md").read_text()
     assert md.startswith("| family |") and "5,000,000" in md
@@ -82,3 +85,35 @@ def test_source_improvement_counts_histories_that_rose():
     table = source_improvement(refs).set_index("split")
     assert table.loc["test", "histories"] == 3 and table.loc["test", "improved"] == 3
     assert table.loc["train", "histories"] == 2 and table.loc["train", "improved"] == 0
+
+
+def _inference_rows(model_arch, ctx, targets, achieved_of, episodes=10, quantity="forward_velocity"):
+    return pd.DataFrame([{"family": "HalfCheetahVel", "arch": model_arch, "context_episodes": ctx, "seed": 0,
+                          "eval_seed": 0, "control": control, "task": f"test-{j:04d}", "episode": e,
+                          "quantity": quantity, "target": t, "achieved": achieved_of(t, e, control),
+                          "error": abs(achieved_of(t, e, control) - t)}
+                         for control in ("none", "other_task_reward") for j, t in enumerate(targets)
+                         for e in range(episodes)])
+
+
+def test_task_inference_summary_reads_the_final_episodes_of_true_reward_runs():
+    targets = [0.3, 2.1, 1.2, 2.8, 0.9]  # not sorted
+    # achieved approaches 0.8 * target over the episodes; the control runs do something else entirely
+    achieved = lambda t, e, control: 0.8 * t * e / 9 if control == "none" else 1.0  # noqa: E731
+    df = pd.concat([_inference_rows("mamba", 4, targets, achieved),
+                    _inference_rows("source", 0, targets, lambda t, e, c: t + 0.1, episodes=50)])
+    table = inference_summary(df).set_index("model")
+    # final 10%: episode 9 of 10 (achieved 0.8 t), episodes 45..49 of the source's 50 (t + 0.1)
+    assert table.loc["mamba ctx 4", "final_error"] == pytest.approx(np.mean([0.2 * t for t in targets]))
+    assert table.loc["mamba ctx 4", "target_correlation"] == pytest.approx(1.0)
+    assert table.loc["source", "final_error"] == pytest.approx(0.1)
+    assert table.loc["mamba ctx 4", "units"] == 5
+
+
+def test_task_inference_correlation_is_circular_for_directions():
+    targets = [0.2, 6.1, 3.0, 4.5]
+    df = _inference_rows("mamba", 4, targets, lambda t, e, c: (t + 0.3) % (2 * np.pi), quantity="direction_of_travel")
+    table = inference_summary(df)
+    # a constant rotation keeps the circular correlation at 1 across the 0 / 2 pi wrap
+    assert table["target_correlation"].iloc[0] == pytest.approx(1.0)
+    assert np.isnan(table["final_achieved"].iloc[0])  # a mean of angles is meaningless

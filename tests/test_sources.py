@@ -79,3 +79,61 @@ def test_ppo_histories_do_not_depend_on_physics_threads(threads):
     got = run_ppo("HalfCheetahVel", tasks, 20, 2, cfg, seed=0, threads=threads)
     for key in ref:
         np.testing.assert_array_equal(got[key], ref[key])
+
+
+@pytest.fixture(scope="module")
+def pointnav_expert():
+    from adbench.sources import train_task_expert
+    from adbench.tasks import sample_tasks
+    cfg = PPOConfig(learning_rate=3e-3, rollout_episodes=2, minibatches=2, update_epochs=10)
+    return train_task_expert("PointNav", sample_tasks("PointNav", 8, 0), 50, 60, cfg, seed=0)
+
+
+def test_task_expert_learns_all_its_tasks_at_once(pointnav_expert):
+    _, returns = pointnav_expert
+    assert returns.shape == (8, 60)
+    first, last = returns[:, :6].mean(1), returns[:, -6:].mean(1)
+    assert (last > first).mean() >= 0.75 and last.mean() > first.mean() + 10
+
+
+def test_task_expert_acts_on_the_task_it_is_told(pointnav_expert):
+    """The same observation under two goals gives actions towards each goal: the features are used."""
+    expert, _ = pointnav_expert
+    obs = np.zeros((2, 2), np.float32)
+    left, right = np.array([[-1.0, 0.0]], np.float32), np.array([[1.0, 0.0]], np.float32)
+    action = expert.mean_action(obs, np.concatenate([left, right]))
+    assert action[0, 0] < 0 < action[1, 0]
+
+
+def test_task_expert_round_trips_through_its_state_dict(pointnav_expert):
+    from adbench.sources import TaskExpert
+    expert, _ = pointnav_expert
+    copy = TaskExpert.from_state_dict(expert.state_dict())
+    obs, feats = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32), np.ones((5, 2), np.float32)
+    np.testing.assert_array_equal(copy.mean_action(obs, feats), expert.mean_action(obs, feats))
+
+
+def test_noise_distillation_with_a_task_expert_needs_the_expert():
+    from adbench.sources import NoiseDistillConfig, run_noise_distill
+    from adbench.tasks import sample_tasks
+    with pytest.raises(ValueError, match="needs the trained PointNav expert"):
+        run_noise_distill("PointNav", sample_tasks("PointNav", 2, 0), 50, 4, NoiseDistillConfig(expert="task_ppo"), 0,
+                          PPOConfig())
+
+
+def test_noise_distillation_rolls_out_the_task_expert_with_annealed_noise(pointnav_expert):
+    """Clean episodes at the end of a history are the expert's own actions; early ones are mostly noise."""
+    from adbench.sources import NoiseDistillConfig, run_noise_distill
+    from adbench.tasks import sample_tasks
+    from adbench.tasks.inference import task_features
+    expert, _ = pointnav_expert
+    tasks = sample_tasks("PointNav", 3, 7)
+    hist = run_noise_distill("PointNav", tasks, 50, 10, NoiseDistillConfig(expert="task_ppo", clean_fraction=0.2), 0,
+                             PPOConfig(), task_expert=expert)
+    obs, actions = hist["observations"].reshape(3, 10, 50, 2), hist["actions"].reshape(3, 10, 50, 2)
+    feats = np.stack([task_features("PointNav", t) for t in tasks]).astype(np.float32)
+    for i in range(3):
+        clean = np.clip(expert.mean_action(obs[i, -1], np.repeat(feats[i:i + 1], 50, 0)), -1, 1)
+        np.testing.assert_allclose(actions[i, -1], clean, atol=1e-6)
+    returns = hist["episode_returns"]
+    assert returns[:, -2:].mean() > returns[:, :2].mean()

@@ -48,17 +48,32 @@ def smoke_run(tmp_path_factory):
 def test_smoke_outputs_exist_and_are_valid(smoke_run):
     results = smoke_run / "results"
     info = validate_file(results / "datasets/PointNav.h5")
-    assert info["n_train"] == 8 and info["n_test"] == 4
-    for name in ("in_context_return", "source_learning_curves", "context_scaling", "cost"):
+    assert info["n_train"] == 8 and info["n_test"] == 4 and info["source"] == "ppo"
+    info = validate_file(results / "datasets/HalfCheetahVel.h5")
+    assert info["source"] == "noise_distill(task_ppo)" and info["horizon"] == 20
+    assert info["expert_env_steps"] == 8 * 4 * 20  # training tasks x expert episodes x horizon
+    for name in ("in_context_return", "source_learning_curves", "context_scaling", "cost", "task_inference"):
         image = Image.open(results / f"figures/{name}.png")
         image.load()
         assert image.size[0] > 300
-    improvement = pd.read_csv(results / "tables/source_improvement.csv").set_index("split")
-    assert improvement.loc["train", "histories"] == 8 and improvement.loc["test", "histories"] == 4
+    improvement = pd.read_csv(results / "tables/source_improvement.csv").set_index(["family", "split"])
+    assert improvement.loc[("PointNav", "train"), "histories"] == 8
+    assert improvement.loc[("PointNav", "test"), "histories"] == 4
     summary = pd.read_csv(results / "tables/summary.csv")
     assert list(summary.columns) == SUMMARY_COLUMNS
     assert set(summary["arch"]) == {"mamba", "transformer", "rl2"}
+    assert set(summary["family"]) == {"PointNav", "HalfCheetahVel"}
     assert (summary["train_env_steps"] > 0).all()
+    sources = summary.set_index(["family", "arch"])["source"]
+    assert sources[("PointNav", "mamba")] == "ppo" and sources[("HalfCheetahVel", "mamba")] == "noise_distill(task_ppo)"
+    assert sources[("HalfCheetahVel", "rl2")] == "online"
+    hcv = summary[summary["family"] == "HalfCheetahVel"].set_index("arch")
+    assert hcv.loc["mamba", "train_env_steps"] == 8 * 16 * 20 + 8 * 4 * 20  # histories + the expert's training
+    inference = pd.read_csv(results / "tables/task_inference.csv")
+    assert set(inference[inference["family"] == "HalfCheetahVel"]["model"]) == {
+        "mamba ctx 2", "transformer ctx 2", "rl2", "source", "random"}
+    assert inference[inference["family"] == "HalfCheetahVel"]["target_correlation"].notna().all()
+    summary = summary[summary["family"] == "PointNav"]
     rl2 = summary.set_index("arch").loc["rl2"]
     assert rl2["context_episodes"] == 0 and rl2["train_env_steps"] == 4 * 8 * 6 * 50  # updates x tasks x trial
     rl2_returns = pd.read_csv(results / "eval/PointNav/rl2-seed0.csv")
@@ -87,6 +102,10 @@ def test_deleting_a_dataset_reruns_only_what_depends_on_it(smoke_run):
     try:
         jobs = planned_jobs(smoke_run)
         assert jobs == {"dataset": 1, "train": 2, "rl2_train": 1, "evaluate": 3, "reference": 1, "figures": 1, "all": 1}
+        (smoke_run / "results/experts/HalfCheetahVel.pt").unlink()
+        jobs = planned_jobs(smoke_run)
+        assert jobs == {"expert": 1, "histories": 1, "dataset": 2, "train": 4, "rl2_train": 2, "evaluate": 6,
+                        "reference": 2, "figures": 1, "all": 1}
     finally:
         snakemake(smoke_run, "--cores", "2")
     assert planned_jobs(smoke_run) == {}

@@ -243,8 +243,9 @@ def inference_summary(inference: pd.DataFrame) -> pd.DataFrame:
         if g["target"].notna().all() and g["target"].nunique() > 1:
             corr = (_circular_correlation(g["target"].to_numpy(), g["achieved"].to_numpy())
                     if quantity == "direction_of_travel" else float(np.corrcoef(g["target"], g["achieved"])[0, 1]))
-        rows.append({"family": family, "model": model, "quantity": quantity, "units": len(g),
-                     "final_achieved": g["achieved"].mean(), "final_error": g["error"].mean(), "target_correlation": corr})
+        # a mean of angles says nothing: directions are summarised by their error and correlation only
+        achieved = np.nan if quantity == "direction_of_travel" else g["achieved"].mean()
+        rows.append({"family": family, "model": model, "quantity": quantity, "units": len(g), "final_achieved": achieved, "final_error": g["error"].mean(), "target_correlation": corr})
     return pd.DataFrame(rows, columns=INFERENCE_SUMMARY_COLUMNS)
 
 

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -94,3 +95,29 @@ def test_the_longest_context_must_fit_in_a_history(cfg):
     cfg["context_episodes"] = [2, 40]  # at stride 4, 40 episodes span 157 > 80 history episodes
     with pytest.raises(cfglib.ConfigError, match=r"PointNav: a context of 40 episodes at dataset.episode_stride 4 spans 157"):
         cfglib.validate(cfg)
+
+
+def test_numbers_given_as_text_become_numbers_where_the_schema_wants_them():
+    cfg = cfglib.coerce_numbers({"context_episodes": ["4", "16"], "seeds": ["0"], "families": ["PointNav"],
+                                 "train": {"learning_rate": "3e-4", "steps": "100", "device": "cpu"},
+                                 "overrides": {"AntDir": {"dataset": {"episode_stride": "5"}}}})
+    assert cfg["context_episodes"] == [4, 16] and cfg["seeds"] == [0]
+    assert cfg["train"] == {"learning_rate": 3e-4, "steps": 100, "device": "cpu"}
+    assert cfg["overrides"]["AntDir"]["dataset"]["episode_stride"] == 5
+    assert cfg["families"] == ["PointNav"]
+
+
+def test_text_that_is_not_a_number_is_left_for_validation_to_reject():
+    cfg = cfglib.deep_merge(cfglib.load([REPO / "config.yaml"]), {"context_episodes": ["four"]})
+    with pytest.raises(cfglib.ConfigError, match=r"context_episodes\[0\]"):
+        cfglib.validate(cfglib.coerce_numbers(cfg))
+
+
+@pytest.mark.slow
+def test_snakemake_plans_contexts_and_seeds_given_on_the_command_line(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                          "-n", "--config", "context_episodes=[2,4,8]", "seeds=[0,1]"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    jobs = dict(re.findall(r"^(train|evaluate)\s+(\d+)$", run.stdout, re.M))
+    assert jobs == {"train": str(2 * 3 * 2), "evaluate": str(2 * 3 * 2 + 2)}  # archs x contexts x seeds (+ RL^2 per seed)

@@ -46,6 +46,45 @@ def _one_line(error: jsonschema.ValidationError) -> str:
     return f"config key '{where}': {error.message}"
 
 
+def _resolve(node: dict, root: dict) -> dict:
+    while isinstance(node, dict) and "$ref" in node:
+        ref = node["$ref"].removeprefix("#/").split("/")
+        target = root
+        for part in ref:
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _numbers(value, node: dict, root: dict):
+    node = _resolve(node, root)
+    kind = node.get("type")
+    if isinstance(value, str) and kind in ("integer", "number"):
+        for cast in ((int,) if kind == "integer" else (int, float)):
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+        return value
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        return [_numbers(v, node["items"], root) for v in value]
+    if isinstance(value, dict):
+        props, extra = node.get("properties", {}), node.get("additionalProperties")
+        return {k: _numbers(v, props[k] if k in props else extra, root) if isinstance(props.get(k, extra), dict) else v
+                for k, v in value.items()}
+    return value
+
+
+def coerce_numbers(cfg: dict) -> dict:
+    """Numbers given as strings (Snakemake's `--config 'context_episodes=[4,8]'` passes list items as text)
+    become numbers wherever the schema asks for one; everything else is left to validation."""
+    root = schema()
+    out = _numbers(cfg, root, root)
+    if isinstance(out, dict) and isinstance(out.get("overrides"), dict):  # each family's overrides: the same sections
+        out["overrides"] = {f: _numbers(o, root, root) for f, o in out["overrides"].items()}
+    return out
+
+
 def validate(cfg: dict, sections: list | None = None, _whole: bool = True) -> dict:
     """Raise ConfigError (one line) unless `cfg` matches the schema; with `sections`, check only those keys."""
     full = schema()

@@ -12,6 +12,7 @@ from adbench import config as adbench_config  # noqa: E402
 from adbench import resources as adbench_resources  # noqa: E402
 
 try:
+    config.update(adbench_config.coerce_numbers(config))  # --config list items arrive as strings
     adbench_config.validate(config)
     # a fixed memory request below what a training job needs stops here, before any submission
     adbench_resources.check_train_requests(

@@ -121,3 +121,24 @@ def test_snakemake_plans_contexts_and_seeds_given_on_the_command_line(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     jobs = dict(re.findall(r"^(train|evaluate)\s+(\d+)$", run.stdout, re.M))
     assert jobs == {"train": str(2 * 3 * 2), "evaluate": str(2 * 3 * 2 + 2)}  # archs x contexts x seeds (+ RL^2 per seed)
+
+
+def test_the_oracle_families_are_those_with_an_analytic_expert():
+    from adbench.tasks import FAMILIES
+    assert sorted(cfglib.ORACLE_FAMILIES) == sorted(name for name, fam in FAMILIES.items() if fam.oracle is not None)
+
+
+def test_a_family_without_an_oracle_cannot_have_the_oracle_expert():
+    cfg = cfglib.deep_merge(cfglib.load([REPO / "config.yaml"]), {
+        "families": ["PointNav", "AntGoal"],
+        "overrides": {"AntGoal": {"source": {"algorithm": "noise_distill", "noise_distill": {"expert": "oracle"}}}}})
+    with pytest.raises(cfglib.ConfigError, match=r"AntGoal: source.noise_distill.expert 'oracle' exists only for"):
+        cfglib.validate(cfg)
+
+
+def test_expert_episodes_must_split_into_ppo_rollouts():
+    cfg = cfglib.deep_merge(cfglib.load([REPO / "config.yaml"]), {
+        "families": ["HalfCheetahVel"], "overrides": {"HalfCheetahVel": {"source": {
+            "algorithm": "noise_distill", "noise_distill": {"expert": "task_ppo", "expert_episodes": 12}}}}})
+    with pytest.raises(cfglib.ConfigError, match=r"expert_episodes \(12\) must be a multiple of source.ppo.rollout_episodes \(5\)"):
+        cfglib.validate(cfg)

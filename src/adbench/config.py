@@ -104,7 +104,31 @@ def validate(cfg: dict, sections: list | None = None, _whole: bool = True) -> di
             for_family(cfg, family)
         for family in cfg["families"]:
             _check_contexts_fit(for_family(cfg, family), family)
+            _check_source(for_family(cfg, family), family)
     return cfg
+
+
+# Families with an analytic expert (tasks.Family.oracle); tests check this against the registry, which
+# the config does not import (it would load MuJoCo into every Snakemake process).
+ORACLE_FAMILIES = ("PointNav",)
+
+
+def _check_source(cfg: dict, family: str) -> None:
+    """Source settings that the schema cannot check: an expert the family has, episode counts PPO can split."""
+    src = cfg["source"]
+    rollout = src["ppo"]["rollout_episodes"]
+    if src["algorithm"] == "ppo" and src["episodes"] % rollout:
+        raise ConfigError(f"{family}: source.episodes ({src['episodes']}) must be a multiple of "
+                          f"source.ppo.rollout_episodes ({rollout})")
+    if src["algorithm"] != "noise_distill":
+        return
+    expert = src["noise_distill"]["expert"]
+    if expert == "oracle" and family not in ORACLE_FAMILIES:
+        raise ConfigError(f"{family}: source.noise_distill.expert 'oracle' exists only for {list(ORACLE_FAMILIES)}; "
+                          f"use 'task_ppo' (a task-conditioned expert) or 'ppo'")
+    if expert in ("ppo", "task_ppo") and src["noise_distill"]["expert_episodes"] % rollout:
+        raise ConfigError(f"{family}: source.noise_distill.expert_episodes ({src['noise_distill']['expert_episodes']}) "
+                          f"must be a multiple of source.ppo.rollout_episodes ({rollout})")
 
 
 def _check_contexts_fit(cfg: dict, family: str) -> None:

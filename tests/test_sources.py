@@ -137,3 +137,26 @@ def test_noise_distillation_rolls_out_the_task_expert_with_annealed_noise(pointn
         np.testing.assert_allclose(actions[i, -1], clean, atol=1e-6)
     returns = hist["episode_returns"]
     assert returns[:, -2:].mean() > returns[:, :2].mean()
+
+
+def test_gaussian_noise_is_added_to_the_expert_action_with_the_annealed_scale():
+    """Gaussian noise distillation: action = clip(expert + epsilon * noise_std * N(0, 1)); the spread around
+    the expert falls with epsilon and is gone in the clean episodes."""
+    from adbench.sources import NoiseDistillConfig, run_noise_distill
+    from adbench.sources.noise_distill import epsilon
+    from adbench.tasks import get_family, sample_tasks
+    tasks = sample_tasks("PointNav", 4, 2)
+    cfg = NoiseDistillConfig(expert="oracle", clean_fraction=0.2, noise="gaussian", noise_std=0.3)
+    hist = run_noise_distill("PointNav", tasks, 50, 10, cfg, 0, PPOConfig())
+    obs, actions = hist["observations"].reshape(4, 10, 50, 2), hist["actions"].reshape(4, 10, 50, 2)
+    oracle = get_family("PointNav").oracle
+    expert = np.stack([[oracle(tasks[i], o) for o in obs[i, e]] for i in range(4) for e in range(10)]).reshape(actions.shape)
+    deviation = actions - np.clip(expert, -1, 1)
+    inside = np.abs(actions) < 0.999  # where clipping did not cut the noise
+    for e in range(10):
+        d = deviation[:, e][inside[:, e]]
+        scale = epsilon(e, 10, 0.2) * 0.3
+        if scale == 0:
+            assert np.abs(deviation[:, e]).max() < 1e-6
+        else:
+            assert 0.6 * scale < d.std() < 1.4 * scale and abs(d.mean()) < 0.3 * scale

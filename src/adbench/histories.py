@@ -43,6 +43,14 @@ def expert_env_steps(cfg: dict, family: str) -> int:
     return cfg["tasks"]["n_train"] * cfg["source"]["noise_distill"]["expert_episodes"] * horizon
 
 
+def expert_digest(cfg: dict) -> str:
+    """What defines a task-conditioned expert: the tasks and the source's seed, threads, PPO settings and
+    expert budget, not how its histories are rolled out (their length, noise)."""
+    src = cfg["source"]
+    return cfglib.digest({"tasks": cfg["tasks"], "seed": src["seed"], "threads": src["threads"], "ppo": src["ppo"],
+                          "expert": {k: src["noise_distill"][k] for k in ("expert", "expert_episodes")}})
+
+
 def train_expert(cfg: dict, family: str, out_path, progress=None) -> None:
     """The task-conditioned expert of `source.noise_distill.expert: task_ppo`, trained on the training tasks only."""
     src = cfg["source"]
@@ -61,14 +69,14 @@ def train_expert(cfg: dict, family: str, out_path, progress=None) -> None:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    torch.save({**expert.state_dict(), "config_digest": cfglib.digest({s: cfg[s] for s in SECTIONS}),
+    torch.save({**expert.state_dict(), "config_digest": expert_digest(cfg),
                 "env_steps": expert_env_steps(cfg, family), "train_returns": torch.from_numpy(returns)}, tmp)
     os.replace(tmp, out_path)
 
 
 def load_expert(path, cfg: dict, family: str) -> TaskExpert:
     state = torch.load(path, weights_only=False)
-    if state.get("family") != family or state.get("config_digest") != cfglib.digest({s: cfg[s] for s in SECTIONS}):
+    if state.get("family") != family or state.get("config_digest") != expert_digest(cfg):
         raise ValueError(f"{path}: an expert of another family or config; delete it and rerun the workflow")
     return TaskExpert.from_state_dict(state)
 

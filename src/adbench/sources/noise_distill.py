@@ -3,8 +3,11 @@
 After Zisman et al. 2023, "Emergence of in-context reinforcement learning from noise distillation"
 (corl-team's ad-eps): instead of a learner's history, a fixed expert acts, and with probability
 epsilon a uniformly random action replaces its action; epsilon falls linearly from 1 at the first
-episode to 0 at (1 - clean_fraction) of the history and stays 0. Cheap, and a control: the return
-rises by the schedule alone, so a model that imitates it needs no rewards to "improve".
+episode to 0 at (1 - clean_fraction) of the history and stays 0. For continuous actions the noise
+may instead be Gaussian, added to the expert's action with standard deviation epsilon * noise_std:
+a Gaussian action head can then represent each step's action distribution exactly (expert action,
+current noise level), where the uniform mixture it can only blur. The return rises by the schedule
+alone, so a model that imitates it needs no rewards to "improve": the controls tell the two apart.
 """
 
 from dataclasses import dataclass
@@ -28,6 +31,11 @@ class NoiseDistillConfig:
     """PPO training episodes per task for the 'ppo' and 'task_ppo' experts (not part of the history)."""
     clean_fraction: float = 0.1
     """final fraction of the history rolled out with no noise."""
+    noise: str = "uniform"
+    """'uniform': with probability epsilon a uniform random action replaces the expert's; 'gaussian': the
+    expert's action plus N(0, (epsilon * noise_std)^2) noise, clipped to the action box."""
+    noise_std: float = 1.0
+    """the Gaussian noise's standard deviation at epsilon = 1."""
 
 
 def epsilon(episode: int, episodes: int, clean_fraction: float) -> float:
@@ -63,8 +71,11 @@ def run_noise_distill(family: str, tasks: list, horizon: int, episodes: int, cfg
         obs = env.reset(seed=int(rng.integers(2**31)))
         for _ in range(env.horizon):
             action = np.clip(expert(obs), -1.0, 1.0)
-            noisy = rng.random(env.num_tasks) < eps
-            action[noisy] = rng.uniform(-1.0, 1.0, size=(int(noisy.sum()), env.act_dim))
+            if cfg.noise == "gaussian":
+                action = np.clip(action + eps * cfg.noise_std * rng.standard_normal(action.shape), -1.0, 1.0)
+            else:
+                noisy = rng.random(env.num_tasks) < eps
+                action[noisy] = rng.uniform(-1.0, 1.0, size=(int(noisy.sum()), env.act_dim))
             next_obs, reward, term, trunc = env.step(action)
             hist["observations"][:, t], hist["actions"][:, t] = obs, action
             hist["rewards"][:, t], hist["terminated"][:, t], hist["truncated"][:, t] = reward, term, trunc

@@ -142,3 +142,32 @@ def test_expert_episodes_must_split_into_ppo_rollouts():
             "algorithm": "noise_distill", "noise_distill": {"expert": "task_ppo", "expert_episodes": 12}}}}})
     with pytest.raises(cfglib.ConfigError, match=r"expert_episodes \(12\) must be a multiple of source.ppo.rollout_episodes \(5\)"):
         cfglib.validate(cfg)
+
+
+@pytest.mark.parametrize("stage,sections", [("train", ["dataset", "model", "train"]), ("evaluate", ["evaluate"]),
+                                            ("rl2-train", ["rl2"])])
+def test_cli_with_config_files_applies_the_dataset_familys_overrides_as_the_workflow_does(tmp_path, stage, sections):
+    import argparse
+    import json
+
+    import h5py
+
+    from adbench import cli
+    dataset = tmp_path / "d.h5"
+    with h5py.File(dataset, "w") as f:
+        f.attrs["family"] = "HalfCheetahVel"
+    args = argparse.Namespace(settings=None, config=[REPO / "config.yaml"], dataset=str(dataset))
+    got = cli._settings(args, sections)
+    workflow = cfglib.for_family(cfglib.load([REPO / "config.yaml"]), "HalfCheetahVel")
+    as_passed_by_rules = json.loads(json.dumps({s: workflow[s] for s in sections}, sort_keys=True))
+    assert {s: got[s] for s in sections} == as_passed_by_rules
+    if stage == "train":
+        assert got["dataset"]["episode_stride"] == 25 != cfglib.load([REPO / "config.yaml"])["dataset"]["episode_stride"]
+
+
+def test_cli_with_config_files_applies_the_family_flags_overrides():
+    import argparse
+
+    from adbench import cli
+    args = argparse.Namespace(settings=None, config=[REPO / "config.yaml"], family="AntDir")
+    assert cli._settings(args, ["tasks", "source"])["source"]["episodes"] == 300

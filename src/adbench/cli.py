@@ -13,6 +13,8 @@ from . import config as cfglib
 
 
 def _settings(args, sections: list) -> dict:
+    """The stage's settings: --settings as given, or --config files merged, with the per-family
+    `overrides:` of the family the stage works on applied (as the workflow does)."""
     if args.settings is not None:
         try:
             cfg = json.loads(args.settings)
@@ -21,7 +23,20 @@ def _settings(args, sections: list) -> dict:
         return cfglib.validate(cfg, sections)
     if not args.config:
         raise cfglib.ConfigError("give --config FILE [FILE ...] or --settings JSON")
-    return cfglib.load(args.config)
+    cfg = cfglib.load(args.config)
+    family = _family(args)
+    return cfglib.for_family(cfg, family) if family else cfg
+
+
+def _family(args) -> str | None:
+    """The family a stage works on: --family, or the family of its --dataset."""
+    if getattr(args, "family", None):
+        return args.family
+    if getattr(args, "dataset", None):
+        from .data import open_histories
+        with open_histories(args.dataset) as f:
+            return str(f.attrs["family"])
+    return None
 
 
 def cmd_check_config(args):

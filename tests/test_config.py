@@ -139,7 +139,7 @@ def test_a_family_without_an_oracle_cannot_have_the_oracle_expert():
 def test_expert_episodes_must_split_into_ppo_rollouts():
     cfg = cfglib.deep_merge(cfglib.load([REPO / "config.yaml"]), {
         "families": ["HalfCheetahVel"], "overrides": {"HalfCheetahVel": {"source": {
-            "algorithm": "noise_distill", "noise_distill": {"expert": "task_ppo", "expert_episodes": 12}}}}})
+            "noise_distill": {"expert_episodes": 12}, "ppo": {"rollout_episodes": 5}}}}})
     with pytest.raises(cfglib.ConfigError, match=r"expert_episodes \(12\) must be a multiple of source.ppo.rollout_episodes \(5\)"):
         cfglib.validate(cfg)
 
@@ -162,7 +162,7 @@ def test_cli_with_config_files_applies_the_dataset_familys_overrides_as_the_work
     as_passed_by_rules = json.loads(json.dumps({s: workflow[s] for s in sections}, sort_keys=True))
     assert {s: got[s] for s in sections} == as_passed_by_rules
     if stage == "train":
-        assert got["dataset"]["episode_stride"] == 25 != cfglib.load([REPO / "config.yaml"])["dataset"]["episode_stride"]
+        assert got["train"]["batch_size"] == 8 != cfglib.load([REPO / "config.yaml"])["train"]["batch_size"]
 
 
 def test_cli_with_config_files_applies_the_family_flags_overrides():
@@ -170,4 +170,5 @@ def test_cli_with_config_files_applies_the_family_flags_overrides():
 
     from adbench import cli
     args = argparse.Namespace(settings=None, config=[REPO / "config.yaml"], family="AntDir")
-    assert cli._settings(args, ["tasks", "source"])["source"]["episodes"] == 300
+    source = cli._settings(args, ["tasks", "source"])["source"]
+    assert source["algorithm"] == "noise_distill" and source["noise_distill"]["expert_episodes"] == 300

@@ -54,8 +54,9 @@ def test_paper_config_plans_the_full_experiment_with_per_job_requests(tmp_path):
                           str(REPO / "workflow/configs/paper.yaml"), "-n"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", run.stdout.split("Job stats:")[1], re.M))
-    assert {k: int(v) for k, v in stats.items()} == {"histories": 40, "dataset": 4, "reference": 4, "rl2_train": 12,
-                                                     "train": 120, "evaluate": 132, "figures": 1, "all": 1, "total": 314}
+    assert {k: int(v) for k, v in stats.items()} == {"expert": 4, "histories": 40, "dataset": 4, "reference": 4,
+                                                     "rl2_train": 12, "train": 120, "evaluate": 132, "figures": 1, "all": 1,
+                                                     "total": 318}
     jobs = re.split(r"^\[.*\]$", run.stdout, flags=re.M)  # one block per job, after its timestamp
     train = {re.search(r"output: results/train/(\S+)/model.pt", j).group(1): j for j in jobs
              if j.lstrip().startswith("rule train:")}

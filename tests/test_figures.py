@@ -117,3 +117,38 @@ def test_task_inference_correlation_is_circular_for_directions():
     # a constant rotation keeps the circular correlation at 1 across the 0 / 2 pi wrap
     assert table["target_correlation"].iloc[0] == pytest.approx(1.0)
     assert np.isnan(table["final_achieved"].iloc[0])  # a mean of angles is meaningless
+
+
+def _levels_refs(random_by_task: dict, source_by_task: dict, episodes=20) -> pd.DataFrame:
+    rows = [{"family": "F", "arch": "random", "context_episodes": 0, "seed": 0, "eval_seed": s, "control": "none",
+             "task": t, "episode": e, "return": r + (1 if e % 2 else -1)}  # spread around the level
+            for t, r in random_by_task.items() for s in (0, 1) for e in range(4)]
+    rows += [{"family": "F", "arch": "source", "context_episodes": 0, "seed": 0, "eval_seed": -1, "control": "none",
+              "task": t, "episode": e, "return": r if e >= episodes - 2 else r - 500}  # only the last 10% count
+             for t, r in source_by_task.items() for e in range(episodes)]
+    return pd.DataFrame(rows)
+
+
+def test_normalised_score_uses_each_tasks_own_random_and_source_levels():
+    # an easy task (source far above random) and a hard one: one family-wide level would misplace both
+    refs = _levels_refs({"test-0000": -300.0, "test-0001": -100.0, "test-0002": -200.0},
+                        {"test-0000": -20.0, "test-0001": -80.0, "test-0002": -100.0})
+    finals = {"test-0000": -160.0, "test-0001": -80.0, "test-0002": -150.0}
+    models = pd.DataFrame([{"family": "F", "arch": "mamba", "context_episodes": 4, "seed": 0, "eval_seed": 0,
+                            "control": "none", "task": t, "episode": e, "return": f}
+                           for t, f in finals.items() for e in range(10)])
+    s = summarize(models, refs).iloc[0]
+    scores = np.array([(-160 + 300) / 280, (-80 + 100) / 20, (-150 + 200) / 100])  # 0.5, 1.0, 0.5
+    assert s["normalized_final_iqm"] == pytest.approx(iqm(scores))
+    assert s["random_return"] == pytest.approx(-200.0) and s["source_final_return"] == pytest.approx(np.mean([-20, -80, -100]))
+
+
+def test_a_task_the_source_did_not_learn_is_divided_by_the_floor():
+    from adbench.figures import MIN_GAP_FRACTION, task_levels
+    refs = _levels_refs({"test-0000": -300.0, "test-0001": -100.0, "test-0002": -200.0},
+                        {"test-0000": -100.0, "test-0001": -110.0, "test-0002": -100.0})
+    levels = task_levels(refs).set_index("task")
+    median_gap = np.median([200.0, 10.0, 100.0])  # |source - random| per task
+    assert levels.loc["test-0000", "gap"] == pytest.approx(200.0)
+    assert levels.loc["test-0001", "gap"] == pytest.approx(MIN_GAP_FRACTION * median_gap)  # source below random
+    assert levels.loc["test-0002", "gap"] == pytest.approx(100.0)

@@ -98,6 +98,26 @@ def plot_source_curves(refs: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+MIN_GAP_FRACTION = 0.1
+
+
+def task_levels(refs: pd.DataFrame) -> pd.DataFrame:
+    """Per held-out task: the random policy's mean return, the source's final (last 10% of its history
+    episodes) and the gap the normalised score divides by. A task whose source-random gap is below
+    MIN_GAP_FRACTION of the family's median gap (the source barely learned it, or did worse than random)
+    is divided by that floor instead, so that it neither explodes nor flips the score's sign."""
+    refs = held_out(refs)
+    rnd = refs[refs["arch"] == "random"].groupby(["family", "task"])["return"].mean().rename("random")
+    src = refs[refs["arch"] == "source"]
+    n = src.groupby("family")["episode"].transform("max") + 1
+    final = src[src["episode"] >= n - np.maximum(1, np.ceil(0.1 * n))]
+    src_final = final.groupby(["family", "task"])["return"].mean().rename("source_final")
+    levels = pd.concat([rnd, src_final], axis=1).reset_index()
+    gap = levels["source_final"] - levels["random"]
+    floor = MIN_GAP_FRACTION * gap.groupby(levels["family"]).transform(lambda g: np.median(np.abs(g)))
+    return levels.assign(gap=np.maximum(gap, floor))
+
+
 def summarize(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0, costs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (family, arch, context): returns, gains and control gains with 95% bootstrap CIs, and
     (given the evaluate stage's cost tables) the environment steps each model's training consumed."""
@@ -107,6 +127,7 @@ def summarize(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0, costs: pd
     sources = {} if costs is None or "source" not in costs else (
         costs.groupby(["family", "arch", "context_episodes"])["source"].first().to_dict())
     scores = run_scores(models)
+    levels = task_levels(refs).set_index(["family", "task"])
     refs = held_out(refs)
     rows = []
     for family, fam in scores.groupby("family"):
@@ -117,7 +138,8 @@ def summarize(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0, costs: pd
         for (arch, ctx), runs in fam.groupby(["arch", "context_episodes"]):
             g = runs[runs["control"] == "none"]
             gain = (g["final"] - g["first"]).to_numpy()
-            norm = ((g["final"] - random_level) / (src_final - random_level)).to_numpy()
+            lv = levels.loc[[(family, t) for t in g["task"]]]
+            norm = ((g["final"].to_numpy() - lv["random"].to_numpy()) / lv["gap"].to_numpy())
             row = {"family": family, "arch": arch, "context_episodes": ctx, "source": sources.get((family, arch, ctx), ""),
                    "train_env_steps": budget.get((family, arch, ctx), np.nan), "runs": len(g),
                    "first_return": g["first"].mean(), "final_return": g["final"].mean(), "source_final_return": src_final,

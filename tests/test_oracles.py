@@ -1,0 +1,139 @@
+"""Independent computations of what the benchmark's numbers rest on: each quantity recomputed from its
+definition, on data with spread (unsorted, unequal, with episode ends in the middle)."""
+
+import math
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from adbench.data import WindowSampler
+from adbench.figures import BOOTSTRAP, bootstrap_ci, iqm
+from adbench.models import build
+from adbench.sources.batched_nets import RunningMeanStd
+from adbench.sources.ppo import RewardScaler, gae, next_values
+
+
+def test_iqm_is_scipys_25_percent_trimmed_mean_on_shuffled_input():
+    rng = np.random.default_rng(0)
+    for n in (4, 8, 12, 40, 400):
+        x = rng.standard_t(2, size=n) * 10 + rng.normal(size=n)
+        assert iqm(rng.permutation(x)) == pytest.approx(stats.trim_mean(x, 0.25))
+
+
+def test_bootstrap_ci_is_the_percentile_bootstrap_of_the_statistic():
+    values = np.random.default_rng(1).gamma(2.0, 3.0, size=30)
+    got = bootstrap_ci(values, np.mean, np.random.default_rng(7))
+    rng = np.random.default_rng(7)  # the same resamples, drawn and summarised independently
+    idx = rng.integers(len(values), size=(BOOTSTRAP, len(values)))
+    means = values[idx].mean(axis=1)
+    assert got == pytest.approx((np.percentile(means, 2.5), np.percentile(means, 97.5)))
+    assert got[0] < values.mean() < got[1] and got[1] - got[0] > 0.5  # it resampled: the CI has width
+
+
+def test_gae_by_hand_with_a_time_limit_cut_and_a_termination():
+    """Two learners, 5 steps. Learner 0: an episode cut by the time limit after step 1 (bootstrap from
+    V(final obs) = 10), then one that runs on past the rollout (bootstrap from the last value 4).
+    Learner 1: terminates after step 2 (no bootstrap), then a new episode."""
+    gamma, lam = 0.9, 0.8
+    rewards = torch.tensor([[1.0, 2.0, 0.5, -1.0, 3.0], [0.0, 1.0, 2.0, 1.0, -2.0]])
+    values = torch.tensor([[0.5, 1.0, 2.0, 1.5, 0.0], [1.0, 0.0, 3.0, 2.0, 1.0]])
+    end = torch.tensor([[False, True, False, False, False], [False, False, True, False, False]])
+    last_value = torch.tensor([4.0, -1.0])
+    final_values = {1: torch.tensor([10.0, 0.0])}  # learner 0 was cut at step 1; learner 1 terminated at 2
+    nxt = next_values(values, end, last_value, final_values)
+    expected_next = [[1.0, 10.0, 1.5, 0.0, 4.0], [0.0, 3.0, 0.0, 1.0, -1.0]]
+    torch.testing.assert_close(nxt, torch.tensor(expected_next))
+    adv = gae(rewards, values, nxt, end, gamma, lam)
+    for k in range(2):
+        expected, running = [0.0] * 5, 0.0
+        for t in reversed(range(5)):
+            delta = rewards[k, t].item() + gamma * expected_next[k][t] - values[k, t].item()
+            running = delta + (0.0 if end[k, t] else gamma * lam * running)
+            expected[t] = running
+        torch.testing.assert_close(adv[k], torch.tensor(expected))
+    # the advantage before an episode end does not see past it
+    assert adv[0, 1].item() == pytest.approx(2.0 + 0.9 * 10.0 - 1.0)
+    assert adv[1, 2].item() == pytest.approx(2.0 - 3.0)
+
+
+def test_running_mean_std_equals_numpy_over_the_concatenated_stream():
+    rng = np.random.default_rng(2)
+    rms = RunningMeanStd(3, 4)
+    chunks = [rng.normal(loc=k, scale=1 + k, size=(3, n, 4)) for k, n in enumerate((1, 7, 2, 30, 5))]
+    for c in chunks:
+        rms.update(c)
+    stream = np.concatenate(chunks, axis=1)
+    np.testing.assert_allclose(rms.mean, stream.mean(1), rtol=1e-4, atol=1e-6)  # up to the 1e-4 prior count
+    np.testing.assert_allclose(rms.var, stream.var(1), rtol=1e-4)
+    w = 1e-4 + stream.shape[1]  # exactly, with the prior (weight 1e-4, mean 0, variance 1) as one more point
+    np.testing.assert_allclose(rms.var, (1e-4 + (stream**2).sum(1)) / w - (stream.sum(1) / w) ** 2, rtol=1e-9)
+
+
+def test_reward_scaler_divides_by_the_std_of_the_discounted_return_so_far():
+    rng = np.random.default_rng(3)
+    gamma, steps = 0.9, 12
+    scaler = RewardScaler(2, gamma, clip=100.0)
+    rewards = rng.normal(size=(steps, 2)) * 3
+    ends = np.zeros((steps, 2), bool)
+    ends[4, 0] = ends[7, 1] = True
+    returns, discounted = [], np.zeros(2)
+    for t in range(steps):
+        discounted = discounted * gamma + rewards[t]
+        returns.append(discounted.copy())
+        got = scaler(rewards[t], ends[t])
+        seen = np.array(returns)  # every discounted return so far, per learner
+        # their variance, with the running statistic's prior (weight 1e-4, mean 0, variance 1) as one more point
+        w = 1e-4 + len(seen)
+        var = (1e-4 + (seen**2).sum(0)) / w - (seen.sum(0) / w) ** 2
+        np.testing.assert_allclose(got, np.clip(rewards[t] / np.sqrt(var + 1e-8), -100, 100), rtol=1e-6)
+        discounted[ends[t]] = 0.0
+
+
+@pytest.mark.parametrize("n", range(2, 12))
+def test_other_task_derangement_has_no_fixed_point(n):
+    rows = np.arange(3 * 2 * n).reshape(3, 2, n)
+    deranged = np.roll(rows, -1, axis=2)  # as evaluate.rollout pairs tasks
+    assert not np.any(deranged == rows)
+    assert sorted(deranged.ravel()) == sorted(rows.ravel())  # a permutation: every task's rewards shown once
+
+
+def test_ad_window_is_every_kth_episode_with_previous_step_inputs(dataset):
+    k, c = 4, 3
+    sampler = WindowSampler(dataset, c, k, batch_size=6, seed=11)
+    state = sampler.rng.bit_generator.state
+    batch = sampler.sample()
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state  # replay the sampler's draws
+    tasks = rng.integers(len(sampler.train_ids), size=6)
+    hists = rng.integers(sampler.histories, size=6)
+    starts = rng.integers(sampler.episodes - (c - 1) * k, size=6)
+    h = sampler.horizon
+    with h5py.File(dataset) as f:
+        for b, (task, hist, e0) in enumerate(zip(tasks, hists, starts)):
+            g = f["tasks"][sampler.train_ids[task]]
+            episodes = [e0 + j * k for j in range(c)]  # history episode e0 + j k is window episode j
+            obs = np.concatenate([g["observations"][hist, e * h:(e + 1) * h] for e in episodes])
+            act = np.concatenate([g["actions"][hist, e * h:(e + 1) * h] for e in episodes])
+            rew = np.concatenate([g["rewards"][hist, e * h:(e + 1) * h] for e in episodes])
+            np.testing.assert_array_equal(batch["obs"][b].numpy(), obs)
+            np.testing.assert_array_equal(batch["action"][b].numpy(), act)
+            # the token at step t carries the previous step's action and reward (zeros at the start):
+            # never the reward of the action it is asked to predict
+            np.testing.assert_array_equal(batch["prev_reward"][b, 1:].numpy(), rew[:-1])
+            np.testing.assert_array_equal(batch["prev_action"][b, 1:].numpy(), act[:-1])
+            assert batch["prev_reward"][b, 0] == 0 and not batch["prev_action"][b, 0].any()
+            assert batch["episode_start"][b].nonzero().ravel().tolist() == [0, h, 2 * h]
+
+
+def test_gaussian_loss_is_the_mean_negative_log_likelihood_per_action_dimension():
+    torch.manual_seed(0)
+    model = build("mamba", 3, 2, d_model=16, n_layers=1)
+    batch = {"obs": torch.randn(2, 7, 3), "prev_action": torch.randn(2, 7, 2), "prev_reward": torch.randn(2, 7),
+             "episode_start": torch.zeros(2, 7), "action": torch.rand(2, 7, 2) * 2 - 1}
+    mean, log_std = model(batch["obs"], batch["prev_action"], batch["prev_reward"], batch["episode_start"])
+    nll = -torch.distributions.Normal(mean, log_std.exp()).log_prob(batch["action"])
+    # the same up to the constant 0.5 log(2 pi) per dimension
+    torch.testing.assert_close(model.loss(batch), nll.mean() - 0.5 * math.log(2 * math.pi))

@@ -273,25 +273,36 @@ def inference_summary(inference: pd.DataFrame) -> pd.DataFrame:
 
 def plot_task_inference(inference: pd.DataFrame, path: Path) -> None:
     """Per family: what the final episodes achieved against what the task asked, for every model and the
-    source's final history episodes (a scatter where the task sets a target, else the achieved per model)."""
+    source's final history episodes (a scatter where the task sets a target, else the achieved per model).
+    Directions are drawn unwrapped to within half a turn of their target, so that on-target is on the diagonal."""
     final = final_inference(inference)
+    circular = final["quantity"] == "direction_of_travel"
+    offset = (final["achieved"] - final["target"] + np.pi) % (2 * np.pi) - np.pi
+    final = final.assign(achieved=np.where(circular, final["target"] + offset, final["achieved"]))
+    models = sorted(final["model"].unique(), key=lambda m: (m in ("source", "random"), m))
+    learned = [m for m in models if m not in ("source", "random")]
+    palette = {**dict(zip(learned, sns.color_palette("colorblind", len(learned)))), "source": "black", "random": "0.65"}
     families = sorted(final["family"].unique())
-    fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families) + 1.5, 3.8), squeeze=False)
     for ax, family in zip(axes[0], families):
         fam = final[final["family"] == family]
-        quantity = fam["quantity"].iloc[0]
+        quantity = fam["quantity"].iloc[0].replace("_", " ")
+        order = [m for m in models if m in set(fam["model"])]
         if fam["target"].notna().all() and fam["target"].nunique() > 1:
-            sns.scatterplot(data=fam, x="target", y="achieved", hue="model", style="model", s=25, alpha=0.8, ax=ax)
+            sns.scatterplot(data=fam, x="target", y="achieved", hue="model", hue_order=order, palette=palette, s=22,
+                            alpha=0.8, ax=ax, legend=False)
             lo, hi = fam["target"].min(), fam["target"].max()
             ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
-            ax.set(title=family, xlabel=f"target {quantity.replace('_', ' ')}", ylabel="achieved (final episodes)")
+            unit = " (rad)" if quantity == "direction of travel" else ""
+            ax.set(title=family, xlabel=f"target {quantity}{unit}", ylabel=f"achieved {quantity}, final episodes")
         else:
             column = "achieved" if fam["error"].isna().all() else "error"
-            sns.stripplot(data=fam, x="model", y=column, hue="model", ax=ax, size=3, legend=False)
+            sns.stripplot(data=fam, x="model", y=column, hue="model", order=order, hue_order=order, palette=palette,
+                          ax=ax, size=3, legend=False)
             ax.tick_params(axis="x", rotation=30)
-            ax.set(title=family, xlabel="", ylabel=f"{quantity.replace('_', ' ')} (final episodes)")
-        if ax.get_legend() is not None:
-            sns.move_legend(ax, "upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+            ax.set(title=family, xlabel="", ylabel=f"{quantity}, final episodes")
+    handles = [plt.Line2D([], [], ls="", marker="o", color=palette[m], label=m) for m in models]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.tight_layout()
     _save(fig, path)
 
@@ -300,7 +311,7 @@ def _save(fig, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
 

@@ -164,25 +164,43 @@ def summarize(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0, costs: pd
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
+CONTROL_STYLES = {"none": "-", "other_task_reward": "--", "zero_reward": ":"}
+
+
 def plot_in_context(models: pd.DataFrame, refs: pd.DataFrame, strides: dict, path: Path) -> None:
-    """Return vs in-context episode per family: each arch x context, with random and source for reference."""
+    """Return vs in-context episode, a column per family. Top: each arch x context seeing the true
+    rewards, with the random policy and the source (history episode / stride). Bottom: the same models
+    seeing the true rewards, zero rewards and another task's rewards (the controls)."""
     n = int(models["episode"].max()) + 1
     models = models.assign(label=[label(a, c) for a, c in zip(models["arch"], models["context_episodes"])])
     src = held_out(refs)
     src = src[src["arch"] == "source"].assign(label="source (history episode / stride)")
     src = src.assign(episode=src["episode"] / src["family"].map(strides))
     src = src[src["episode"] <= n - 1]
-    rnd = refs[refs["arch"] == "random"].assign(label="random")
-    data = pd.concat([models, src, rnd], ignore_index=True)
-    families = sorted(data["family"].unique())
-    fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.2), squeeze=False)
-    for ax, family in zip(axes[0], families):
-        # controls (the reward the model saw was zeroed or another task's) dashed beside the true curves
-        sns.lineplot(data=data[data["family"] == family], x="episode", y="return", hue="label", style="control",
-                     style_order=["none", "other_task_reward", "zero_reward"], errorbar=("ci", 95), n_boot=500, seed=0,
-                     ax=ax)
-        ax.set(title=family, xlabel="in-context episode", ylabel="episode return")
-        ax.legend(fontsize=8)
+    rnd = held_out(refs)
+    rnd = rnd[rnd["arch"] == "random"].assign(label="random")
+    labels = sorted(models["label"].unique())
+    palette = {**dict(zip(labels, sns.color_palette("colorblind", len(labels)))),
+               "source (history episode / stride)": "black", "random": "0.6"}
+    families = sorted(models["family"].unique())
+    fig, axes = plt.subplots(2, len(families), figsize=(4.6 * len(families) + 2, 6.4), squeeze=False, sharex=True)
+    for col, family in enumerate(families):
+        top, bottom = axes[0, col], axes[1, col]
+        fam = models[models["family"] == family]
+        true = pd.concat([fam[fam["control"] == "none"], src[src["family"] == family], rnd[rnd["family"] == family]])
+        sns.lineplot(data=true, x="episode", y="return", hue="label", palette=palette, errorbar=("ci", 95), n_boot=500,
+                     seed=0, ax=top, legend=False)
+        for (lab, control), g in fam.groupby(["label", "control"]):
+            mean = g.groupby("episode")["return"].mean()
+            bottom.plot(mean.index, mean.to_numpy(), color=palette[lab], ls=CONTROL_STYLES.get(control, "-"), lw=1.4)
+        top.set(title=family, ylabel="episode return (true rewards)" if col == 0 else "")
+        bottom.set(xlabel="in-context episode", ylabel="episode return (controls)" if col == 0 else "")
+    handles = [plt.Line2D([], [], color=palette[k], lw=2, label=k) for k in palette]
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False, fontsize=8, title="model")
+    styles = [plt.Line2D([], [], color="0.3", ls=ls, label=c.replace("_", " ") if c != "none" else "true rewards")
+              for c, ls in CONTROL_STYLES.items()]
+    fig.legend(handles=styles, loc="lower left", bbox_to_anchor=(1.0, 0.1), frameon=False, fontsize=8,
+               title="reward seen (bottom)")
     fig.tight_layout()
     _save(fig, path)
 

@@ -40,7 +40,9 @@ def rss_mib() -> float:
 
 def measure(arch: str, length: int, mode: str, threads: int, device: str = "cpu") -> dict:
     import torch
+
     from adbench import process
+
     process.setup(threads)  # as the training and evaluation stages set themselves up
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -49,23 +51,37 @@ def measure(arch: str, length: int, mode: str, threads: int, device: str = "cpu"
     def sync():
         if cuda:
             torch.cuda.synchronize(dev)
+
     base = rss_mib()
-    record = {"arch": arch, "impl": "adbench" if arch != "mambapy" else "mambapy", "L": length, "batch": BATCH,
-              "d_model": D_MODEL, "layers": LAYERS, "device": device, "scan": "-", "fwd_bwd_s": None,
-              "peak_mib": None, "step_ms": None}
+    record = {
+        "arch": arch,
+        "impl": "adbench" if arch != "mambapy" else "mambapy",
+        "L": length,
+        "batch": BATCH,
+        "d_model": D_MODEL,
+        "layers": LAYERS,
+        "device": device,
+        "scan": "-",
+        "fwd_bwd_s": None,
+        "peak_mib": None,
+        "step_ms": None,
+    }
     if arch == "mambapy":
         from mambapy.mamba import Mamba, MambaConfig
+
         model = Mamba(MambaConfig(d_model=D_MODEL, n_layers=LAYERS))
         record["params"] = sum(p.numel() for p in model.parameters())
         run = lambda x: model(x)  # noqa: E731
     else:
         from adbench.models import build
+
         policy = build(arch, OBS, ACT, d_model=D_MODEL, n_layers=LAYERS, window=length, checkpoint_layers=True)
         model = policy.backbone
         record["params"] = sum(p.numel() for p in model.parameters())
         run = lambda x: model(x)  # noqa: E731
         if arch == "mamba":
             from adbench.models.scan import scan_implementation
+
             probe = torch.zeros(1, 1, 1, device=dev)
             record["scan"] = scan_implementation(probe, probe, probe)
     model.to(dev)
@@ -128,22 +144,33 @@ def median_record(runs: list) -> dict:
     return {**ordered[(len(ordered) - 1) // 2], f"{key}_runs": [r[key] for r in runs]}
 
 
-def run_isolated(arch: str, length: int, mode: str, limit_gib: float, timeout: float, threads: int,
-                 device: str) -> dict:
+def run_isolated(
+    arch: str, length: int, mode: str, limit_gib: float, timeout: float, threads: int, device: str
+) -> dict:
     cmd = [sys.executable, __file__, "--one", arch, str(length), mode, str(limit_gib), str(threads), device]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"arch": arch, "L": length, "mode": mode, "error": f"timeout > {timeout:.0f} s"}
     if out.returncode != 0:
-        reason = "out of memory" if "MemoryError" in out.stderr or "alloc" in out.stderr.lower() else out.stderr.strip().splitlines()[-1:]
+        reason = (
+            "out of memory"
+            if "MemoryError" in out.stderr or "alloc" in out.stderr.lower()
+            else out.stderr.strip().splitlines()[-1:]
+        )
         return {"arch": arch, "L": length, "mode": mode, "error": f"{reason} (limit {limit_gib} GiB)"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        arch, length, mode, limit, threads = sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]), int(sys.argv[6])
+        arch, length, mode, limit, threads = (
+            sys.argv[2],
+            int(sys.argv[3]),
+            sys.argv[4],
+            float(sys.argv[5]),
+            int(sys.argv[6]),
+        )
         device = sys.argv[7]
         if device == "cpu":  # (CUDA reserves a large virtual address space: no address-space limit there)
             resource.setrlimit(resource.RLIMIT_AS, (int(limit * 2**30), int(limit * 2**30)))
@@ -161,13 +188,17 @@ def main():
     p.add_argument("--modes", nargs="+", default=["train", "step"], choices=["train", "step"])
     args = p.parse_args()
     records = []
-    print(f"{'arch':12} {'impl':8} {'scan':9} {'L':>6} {'params':>8} {'fwd+bwd s':>10} {'peak MiB':>9} {'step ms':>8} "
-          f"{'matmul GFLOP':>12} {'matmul s':>8} {'x matmul':>8}")
+    print(
+        f"{'arch':12} {'impl':8} {'scan':9} {'L':>6} {'params':>8} {'fwd+bwd s':>10} {'peak MiB':>9} {'step ms':>8} "
+        f"{'matmul GFLOP':>12} {'matmul s':>8} {'x matmul':>8}"
+    )
     for arch in args.archs:
         for length in args.lengths:
             for mode in [m for m in args.modes if arch != "mambapy" or m == "train"]:
-                runs = [run_isolated(arch, length, mode, args.memory_limit_gib, args.timeout, args.threads, args.device)
-                        for _ in range(args.repeats)]
+                runs = [
+                    run_isolated(arch, length, mode, args.memory_limit_gib, args.timeout, args.threads, args.device)
+                    for _ in range(args.repeats)
+                ]
                 r = runs[0] if any("error" in x for x in runs) else median_record(runs)
                 records.append(r)
                 if "error" in r:
@@ -176,9 +207,14 @@ def main():
                 fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
                 # the matmul-bound floor: the model's matmul FLOPs at this process's measured matmul rate
                 floor = r["matmul_gflop"] / r["matmul_gflops_rate"] if r.get("matmul_gflop") else None
-                print(f"{r['arch']:12} {r['impl']:8} {r['scan']:9} {length:6d} {r['params']:8d} {fmt(r['fwd_bwd_s'], '10.3f'):>10} "
-                      f"{fmt(r['peak_mib'], '9.0f'):>9} {fmt(r['step_ms'], '8.3f'):>8} {fmt(r.get('matmul_gflop'), '12.1f'):>12} "
-                      f"{fmt(floor, '8.2f'):>8} {fmt(floor and r['fwd_bwd_s'] / floor, '8.1f'):>8}", flush=True)
+                print(
+                    f"{r['arch']:12} {r['impl']:8} {r['scan']:9} {length:6d} {r['params']:8d} "
+                    f"{fmt(r['fwd_bwd_s'], '10.3f'):>10} "
+                    f"{fmt(r['peak_mib'], '9.0f'):>9} {fmt(r['step_ms'], '8.3f'):>8} "
+                    f"{fmt(r.get('matmul_gflop'), '12.1f'):>12} "
+                    f"{fmt(floor, '8.2f'):>8} {fmt(floor and r['fwd_bwd_s'] / floor, '8.1f'):>8}",
+                    flush=True,
+                )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)

@@ -27,8 +27,12 @@ ROLLOUT_EPISODES, MINIBATCH, EPOCHS = 10, 64, 10  # sb3's 2048-step rollouts, as
 
 
 def ours(k: int, updates: int, threads: int) -> float:
-    cfg = PPOConfig(learning_rate=3e-4, rollout_episodes=ROLLOUT_EPISODES, update_epochs=EPOCHS,
-                    minibatches=ROLLOUT_EPISODES * HORIZON // MINIBATCH)
+    cfg = PPOConfig(
+        learning_rate=3e-4,
+        rollout_episodes=ROLLOUT_EPISODES,
+        update_epochs=EPOCHS,
+        minibatches=ROLLOUT_EPISODES * HORIZON // MINIBATCH,
+    )
     tasks = sample_tasks(FAMILY, k, 0)
     t0 = time.perf_counter()
     run_ppo(FAMILY, tasks, HORIZON, updates * ROLLOUT_EPISODES, cfg, seed=0, threads=threads)
@@ -37,10 +41,19 @@ def ours(k: int, updates: int, threads: int) -> float:
 
 def sb3(updates: int) -> float:
     from stable_baselines3 import PPO
+
     env = gym.wrappers.TimeLimit(make_env(FAMILY, sample_tasks(FAMILY, 1, 0)[0]), HORIZON)
     n_steps = ROLLOUT_EPISODES * HORIZON
-    model = PPO("MlpPolicy", env, n_steps=n_steps, batch_size=MINIBATCH, n_epochs=EPOCHS, device="cpu", seed=0,
-                policy_kwargs={"net_arch": [64, 64], "activation_fn": torch.nn.Tanh})
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=n_steps,
+        batch_size=MINIBATCH,
+        n_epochs=EPOCHS,
+        device="cpu",
+        seed=0,
+        policy_kwargs={"net_arch": [64, 64], "activation_fn": torch.nn.Tanh},
+    )
     t0 = time.perf_counter()
     model.learn(total_timesteps=updates * n_steps)
     return updates * n_steps / (time.perf_counter() - t0)

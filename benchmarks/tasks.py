@@ -32,6 +32,7 @@ def measure(family: str, k: int, seconds: float) -> dict:
     def step_single():
         if env.step(rng.uniform(-1, 1, act_dim))[3]:
             env.reset()
+
     single = rate(step_single, seconds, 1) if k == 1 else None
 
     actions = rng.uniform(-1, 1, (k, act_dim)).astype(np.float32)
@@ -43,14 +44,23 @@ def measure(family: str, k: int, seconds: float) -> dict:
         def step_batch():
             if batch.step(actions)[3].all():
                 batch.reset()
+
         return rate(step_batch, seconds, k)
+
     ours, ours_2 = batched(1), batched(2)
 
     vec = gym.vector.SyncVectorEnv([lambda t=t: gym.wrappers.TimeLimit(make_env(family, t), 200) for t in tasks])
     vec.reset(seed=0)
     theirs = rate(lambda: vec.step(actions), seconds, k)
     vec.close()
-    return {"family": family, "K": k, "single": single, "batched": ours, "batched_2_threads": ours_2, "sync_vector": theirs}
+    return {
+        "family": family,
+        "K": k,
+        "single": single,
+        "batched": ours,
+        "batched_2_threads": ours_2,
+        "sync_vector": theirs,
+    }
 
 
 def main():
@@ -59,14 +69,20 @@ def main():
     p.add_argument("--sizes", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--seconds", type=float, default=2.0)
     args = p.parse_args()
-    print(f"{'family':16} {'K':>3} {'single env':>11} {'batched':>10} {'2 threads':>10} {'SyncVectorEnv':>14} "
-          f"{'speed-up':>9}   (env-steps/s; speed-up: batched, one thread, over SyncVectorEnv)")
+    print(
+        f"{'family':16} {'K':>3} {'single env':>11} {'batched':>10} {'2 threads':>10} {'SyncVectorEnv':>14} "
+        f"{'speed-up':>9}   (env-steps/s; speed-up: batched, one thread, over SyncVectorEnv)"
+    )
     for family in args.families:
         for k in args.sizes:
             r = measure(family, k, args.seconds)
             single = f"{r['single']:11.0f}" if r["single"] else f"{'':11}"
-            print(f"{family:16} {k:3d} {single} {r['batched']:10.0f} {r['batched_2_threads']:10.0f} {r['sync_vector']:14.0f} "
-                  f"{r['batched'] / r['sync_vector']:8.2f}x", flush=True)
+            print(
+                f"{family:16} {k:3d} {single} {r['batched']:10.0f} {r['batched_2_threads']:10.0f} "
+                f"{r['sync_vector']:14.0f} "
+                f"{r['batched'] / r['sync_vector']:8.2f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

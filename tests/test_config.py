@@ -23,13 +23,16 @@ def test_schema_enums_match_the_registries():
     assert props["architectures"]["items"]["enum"] == list(ARCHITECTURES)
 
 
-@pytest.mark.parametrize("override, words", [
-    ({"families": ["Atari"]}, ["families[0]", "'Atari'", "PointNav"]),
-    ({"context_episodes": [0]}, ["context_episodes[0]", "minimum of 1"]),
-    ({"train": {"steps": "many"}}, ["train.steps", "integer"]),
-    ({"architectures": ["lstm"]}, ["architectures[0]", "mamba", "transformer"]),
-    ({"evaluate": {"typo": 1}}, ["evaluate", "typo", "allowed keys"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ({"families": ["Atari"]}, ["families[0]", "'Atari'", "PointNav"]),
+        ({"context_episodes": [0]}, ["context_episodes[0]", "minimum of 1"]),
+        ({"train": {"steps": "many"}}, ["train.steps", "integer"]),
+        ({"architectures": ["lstm"]}, ["architectures[0]", "mamba", "transformer"]),
+        ({"evaluate": {"typo": 1}}, ["evaluate", "typo", "allowed keys"]),
+    ],
+)
 def test_bad_values_give_one_line_errors_naming_key_and_allowed(override, words):
     cfg = cfglib.deep_merge(cfglib.load([REPO / "config.yaml"]), override)
     with pytest.raises(cfglib.ConfigError) as err:
@@ -57,8 +60,23 @@ def test_section_validation_checks_only_named_sections():
 def test_workflow_stops_before_any_job_on_a_bad_config(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"context_episodes": [0]}))
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--directory",
-                          str(tmp_path), "--configfile", str(bad)], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode != 0
     lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
     # Snakemake's own notice that --configfile extends config.yaml may precede the one error line.
@@ -70,8 +88,12 @@ def test_workflow_stops_before_any_job_on_a_bad_config(tmp_path):
 def test_cli_rejects_a_bad_config_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"families": ["Nope"]}))
-    run = subprocess.run([sys.executable, "-m", "adbench", "check-config", "--config", str(REPO / "config.yaml"), str(bad)],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "adbench", "check-config", "--config", str(REPO / "config.yaml"), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2
     assert run.stderr.strip().count("\n") == 0 and "families[0]" in run.stderr
 
@@ -86,21 +108,31 @@ def test_family_overrides_merge_over_the_shared_settings():
 
 
 def test_a_bad_override_is_named_with_its_family():
-    cfg = cfglib.deep_merge(cfglib.load([REPO / "config.yaml"]), {"overrides": {"AntDir": {"dataset": {"episode_stride": 0}}}})
+    cfg = cfglib.deep_merge(
+        cfglib.load([REPO / "config.yaml"]), {"overrides": {"AntDir": {"dataset": {"episode_stride": 0}}}}
+    )
     with pytest.raises(cfglib.ConfigError, match=r"dataset\.episode_stride.*minimum of 1.*overrides\.AntDir"):
         cfglib.validate(cfg)
 
 
 def test_the_longest_context_must_fit_in_a_history(cfg):
     cfg["context_episodes"] = [2, 40]  # at stride 4, 40 episodes span 157 > 80 history episodes
-    with pytest.raises(cfglib.ConfigError, match=r"PointNav: a context of 40 episodes at dataset.episode_stride 4 spans 157"):
+    with pytest.raises(
+        cfglib.ConfigError, match=r"PointNav: a context of 40 episodes at dataset.episode_stride 4 spans 157"
+    ):
         cfglib.validate(cfg)
 
 
 def test_numbers_given_as_text_become_numbers_where_the_schema_wants_them():
-    cfg = cfglib.coerce_numbers({"context_episodes": ["4", "16"], "seeds": ["0"], "families": ["PointNav"],
-                                 "train": {"learning_rate": "3e-4", "steps": "100", "device": "cpu"},
-                                 "overrides": {"AntDir": {"dataset": {"episode_stride": "5"}}}})
+    cfg = cfglib.coerce_numbers(
+        {
+            "context_episodes": ["4", "16"],
+            "seeds": ["0"],
+            "families": ["PointNav"],
+            "train": {"learning_rate": "3e-4", "steps": "100", "device": "cpu"},
+            "overrides": {"AntDir": {"dataset": {"episode_stride": "5"}}},
+        }
+    )
     assert cfg["context_episodes"] == [4, 16] and cfg["seeds"] == [0]
     assert cfg["train"] == {"learning_rate": 3e-4, "steps": 100, "device": "cpu"}
     assert cfg["overrides"]["AntDir"]["dataset"]["episode_stride"] == 5
@@ -115,37 +147,69 @@ def test_text_that_is_not_a_number_is_left_for_validation_to_reject():
 
 @pytest.mark.slow
 def test_snakemake_plans_contexts_and_seeds_given_on_the_command_line(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-                          "-n", "--config", "context_episodes=[2,4,8]", "seeds=[0,1]"],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "-n",
+            "--config",
+            "context_episodes=[2,4,8]",
+            "seeds=[0,1]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     jobs = dict(re.findall(r"^(train|evaluate)\s+(\d+)$", run.stdout, re.M))
-    assert jobs == {"train": str(2 * 3 * 2), "evaluate": str(2 * 3 * 2 + 2)}  # archs x contexts x seeds (+ RL^2 per seed)
+    assert jobs == {
+        "train": str(2 * 3 * 2),
+        "evaluate": str(2 * 3 * 2 + 2),
+    }  # archs x contexts x seeds (+ RL^2 per seed)
 
 
 def test_the_oracle_families_are_those_with_an_analytic_expert():
     from adbench.tasks import FAMILIES
+
     assert sorted(cfglib.ORACLE_FAMILIES) == sorted(name for name, fam in FAMILIES.items() if fam.oracle is not None)
 
 
 def test_a_family_without_an_oracle_cannot_have_the_oracle_expert():
-    cfg = cfglib.deep_merge(cfglib.load([REPO / "config.yaml"]), {
-        "families": ["PointNav", "AntGoal"],
-        "overrides": {"AntGoal": {"source": {"algorithm": "noise_distill", "noise_distill": {"expert": "oracle"}}}}})
+    cfg = cfglib.deep_merge(
+        cfglib.load([REPO / "config.yaml"]),
+        {
+            "families": ["PointNav", "AntGoal"],
+            "overrides": {"AntGoal": {"source": {"algorithm": "noise_distill", "noise_distill": {"expert": "oracle"}}}},
+        },
+    )
     with pytest.raises(cfglib.ConfigError, match=r"AntGoal: source.noise_distill.expert 'oracle' exists only for"):
         cfglib.validate(cfg)
 
 
 def test_expert_episodes_must_split_into_ppo_rollouts():
-    cfg = cfglib.deep_merge(cfglib.load([REPO / "config.yaml"]), {
-        "families": ["HalfCheetahVel"], "overrides": {"HalfCheetahVel": {"source": {
-            "noise_distill": {"expert_episodes": 12}, "ppo": {"rollout_episodes": 5}}}}})
-    with pytest.raises(cfglib.ConfigError, match=r"expert_episodes \(12\) must be a multiple of source.ppo.rollout_episodes \(5\)"):
+    cfg = cfglib.deep_merge(
+        cfglib.load([REPO / "config.yaml"]),
+        {
+            "families": ["HalfCheetahVel"],
+            "overrides": {
+                "HalfCheetahVel": {"source": {"noise_distill": {"expert_episodes": 12}, "ppo": {"rollout_episodes": 5}}}
+            },
+        },
+    )
+    with pytest.raises(
+        cfglib.ConfigError, match=r"expert_episodes \(12\) must be a multiple of source.ppo.rollout_episodes \(5\)"
+    ):
         cfglib.validate(cfg)
 
 
-@pytest.mark.parametrize("stage,sections", [("train", ["dataset", "model", "train"]), ("evaluate", ["evaluate"]),
-                                            ("rl2-train", ["rl2"])])
+@pytest.mark.parametrize(
+    "stage,sections", [("train", ["dataset", "model", "train"]), ("evaluate", ["evaluate"]), ("rl2-train", ["rl2"])]
+)
 def test_cli_with_config_files_applies_the_dataset_familys_overrides_as_the_workflow_does(tmp_path, stage, sections):
     import argparse
     import json
@@ -153,6 +217,7 @@ def test_cli_with_config_files_applies_the_dataset_familys_overrides_as_the_work
     import h5py
 
     from adbench import cli
+
     dataset = tmp_path / "d.h5"
     with h5py.File(dataset, "w") as f:
         f.attrs["family"] = "HalfCheetahVel"
@@ -169,6 +234,7 @@ def test_cli_with_config_files_applies_the_family_flags_overrides():
     import argparse
 
     from adbench import cli
+
     args = argparse.Namespace(settings=None, config=[REPO / "config.yaml"], family="AntDir")
     source = cli._settings(args, ["tasks", "source"])["source"]
     assert source["algorithm"] == "noise_distill" and source["noise_distill"]["expert_episodes"] == 300

@@ -48,12 +48,15 @@ def test_mamba_ssm_kernel_equals_our_scans_outputs_and_gradients(length, bc, use
         "torch": [a.float().to(CUDA).requires_grad_() for a in args64],
         "auto": [a.float().to(CUDA).requires_grad_() for a in args64],  # ours, which picks mamba_ssm on CUDA
     }
-    outs = {"ref": call(selective_scan_ref, leaves["ref"]), "mamba_ssm": call(kernel, leaves["mamba_ssm"]),
-            "torch": call(lambda *a, **k: selective_scan(*a, **k, impl="torch"), leaves["torch"]),
-            "auto": call(selective_scan, leaves["auto"])}
+    outs = {
+        "ref": call(selective_scan_ref, leaves["ref"]),
+        "mamba_ssm": call(kernel, leaves["mamba_ssm"]),
+        "torch": call(lambda *a, **k: selective_scan(*a, **k, impl="torch"), leaves["torch"]),
+        "auto": call(selective_scan, leaves["auto"]),
+    }
     w = torch.randn(outs["ref"][0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     grads = {}
-    for key, (out, last) in outs.items():
+    for key, (out, _last) in outs.items():
         grads[key] = torch.autograd.grad((out * w.to(out)).sum(), leaves[key], allow_unused=True)
     ref_out, ref_last = outs["ref"]
     for key in ("mamba_ssm", "torch", "auto"):
@@ -73,6 +76,7 @@ def test_mamba_ssm_kernel_equals_our_scans_outputs_and_gradients(length, bc, use
 
 def _layer_pair(d_model=32, seed=0):
     from mamba_ssm.modules.mamba_simple import Mamba as TheirMamba
+
     torch.manual_seed(seed)
     ours = Mamba(d_model).to(CUDA)
     theirs = TheirMamba(d_model, use_fast_path=False).to(CUDA)  # the fast path needs causal-conv1d
@@ -100,7 +104,7 @@ def test_our_mamba_layer_equals_mamba_ssms_forward_backward_and_step():
     with torch.no_grad():
         for t in range(12):
             a, state = ours.step(x[:, t], state)
-            b, conv_state, ssm_state = theirs.step(x[:, t:t + 1], conv_state, ssm_state)
+            b, conv_state, ssm_state = theirs.step(x[:, t : t + 1], conv_state, ssm_state)
             torch.testing.assert_close(a, b[:, 0], rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(a, y_ours[:, t].detach(), rtol=1e-4, atol=1e-5)
 

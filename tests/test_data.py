@@ -12,8 +12,19 @@ from adbench.histories import all_tasks, run_shard
 def test_dataset_meets_the_contract(dataset, smoke_config):
     info = validate_file(dataset)
     t, s = smoke_config["tasks"], smoke_config["source"]
-    assert info == {"family": "PointNav", "n_train": t["n_train"], "n_test": t["n_test"], "H": 1, "T": s["episodes"] * 50,
-                    "E": s["episodes"], "horizon": 50, "obs_dim": 2, "act_dim": 2, "source": "ppo", "expert_env_steps": 0}
+    assert info == {
+        "family": "PointNav",
+        "n_train": t["n_train"],
+        "n_test": t["n_test"],
+        "H": 1,
+        "T": s["episodes"] * 50,
+        "E": s["episodes"],
+        "horizon": 50,
+        "obs_dim": 2,
+        "act_dim": 2,
+        "source": "ppo",
+        "expert_env_steps": 0,
+    }
     with h5py.File(dataset) as f:
         assert f.attrs["schema_version"] == SCHEMA_VERSION
         assert json.loads(f.attrs["source_settings"])["ppo"]["learning_rate"] == s["ppo"]["learning_rate"]
@@ -126,6 +137,7 @@ def test_context_longer_than_history_is_refused(dataset):
 def test_noise_distillation_rises_with_the_schedule(cfg, tmp_path):
     from adbench.sources import generate_histories
     from adbench.tasks import sample_tasks
+
     source = {**cfg["source"], "algorithm": "noise_distill", "episodes": 20}
     hist = generate_histories(source, "PointNav", sample_tasks("PointNav", 3, 0), 50, seed=0)
     returns = hist["episode_returns"]

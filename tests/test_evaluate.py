@@ -5,7 +5,7 @@ import torch
 
 from adbench import train
 from adbench.data import DatasetError
-from adbench.evaluate import CONTROLS, COLUMNS, ModelPolicy, evaluate_model, evaluate_references, rollout
+from adbench.evaluate import COLUMNS, CONTROLS, ModelPolicy, evaluate_model, evaluate_references, rollout
 from adbench.models import build, load_checkpoint
 from adbench.tasks import sample_tasks
 
@@ -66,8 +66,11 @@ def test_mamba_cost_per_step_is_flat_in_episodes(dataset):
 
 def test_model_and_dataset_dims_must_match(cfg, dataset, tmp_path):
     from adbench.models import save_checkpoint
+
     model = build("mamba", 5, 2, d_model=16)
-    save_checkpoint(tmp_path / "m.pt", model, "mamba", {"d_model": 16}, {"meta": {"horizon": 50, "context_episodes": 2, "seed": 0}})
+    save_checkpoint(
+        tmp_path / "m.pt", model, "mamba", {"d_model": 16}, {"meta": {"horizon": 50, "context_episodes": 2, "seed": 0}}
+    )
     with pytest.raises(DatasetError, match=r"obs/act dims \(5, 2\).*\(2, 2\)"):
         evaluate_model(cfg, dataset, tmp_path / "m.pt", tmp_path / "e.csv", progress=False)
 
@@ -127,6 +130,7 @@ class RewardHillClimber:
 def _gains(returns):
     """(controls, seeds, tasks, episodes) -> in-context gain per control and the reward-driven gain."""
     from adbench.figures import bootstrap_ci
+
     final = returns[..., -3:].mean(-1)
     driven = (final[0] - final[2]).ravel()
     return driven.mean(), bootstrap_ci(driven, np.mean, np.random.default_rng(0))
@@ -161,6 +165,7 @@ def test_dynamics_family_other_task_control_feeds_the_other_rollouts_rewards():
     def recorder(obs, prev_action, prev_reward, start, generator):
         seen.append(prev_reward.copy())
         return np.zeros((len(obs), 6), np.float32)
+
     rollout("Walker2dParams", tasks, 5, 1, [0], recorder, controls=("none", "other_task_reward"))
     # rows: (none, task0), (none, task1), (other, task0), (other, task1): the control shows the other task's reward
     for r in seen[1:]:

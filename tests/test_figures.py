@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from adbench.figures import inference_summary, edge, iqm, make_all, source_improvement, summarize
+from adbench.figures import edge, inference_summary, iqm, make_all, source_improvement, summarize
 
 
 def _table(arch, ctx, slope, episodes=10, tasks=6, seeds=(0, 1), level=-50.0, control="none"):
@@ -11,9 +11,19 @@ def _table(arch, ctx, slope, episodes=10, tasks=6, seeds=(0, 1), level=-50.0, co
     for s in seeds:
         for t in range(tasks):
             for e in range(episodes):
-                rows.append({"family": "PointNav", "arch": arch, "context_episodes": ctx, "seed": s, "eval_seed": 0,
-                             "control": control, "task": f"test-{t:04d}", "episode": e,
-                             "return": level + slope * e + 0.1 * t})
+                rows.append(
+                    {
+                        "family": "PointNav",
+                        "arch": arch,
+                        "context_episodes": ctx,
+                        "seed": s,
+                        "eval_seed": 0,
+                        "control": control,
+                        "task": f"test-{t:04d}",
+                        "episode": e,
+                        "return": level + slope * e + 0.1 * t,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -37,12 +47,19 @@ def test_summary_gain_and_normalisation():
     # random = -50 (+ task offsets), source final = its last 4 episodes: normalised 0 and 1 anchor the scale
     rnd_level = -50 + 0.25
     src_final = -50 + 37.5 + 0.25
-    assert s.loc["transformer", "normalized_final_iqm"] == pytest.approx((-50 + 0.25 - rnd_level) / (src_final - rnd_level), abs=0.02)
+    assert s.loc["transformer", "normalized_final_iqm"] == pytest.approx(
+        (-50 + 0.25 - rnd_level) / (src_final - rnd_level), abs=0.02
+    )
 
 
 def test_reward_driven_gain_is_true_minus_other_task_final_return():
-    models = pd.concat([_table("mamba", 4, 2.0), _table("mamba", 4, 2.0, control="zero_reward"),
-                        _table("mamba", 4, 0.5, control="other_task_reward")])
+    models = pd.concat(
+        [
+            _table("mamba", 4, 2.0),
+            _table("mamba", 4, 2.0, control="zero_reward"),
+            _table("mamba", 4, 0.5, control="other_task_reward"),
+        ]
+    )
     s = summarize(models, _refs()).set_index("arch")
     assert s.loc["mamba", "gain"] == pytest.approx(18.0)
     assert s.loc["mamba", "zero_reward_gain"] == pytest.approx(18.0)
@@ -54,17 +71,62 @@ def test_reward_driven_gain_is_true_minus_other_task_final_return():
 def test_make_all_writes_a_figure_and_tables(tmp_path):
     pd.concat([_table("mamba", 4, 1.0), _table("rl2", 0, 0.5)]).to_csv(tmp_path / "m.csv", index=False)
     _refs().to_csv(tmp_path / "r.csv", index=False)
-    metrics = pd.DataFrame([{"family": "PointNav", "arch": a, "context_episodes": c, "seed": 0, "step": s, "loss": 0.1,
-                             "lr": 1e-3, "tokens_per_s": 1000.0 / c, "peak_mem_mib": 300.0 * c}
-                            for a in ("mamba", "transformer") for c in (2, 4) for s in (10, 20)])
-    costs = pd.DataFrame([{"family": "PointNav", "arch": a, "context_episodes": c, "seed": 0, "batch": 8, "ms_per_step": c * 0.5,
-                           "train_env_steps": 1000, "source": "ppo"} for a in ("mamba", "transformer") for c in (2, 4)]
-                         + [{"family": "PointNav", "arch": "rl2", "context_episodes": 0, "seed": 0, "batch": 8,
-                             "ms_per_step": 0.2, "train_env_steps": 5_000_000, "source": "online"}])
+    metrics = pd.DataFrame(
+        [
+            {
+                "family": "PointNav",
+                "arch": a,
+                "context_episodes": c,
+                "seed": 0,
+                "step": s,
+                "loss": 0.1,
+                "lr": 1e-3,
+                "tokens_per_s": 1000.0 / c,
+                "peak_mem_mib": 300.0 * c,
+            }
+            for a in ("mamba", "transformer")
+            for c in (2, 4)
+            for s in (10, 20)
+        ]
+    )
+    costs = pd.DataFrame(
+        [
+            {
+                "family": "PointNav",
+                "arch": a,
+                "context_episodes": c,
+                "seed": 0,
+                "batch": 8,
+                "ms_per_step": c * 0.5,
+                "train_env_steps": 1000,
+                "source": "ppo",
+            }
+            for a in ("mamba", "transformer")
+            for c in (2, 4)
+        ]
+        + [
+            {
+                "family": "PointNav",
+                "arch": "rl2",
+                "context_episodes": 0,
+                "seed": 0,
+                "batch": 8,
+                "ms_per_step": 0.2,
+                "train_env_steps": 5_000_000,
+                "source": "online",
+            }
+        ]
+    )
     metrics.to_csv(tmp_path / "metrics.csv", index=False)
     costs.to_csv(tmp_path / "costs.csv", index=False)
-    make_all({"PointNav": 4}, [tmp_path / "m.csv"], [tmp_path / "r.csv"], tmp_path, [tmp_path / "metrics.csv"],
-             [tmp_path / "costs.csv"])
+    make_all(
+        {"PointNav": 4},
+        [tmp_path / "m.csv"],
+        [tmp_path / "r.csv"],
+        tmp_path,
+        [tmp_path / "metrics.csv"],
+        [tmp_path / "costs.csv"],
+    )
     for name in ("in_context_return", "source_learning_curves", "context_scaling", "cost"):
         assert Image.open(tmp_path / f"figures/{name}.png").size[0] > 100
     summary = pd.read_csv(tmp_path / "tables/summary.csv")
@@ -80,28 +142,53 @@ def test_make_all_writes_a_figure_and_tables(tmp_path):
 
 
 def test_source_improvement_counts_histories_that_rose():
-    refs = pd.concat([_table("source", 0, 1.0, episodes=20, tasks=3, seeds=(0,)),
-                      _table("source", 0, -1.0, episodes=20, tasks=2, seeds=(0,)).assign(task=lambda d: d["task"].str.replace("test", "train"))])
+    refs = pd.concat(
+        [
+            _table("source", 0, 1.0, episodes=20, tasks=3, seeds=(0,)),
+            _table("source", 0, -1.0, episodes=20, tasks=2, seeds=(0,)).assign(
+                task=lambda d: d["task"].str.replace("test", "train")
+            ),
+        ]
+    )
     table = source_improvement(refs).set_index("split")
     assert table.loc["test", "histories"] == 3 and table.loc["test", "improved"] == 3
     assert table.loc["train", "histories"] == 2 and table.loc["train", "improved"] == 0
 
 
 def _inference_rows(model_arch, ctx, targets, achieved_of, episodes=10, quantity="forward_velocity"):
-    return pd.DataFrame([{"family": "HalfCheetahVel", "arch": model_arch, "context_episodes": ctx, "seed": 0,
-                          "eval_seed": 0, "control": control, "task": f"test-{j:04d}", "episode": e,
-                          "quantity": quantity, "target": t, "achieved": achieved_of(t, e, control),
-                          "error": abs(achieved_of(t, e, control) - t)}
-                         for control in ("none", "other_task_reward") for j, t in enumerate(targets)
-                         for e in range(episodes)])
+    return pd.DataFrame(
+        [
+            {
+                "family": "HalfCheetahVel",
+                "arch": model_arch,
+                "context_episodes": ctx,
+                "seed": 0,
+                "eval_seed": 0,
+                "control": control,
+                "task": f"test-{j:04d}",
+                "episode": e,
+                "quantity": quantity,
+                "target": t,
+                "achieved": achieved_of(t, e, control),
+                "error": abs(achieved_of(t, e, control) - t),
+            }
+            for control in ("none", "other_task_reward")
+            for j, t in enumerate(targets)
+            for e in range(episodes)
+        ]
+    )
 
 
 def test_task_inference_summary_reads_the_final_episodes_of_true_reward_runs():
     targets = [0.3, 2.1, 1.2, 2.8, 0.9]  # not sorted
     # achieved approaches 0.8 * target over the episodes; the control runs do something else entirely
     achieved = lambda t, e, control: 0.8 * t * e / 9 if control == "none" else 1.0  # noqa: E731
-    df = pd.concat([_inference_rows("mamba", 4, targets, achieved),
-                    _inference_rows("source", 0, targets, lambda t, e, c: t + 0.1, episodes=50)])
+    df = pd.concat(
+        [
+            _inference_rows("mamba", 4, targets, achieved),
+            _inference_rows("source", 0, targets, lambda t, e, c: t + 0.1, episodes=50),
+        ]
+    )
     table = inference_summary(df).set_index("model")
     # final 10%: episode 9 of 10 (achieved 0.8 t), episodes 45..49 of the source's 50 (t + 0.1)
     assert table.loc["mamba ctx 4", "final_error"] == pytest.approx(np.mean([0.2 * t for t in targets]))
@@ -120,33 +207,79 @@ def test_task_inference_correlation_is_circular_for_directions():
 
 
 def _levels_refs(random_by_task: dict, source_by_task: dict, episodes=20) -> pd.DataFrame:
-    rows = [{"family": "F", "arch": "random", "context_episodes": 0, "seed": 0, "eval_seed": s, "control": "none",
-             "task": t, "episode": e, "return": r + (1 if e % 2 else -1)}  # spread around the level
-            for t, r in random_by_task.items() for s in (0, 1) for e in range(4)]
-    rows += [{"family": "F", "arch": "source", "context_episodes": 0, "seed": 0, "eval_seed": -1, "control": "none",
-              "task": t, "episode": e, "return": r if e >= episodes - 2 else r - 500}  # only the last 10% count
-             for t, r in source_by_task.items() for e in range(episodes)]
+    rows = [
+        {
+            "family": "F",
+            "arch": "random",
+            "context_episodes": 0,
+            "seed": 0,
+            "eval_seed": s,
+            "control": "none",
+            "task": t,
+            "episode": e,
+            "return": r + (1 if e % 2 else -1),
+        }  # spread around the level
+        for t, r in random_by_task.items()
+        for s in (0, 1)
+        for e in range(4)
+    ]
+    rows += [
+        {
+            "family": "F",
+            "arch": "source",
+            "context_episodes": 0,
+            "seed": 0,
+            "eval_seed": -1,
+            "control": "none",
+            "task": t,
+            "episode": e,
+            "return": r if e >= episodes - 2 else r - 500,
+        }  # only the last 10% count
+        for t, r in source_by_task.items()
+        for e in range(episodes)
+    ]
     return pd.DataFrame(rows)
 
 
 def test_normalised_score_uses_each_tasks_own_random_and_source_levels():
     # an easy task (source far above random) and a hard one: one family-wide level would misplace both
-    refs = _levels_refs({"test-0000": -300.0, "test-0001": -100.0, "test-0002": -200.0},
-                        {"test-0000": -20.0, "test-0001": -80.0, "test-0002": -100.0})
+    refs = _levels_refs(
+        {"test-0000": -300.0, "test-0001": -100.0, "test-0002": -200.0},
+        {"test-0000": -20.0, "test-0001": -80.0, "test-0002": -100.0},
+    )
     finals = {"test-0000": -160.0, "test-0001": -80.0, "test-0002": -150.0}
-    models = pd.DataFrame([{"family": "F", "arch": "mamba", "context_episodes": 4, "seed": 0, "eval_seed": 0,
-                            "control": "none", "task": t, "episode": e, "return": f}
-                           for t, f in finals.items() for e in range(10)])
+    models = pd.DataFrame(
+        [
+            {
+                "family": "F",
+                "arch": "mamba",
+                "context_episodes": 4,
+                "seed": 0,
+                "eval_seed": 0,
+                "control": "none",
+                "task": t,
+                "episode": e,
+                "return": f,
+            }
+            for t, f in finals.items()
+            for e in range(10)
+        ]
+    )
     s = summarize(models, refs).iloc[0]
     scores = np.array([(-160 + 300) / 280, (-80 + 100) / 20, (-150 + 200) / 100])  # 0.5, 1.0, 0.5
     assert s["normalized_final_iqm"] == pytest.approx(iqm(scores))
-    assert s["random_return"] == pytest.approx(-200.0) and s["source_final_return"] == pytest.approx(np.mean([-20, -80, -100]))
+    assert s["random_return"] == pytest.approx(-200.0) and s["source_final_return"] == pytest.approx(
+        np.mean([-20, -80, -100])
+    )
 
 
 def test_a_task_the_source_did_not_learn_is_divided_by_the_floor():
     from adbench.figures import MIN_GAP_FRACTION, task_levels
-    refs = _levels_refs({"test-0000": -300.0, "test-0001": -100.0, "test-0002": -200.0},
-                        {"test-0000": -100.0, "test-0001": -110.0, "test-0002": -100.0})
+
+    refs = _levels_refs(
+        {"test-0000": -300.0, "test-0001": -100.0, "test-0002": -200.0},
+        {"test-0000": -100.0, "test-0001": -110.0, "test-0002": -100.0},
+    )
     levels = task_levels(refs).set_index("task")
     median_gap = np.median([200.0, 10.0, 100.0])  # |source - random| per task
     assert levels.loc["test-0000", "gap"] == pytest.approx(200.0)

@@ -109,6 +109,7 @@ def test_batched_rollout_diagnostic_matches_single_envs():
     assert mean.shape == (1, 1, 2, 2, 17) and last.shape == mean.shape
     env = BatchedTasks("HalfCheetahVel", tasks, 20)
     from adbench.seeding import derive_seed
+
     obs = env.reset(seeds=[derive_seed(0, "reset", 1, j) % 2**31 for j in range(2)])
     stored = []
     for t in range(20):

@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from adbench.models import (ARCHITECTURES, ModelError, build, count_parameters, load_checkpoint, save_checkpoint,
-                            selective_scan, selective_scan_ref)
+from adbench.models import (
+    ARCHITECTURES,
+    ModelError,
+    build,
+    count_parameters,
+    load_checkpoint,
+    save_checkpoint,
+    selective_scan,
+    selective_scan_ref,
+)
 from adbench.models.mamba import MambaBackbone
 from adbench.models.transformer import TransformerBackbone
-
 
 HAS_COMPILER = shutil.which("gcc") is not None or shutil.which("cc") is not None
 
@@ -38,6 +45,7 @@ def _scan_inputs(b, d, n, length, variable_bc=True, grouped=False, dtype=torch.f
 
     def r(*shape):
         return torch.randn(*shape, generator=g, dtype=dtype)
+
     u, delta = r(b, d, length), r(b, d, length) * 0.5
     A = -torch.rand(d, n, generator=g, dtype=dtype) - 0.1
     if grouped:
@@ -56,8 +64,13 @@ def test_scan_equals_reference_outputs_and_gradients(impl, length, chunk, use_z,
     _needs_native(impl)
     u, delta, A, B, C, D, z, bias = _scan_inputs(2, 6, 4, length)
     leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
-    kw = dict(D=D if use_d else None, z=z if use_z else None, delta_bias=bias if use_bias else None,
-              delta_softplus=True, return_last_state=True)
+    kw = dict(
+        D=D if use_d else None,
+        z=z if use_z else None,
+        delta_bias=bias if use_bias else None,
+        delta_softplus=True,
+        return_last_state=True,
+    )
     out, last = selective_scan(u, delta, A, B, C, chunk=chunk, impl=impl, **kw)
     ref, ref_last = selective_scan_ref(u, delta, A, B, C, **kw)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
@@ -65,8 +78,9 @@ def test_scan_equals_reference_outputs_and_gradients(impl, length, chunk, use_z,
     w = torch.randn_like(out)
     through_last = last.sum() if impl == "torch" else 0.0  # the fused kernel's last state is inference-only
     grads = torch.autograd.grad((out * w).sum() + through_last, leaves, allow_unused=True)
-    ref_grads = torch.autograd.grad((ref * w).sum() + (ref_last.sum() if impl == "torch" else 0.0), leaves,
-                                    allow_unused=True)
+    ref_grads = torch.autograd.grad(
+        (ref * w).sum() + (ref_last.sum() if impl == "torch" else 0.0), leaves, allow_unused=True
+    )
     for g, rg in zip(grads, ref_grads):
         if rg is None:
             assert g is None or g.abs().max() == 0
@@ -77,8 +91,10 @@ def test_scan_equals_reference_outputs_and_gradients(impl, length, chunk, use_z,
 @pytest.mark.parametrize("kind", ["fixed", "grouped"])
 def test_scan_accepts_fixed_and_grouped_b_c(kind):
     u, delta, A, B, C, D, z, bias = _scan_inputs(2, 4, 3, 21, variable_bc=kind != "fixed", grouped=kind == "grouped")
-    torch.testing.assert_close(selective_scan(u, delta, A, B, C, D, z, bias, True, chunk=6),
-                               selective_scan_ref(u, delta, A, B, C, D, z, bias, True))
+    torch.testing.assert_close(
+        selective_scan(u, delta, A, B, C, D, z, bias, True, chunk=6),
+        selective_scan_ref(u, delta, A, B, C, D, z, bias, True),
+    )
 
 
 @pytest.mark.parametrize("impl, d", [("fused", 4), ("native", 4), ("native", 16)])
@@ -86,6 +102,7 @@ def test_kernel_gradients_with_grouped_b_c_and_long_odd_lengths(impl, d):
     _needs_native(impl)
     if impl == "native" and d % 16:  # channel groups that are not whole vector blocks: not native
         from adbench.models.scan import scan_implementation
+
         u, _, _, B, C, *_ = _scan_inputs(2, d, 3, 5, grouped=True)
         assert scan_implementation(u, B, C) == "fused"
         return
@@ -112,18 +129,22 @@ def test_scan_float32_matches_float64_reference(impl):
     leaves64 = [a.clone().requires_grad_() for a in args]
     leaves32 = [a.float().requires_grad_() for a in args]
     ref = selective_scan_ref(*leaves64[:5], D=leaves64[5], z=leaves64[6], delta_bias=leaves64[7], delta_softplus=True)
-    out = selective_scan(*leaves32[:5], D=leaves32[5], z=leaves32[6], delta_bias=leaves32[7], delta_softplus=True,
-                         impl=impl)
+    out = selective_scan(
+        *leaves32[:5], D=leaves32[5], z=leaves32[6], delta_bias=leaves32[7], delta_softplus=True, impl=impl
+    )
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
     w = torch.randn_like(ref)
-    for g32, g64 in zip(torch.autograd.grad((out * w.float()).sum(), leaves32), torch.autograd.grad((ref * w).sum(), leaves64)):
+    for g32, g64 in zip(
+        torch.autograd.grad((out * w.float()).sum(), leaves32), torch.autograd.grad((ref * w).sum(), leaves64)
+    ):
         torch.testing.assert_close(g32.double(), g64, rtol=1e-3, atol=1e-3 * g64.abs().max().item())
 
 
 def test_scan_picks_the_native_kernel_on_cpu_and_honours_the_override(monkeypatch):
     _needs_native("native")
     from adbench.models.scan import scan_implementation
+
     u, _, _, B, C, *_ = _scan_inputs(1, 2, 2, 5)
     assert scan_implementation(u, B, C) == "native"
     assert scan_implementation(u, torch.randn(2, 2), C) == "torch"  # fixed B is not fused
@@ -142,6 +163,7 @@ def test_native_conv_silu_equals_torchs_conv1d(monkeypatch, dtype, width, thread
     (each unit's last dx reaches K - 1 steps into the next unit's range); width 3 is the generic path."""
     _needs_native("native")
     from adbench.models.scan import conv_silu
+
     g = torch.Generator().manual_seed(0)
     xz = torch.randn(3, 50, 40, generator=g, dtype=dtype)  # x is a strided slice, as Mamba's in_proj makes it
     w, b = torch.randn(20, 1, width, generator=g, dtype=dtype), torch.randn(20, generator=g, dtype=dtype)
@@ -157,7 +179,10 @@ def _assert_native_equals_torch(monkeypatch, fn, inputs, threads: int) -> None:
             monkeypatch.setenv("ADBENCH_SCAN", choice)
             leaves = [t.clone().requires_grad_() for t in inputs]
             out = fn(*leaves)
-            results[choice] = [out, *torch.autograd.grad((out * torch.arange(out.numel()).reshape(out.shape).sin()).sum(), leaves)]
+            results[choice] = [
+                out,
+                *torch.autograd.grad((out * torch.arange(out.numel()).reshape(out.shape).sin()).sum(), leaves),
+            ]
     tol = 1e-12 if inputs[0].dtype == torch.float64 else 1e-5
     for a, b in zip(results["native"], results["torch"]):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
@@ -186,6 +211,7 @@ def test_native_rms_norm_equals_torchs_ops(monkeypatch, dtype, threads):
     21 (a whole vector block of floats and a partial one), rows split over threads."""
     _needs_native("native")
     from adbench.models.scan import rms_norm
+
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(3, 7, 21, generator=g, dtype=dtype) * 3, torch.randn(21, generator=g, dtype=dtype)
     _assert_native_equals_torch(monkeypatch, lambda x, w: rms_norm(x, w, 1e-5), (x, w), threads)
@@ -201,15 +227,22 @@ def test_native_rms_norm_equals_torchs_ops(monkeypatch, dtype, threads):
 def test_fused_scan_keeps_torchs_thread_count():
     """numba's first parallel launch resets the process's OpenMP thread count; a job's `threads` must
     survive it. In a fresh process, since the reset happens once per process."""
-    code = ("import torch; torch.set_num_threads(1)\n"
-            "from adbench.models import selective_scan\n"
-            "u = torch.randn(2, 8, 40, requires_grad=True)\n"
-            "out = selective_scan(u, torch.rand(2, 8, 40), -torch.rand(8, 4), torch.randn(2, 4, 40), torch.randn(2, 4, 40),\n"
-            "                     delta_softplus=True, impl='fused')\n"
-            "out.sum().backward()\n"
-            "print(torch.get_num_threads())\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "NUMBA_NUM_THREADS": "2"})
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from adbench.models import selective_scan\n"
+        "u = torch.randn(2, 8, 40, requires_grad=True)\n"
+        "B, C = torch.randn(2, 4, 40), torch.randn(2, 4, 40)\n"
+        "out = selective_scan(u, torch.rand(2, 8, 40), -torch.rand(8, 4), B, C, delta_softplus=True, impl='fused')\n"
+        "out.sum().backward()\n"
+        "print(torch.get_num_threads())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "NUMBA_NUM_THREADS": "2"},
+    )
     assert out.stdout.split() == ["1"]
 
 
@@ -256,7 +289,7 @@ def test_one_layer_transformer_step_past_the_window_equals_a_forward_over_the_wi
     with torch.no_grad():
         stepped = _stepped(m, x)
         for t in (16, 40, 69):
-            torch.testing.assert_close(stepped[:, t], m(x[:, t - 15:t + 1])[:, -1], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(stepped[:, t], m(x[:, t - 15 : t + 1])[:, -1], rtol=1e-5, atol=1e-5)
 
 
 def test_architectures_have_equal_parameter_counts():
@@ -283,8 +316,12 @@ def test_policy_step_equals_forward_for_both_architectures():
 def test_gaussian_loss_is_the_nll_and_decreases_with_training():
     torch.manual_seed(0)
     model = build("mamba", 3, 2, d_model=16, n_layers=1)
-    batch = {"obs": torch.randn(4, 30, 3), "prev_action": torch.zeros(4, 30, 2), "prev_reward": torch.zeros(4, 30),
-             "episode_start": torch.zeros(4, 30)}
+    batch = {
+        "obs": torch.randn(4, 30, 3),
+        "prev_action": torch.zeros(4, 30, 2),
+        "prev_reward": torch.zeros(4, 30),
+        "episode_start": torch.zeros(4, 30),
+    }
     batch["action"] = torch.tanh(batch["obs"][..., :2])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = model.loss(batch).item()
@@ -316,6 +353,7 @@ def test_unknown_architecture_names_the_known_ones():
 
 def test_fused_float32_decay_is_exp_to_float32_precision():
     from adbench.models.scan_fused import _decay
+
     x = np.concatenate([-np.geomspace(1e-8, 87.0, 2000), np.linspace(-87.0, 5.0, 2000)])
     fast = np.array([_decay(np.float32(v), True) for v in x], dtype=np.float64)
     exact = np.exp(x.astype(np.float32).astype(np.float64))
@@ -328,6 +366,7 @@ def test_fused_float32_decay_is_exp_to_float32_precision():
 def test_mamba_layer_checkpointing_in_batch_slices_keeps_outputs_and_gradients(monkeypatch, scan):
     arch = "mamba"
     from adbench.models import recompute
+
     monkeypatch.setattr(recompute, "RECOMPUTE_TOKENS", 16)  # 4 sequences x 20 tokens: recomputed one by one
     monkeypatch.setenv("ADBENCH_SCAN", scan)
     torch.manual_seed(0)
@@ -353,6 +392,7 @@ def test_the_mamba_ssm_branch_returns_the_true_last_state_of_a_fixed_b(monkeypat
     def quirky(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
         out, last = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True)
         return out, last / B
+
     monkeypatch.setattr(scan, "scan_implementation", lambda *a: "mamba_ssm")
     monkeypatch.setattr(scan, "_mamba_ssm", lambda: quirky)
     u, delta, A, B, C, D, z, bias = _scan_inputs(2, 4, 3, 21, variable_bc=False)
@@ -362,11 +402,14 @@ def test_the_mamba_ssm_branch_returns_the_true_last_state_of_a_fixed_b(monkeypat
 
 
 @pytest.mark.parametrize("d_model, batch", [(16, 2), (5, 2), (16, 1)])  # d_inner 32 and 10 (a partial block);
-def test_mamba_layer_on_the_native_kernels_equals_the_pytorch_path(monkeypatch, d_model, batch):  # batch 1: channels split
+def test_mamba_layer_on_the_native_kernels_equals_the_pytorch_path(
+    monkeypatch, d_model, batch
+):  # batch 1: channels split
     """The whole layer (conv + SiLU and the scan with its softplus, D and gate, all native) against
     torch's conv1d and the PyTorch scan: outputs and every gradient, in float64."""
     _needs_native("native")
     from adbench.models.mamba import Mamba
+
     torch.manual_seed(0)
     layer = Mamba(d_model).double()
     x = torch.randn(batch, 70, d_model, dtype=torch.float64)
@@ -391,6 +434,7 @@ def test_native_checkpointed_block_equals_autograd_on_the_pytorch_path(monkeypat
     blocks)."""
     _needs_native("native")
     from adbench.models import mamba_native, recompute
+
     monkeypatch.setattr(recompute, "RECOMPUTE_TOKENS", 16)
     torch.manual_seed(0)
     reference = MambaBackbone(d_model, 2).double()
@@ -433,8 +477,9 @@ def test_native_checkpointed_block_in_float32_matches_float64():
 def _native_scan_and_gradients(args, threads: int) -> list:
     with _torch_threads(threads):
         leaves = [a.clone().requires_grad_() for a in args]
-        out = selective_scan(*leaves[:5], D=leaves[5], z=leaves[6], delta_bias=leaves[7], delta_softplus=True,
-                             impl="native")
+        out = selective_scan(
+            *leaves[:5], D=leaves[5], z=leaves[6], delta_bias=leaves[7], delta_softplus=True, impl="native"
+        )
         return [out, *torch.autograd.grad(out.square().sum(), leaves)]
 
 
@@ -451,6 +496,7 @@ def test_native_scan_results_do_not_depend_on_the_thread_count():
 def test_without_a_compiler_the_scan_warns_and_falls_back_to_numba(monkeypatch, tmp_path):
     from adbench.models import scan_native
     from adbench.models.scan import scan_implementation
+
     monkeypatch.setattr(scan_native, "_libs", {})
     monkeypatch.setenv("ADBENCH_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))

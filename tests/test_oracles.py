@@ -115,9 +115,9 @@ def test_ad_window_is_every_kth_episode_with_previous_step_inputs(dataset):
         for b, (task, hist, e0) in enumerate(zip(tasks, hists, starts)):
             g = f["tasks"][sampler.train_ids[task]]
             episodes = [e0 + j * k for j in range(c)]  # history episode e0 + j k is window episode j
-            obs = np.concatenate([g["observations"][hist, e * h:(e + 1) * h] for e in episodes])
-            act = np.concatenate([g["actions"][hist, e * h:(e + 1) * h] for e in episodes])
-            rew = np.concatenate([g["rewards"][hist, e * h:(e + 1) * h] for e in episodes])
+            obs = np.concatenate([g["observations"][hist, e * h : (e + 1) * h] for e in episodes])
+            act = np.concatenate([g["actions"][hist, e * h : (e + 1) * h] for e in episodes])
+            rew = np.concatenate([g["rewards"][hist, e * h : (e + 1) * h] for e in episodes])
             np.testing.assert_array_equal(batch["obs"][b].numpy(), obs)
             np.testing.assert_array_equal(batch["action"][b].numpy(), act)
             # the token at step t carries the previous step's action and reward (zeros at the start):
@@ -131,8 +131,13 @@ def test_ad_window_is_every_kth_episode_with_previous_step_inputs(dataset):
 def test_gaussian_loss_is_the_mean_negative_log_likelihood_per_action_dimension():
     torch.manual_seed(0)
     model = build("mamba", 3, 2, d_model=16, n_layers=1)
-    batch = {"obs": torch.randn(2, 7, 3), "prev_action": torch.randn(2, 7, 2), "prev_reward": torch.randn(2, 7),
-             "episode_start": torch.zeros(2, 7), "action": torch.rand(2, 7, 2) * 2 - 1}
+    batch = {
+        "obs": torch.randn(2, 7, 3),
+        "prev_action": torch.randn(2, 7, 2),
+        "prev_reward": torch.randn(2, 7),
+        "episode_start": torch.zeros(2, 7),
+        "action": torch.rand(2, 7, 2) * 2 - 1,
+    }
     mean, log_std = model(batch["obs"], batch["prev_action"], batch["prev_reward"], batch["episode_start"])
     nll = -torch.distributions.Normal(mean, log_std.exp()).log_prob(batch["action"])
     # the same up to the constant 0.5 log(2 pi) per dimension

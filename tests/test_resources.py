@@ -31,7 +31,10 @@ def test_gpu_is_requested_only_for_cuda(cfg):
 def test_a_fixed_memory_below_a_jobs_need_is_an_error_naming_the_job(cfg):
     cfg["resources"]["mem_mb"]["train"] = 2500  # enough for a short context, not for 512 episodes
     resources.check_train_requests(cfg, [("PointNav", "mamba", 2)])
-    with pytest.raises(resources.ResourceError, match=r"resources.mem_mb.train = 2500 MB is below the ~\d+ MB that train PointNav mamba ctx 512"):
+    with pytest.raises(
+        resources.ResourceError,
+        match=r"resources.mem_mb.train = 2500 MB is below the ~\d+ MB that train PointNav mamba ctx 512",
+    ):
         resources.check_train_requests(cfg, [("PointNav", "mamba", 2), ("PointNav", "mamba", 512)])
 
 
@@ -39,27 +42,72 @@ def test_workflow_stops_before_submitting_a_job_that_asks_too_little(tmp_path):
     smoke = yaml.safe_load((REPO / "workflow/configs/smoke.yaml").read_text())
     smoke["resources"] = {"mem_mb": {"train": 100}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(smoke))
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-                          "--configfile", str(tmp_path / "c.yaml"), "-n"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "c.yaml"),
+            "-n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode != 0
     line = [x for x in run.stderr.splitlines() if x.startswith("adbench:")]
-    assert line and "resources.mem_mb.train = 100 MB is below" in line[0] and "train PointNav" in line[0], run.stderr[-2000:]
+    assert line and "resources.mem_mb.train = 100 MB is below" in line[0] and "train PointNav" in line[0], run.stderr[
+        -2000:
+    ]
 
 
 def test_paper_config_plans_the_full_experiment_with_per_job_requests(tmp_path):
     """`snakemake -n --profile workflow/profiles/slurm --configfile workflow/configs/paper.yaml`."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-                          "--profile", str(REPO / "workflow/profiles/slurm"), "--configfile",
-                          str(REPO / "workflow/configs/paper.yaml"), "-n"], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--profile",
+            str(REPO / "workflow/profiles/slurm"),
+            "--configfile",
+            str(REPO / "workflow/configs/paper.yaml"),
+            "-n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", run.stdout.split("Job stats:")[1], re.M))
-    assert {k: int(v) for k, v in stats.items()} == {"expert": 4, "histories": 40, "dataset": 4, "reference": 4,
-                                                     "rl2_train": 12, "train": 120, "evaluate": 132, "figures": 1, "all": 1,
-                                                     "total": 318}
+    assert {k: int(v) for k, v in stats.items()} == {
+        "expert": 4,
+        "histories": 40,
+        "dataset": 4,
+        "reference": 4,
+        "rl2_train": 12,
+        "train": 120,
+        "evaluate": 132,
+        "figures": 1,
+        "all": 1,
+        "total": 318,
+    }
     jobs = re.split(r"^\[.*\]$", run.stdout, flags=re.M)  # one block per job, after its timestamp
-    train = {re.search(r"output: results/train/(\S+)/model.pt", j).group(1): j for j in jobs
-             if j.lstrip().startswith("rule train:")}
+    train = {
+        re.search(r"output: results/train/(\S+)/model.pt", j).group(1): j
+        for j in jobs
+        if j.lstrip().startswith("rule train:")
+    }
     mem = {k: int(re.search(r"mem_mb=(\d+)", j).group(1)) for k, j in train.items()}
     assert all("gpu=1" in j for j in train.values())
     assert mem["HalfCheetahVel/mamba-ctx64-seed0"] > mem["HalfCheetahVel/mamba-ctx4-seed0"]

@@ -9,7 +9,7 @@ import torch
 
 from adbench import cli
 from adbench.baselines.rl2 import RL2Config, RL2Policy, RL2Trainer, collect_trial, meta_train, run
-from adbench.evaluate import COST_COLUMNS, COLUMNS, evaluate_model
+from adbench.evaluate import COLUMNS, COST_COLUMNS, evaluate_model
 from adbench.tasks import BatchedTasks, split_tasks
 
 
@@ -64,14 +64,17 @@ def test_hidden_state_is_reset_only_at_trial_start():
 
 def test_training_forward_equals_acting_steps():
     policy = _policy(2).double()
-    b, l = 3, 7
+    b, n = 3, 7
     g = torch.Generator().manual_seed(0)
-    obs, act = torch.randn(b, l, 2, generator=g, dtype=torch.float64), torch.rand(b, l, 2, generator=g, dtype=torch.float64)
-    rew, start = torch.randn(b, l, generator=g, dtype=torch.float64), (torch.arange(l) % 3 == 0).double().expand(b, l)
+    obs, act = (
+        torch.randn(b, n, 2, generator=g, dtype=torch.float64),
+        torch.rand(b, n, 2, generator=g, dtype=torch.float64),
+    )
+    rew, start = torch.randn(b, n, generator=g, dtype=torch.float64), (torch.arange(n) % 3 == 0).double().expand(b, n)
     h0 = torch.randn(b, 32, generator=g, dtype=torch.float64)
     mean, value, h_seq = policy(obs, act, rew, start, h0)
     h = h0
-    for t in range(l):
+    for t in range(n):
         m, v, h = policy.recurrent_step(obs[:, t], act[:, t], rew[:, t], start[:, t], h)
         torch.testing.assert_close(m, mean[:, t])
         torch.testing.assert_close(v, value[:, t])
@@ -93,7 +96,9 @@ def test_update_changes_the_policy_and_keeps_it_finite():
 def test_meta_training_improves_pointnav_trials():
     """A short real run: the trial's mean return rises well above that of the untrained policy."""
     tasks, _ = split_tasks("PointNav", 16, 1, 0)
-    cfg = RL2Config(updates=30, trial_episodes=4, hidden=64, learning_rate=3e-3, bptt_steps=25, update_epochs=4, minibatches=4)
+    cfg = RL2Config(
+        updates=30, trial_episodes=4, hidden=64, learning_rate=3e-3, bptt_steps=25, update_epochs=4, minibatches=4
+    )
     trainer = meta_train("PointNav", tasks, 25, cfg, seed=0)
     first = np.mean([(m["first_return"] + m["last_return"]) / 2 for m in trainer.metrics[:3]])
     last = np.mean([(m["first_return"] + m["last_return"]) / 2 for m in trainer.metrics[-3:]])
@@ -102,7 +107,9 @@ def test_meta_training_improves_pointnav_trials():
 
 def test_interrupted_meta_training_resumes_to_the_same_weights(tmp_path):
     tasks, _ = split_tasks("PointNav", 3, 1, 0)
-    cfg = RL2Config(updates=4, trial_episodes=2, hidden=16, bptt_steps=10, minibatches=2, update_epochs=1, checkpoint_every=2)
+    cfg = RL2Config(
+        updates=4, trial_episodes=2, hidden=16, bptt_steps=10, minibatches=2, update_epochs=1, checkpoint_every=2
+    )
     whole = meta_train("PointNav", tasks, 10, cfg, seed=3)
     ckpt = tmp_path / "checkpoint.pt"
     with pytest.raises(KeyboardInterrupt):
@@ -132,8 +139,19 @@ def test_rl2_trains_on_the_dataset_and_evaluates_through_the_ad_path(cfg, datase
 
 def test_bptt_segment_must_divide_the_trial(cfg, dataset, tmp_path, capsys):
     cfg["rl2"].update(updates=1, trial_episodes=1, bptt_steps=7)
-    code = cli.main(["rl2-train", "--settings", json.dumps({"rl2": cfg["rl2"]}), "--dataset", str(dataset), "--seed", "0",
-                     "--out-dir", str(tmp_path)])
+    code = cli.main(
+        [
+            "rl2-train",
+            "--settings",
+            json.dumps({"rl2": cfg["rl2"]}),
+            "--dataset",
+            str(dataset),
+            "--seed",
+            "0",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "rl2.bptt_steps (7) must divide" in err

@@ -43,9 +43,20 @@ def test_smoke_workflow_through_slurm_matches_a_local_run(local_slurm, tmp_path,
     jobs = sum(n for rule, n in planned.items() if rule != "all")  # `all` has no action: nothing to submit
     done_before = len(open(JOBCOMP).read().splitlines()) if __import__("os").path.exists(JOBCOMP) else 0
     t0 = time.perf_counter()
-    run = snakemake(workdir, "--profile", str(REPO / "workflow/profiles/slurm"), "--slurm-status-command", "squeue",
-                    "--slurm-init-seconds-before-status-checks", "1", "--slurm-no-account", "--latency-wait", "5",
-                    "--jobs", "4")
+    run = snakemake(
+        workdir,
+        "--profile",
+        str(REPO / "workflow/profiles/slurm"),
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "--slurm-no-account",
+        "--latency-wait",
+        "5",
+        "--jobs",
+        "4",
+    )
     wall = time.perf_counter() - t0
     log = run.stdout + run.stderr
     slurm_ids = set(re.findall(r"submitted with SLURM jobid (\d+)", log))

@@ -36,11 +36,17 @@ def test_padded_output_layer_computes_the_unpadded_network():
 def _batch(k, n, obs_dim, act_dim, seed):
     g = torch.Generator().manual_seed(seed)
     end = torch.zeros(k, n, dtype=torch.bool)
-    end[:, n // 2 - 1::n // 2] = True
+    end[:, n // 2 - 1 :: n // 2] = True
     values = torch.randn(k, n, generator=g)
-    return {"obs": torch.randn(k, n, obs_dim, generator=g).numpy(), "actions": torch.randn(k, n, act_dim, generator=g),
-            "log_probs": torch.randn(k, n, generator=g) - 3, "values": values, "rewards": torch.randn(k, n, generator=g),
-            "episode_end": end, "next_values": next_values(values, end, torch.zeros(k), {})}
+    return {
+        "obs": torch.randn(k, n, obs_dim, generator=g).numpy(),
+        "actions": torch.randn(k, n, act_dim, generator=g),
+        "log_probs": torch.randn(k, n, generator=g) - 3,
+        "values": values,
+        "rewards": torch.randn(k, n, generator=g),
+        "episode_end": end,
+        "next_values": next_values(values, end, torch.zeros(k), {}),
+    }
 
 
 def test_learners_share_nothing_in_an_update():
@@ -58,7 +64,7 @@ def test_learners_share_nothing_in_an_update():
         torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
         assert not torch.equal(a[1], b[1])
     for net in (agent.actor, agent.critic):
-        assert not net.weights[-1][..., net.out_dim:].any() and not net.biases[-1][..., net.out_dim:].any()
+        assert not net.weights[-1][..., net.out_dim :].any() and not net.biases[-1][..., net.out_dim :].any()
 
 
 def test_log_prob_and_entropy_are_the_gaussian_ones():
@@ -73,6 +79,7 @@ def test_log_prob_and_entropy_are_the_gaussian_ones():
 def test_ppo_histories_do_not_depend_on_physics_threads(threads):
     from adbench.sources import run_ppo
     from adbench.tasks import sample_tasks
+
     cfg = PPOConfig(rollout_episodes=1, update_epochs=1, minibatches=2)
     tasks = sample_tasks("HalfCheetahVel", 3, 0)
     ref = run_ppo("HalfCheetahVel", tasks, 20, 2, cfg, seed=0, threads=1)
@@ -85,6 +92,7 @@ def test_ppo_histories_do_not_depend_on_physics_threads(threads):
 def pointnav_expert():
     from adbench.sources import train_task_expert
     from adbench.tasks import sample_tasks
+
     cfg = PPOConfig(learning_rate=3e-3, rollout_episodes=2, minibatches=2, update_epochs=10)
     return train_task_expert("PointNav", sample_tasks("PointNav", 8, 0), 50, 60, cfg, seed=0)
 
@@ -107,6 +115,7 @@ def test_task_expert_acts_on_the_task_it_is_told(pointnav_expert):
 
 def test_task_expert_round_trips_through_its_state_dict(pointnav_expert):
     from adbench.sources import TaskExpert
+
     expert, _ = pointnav_expert
     copy = TaskExpert.from_state_dict(expert.state_dict())
     obs, feats = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32), np.ones((5, 2), np.float32)
@@ -116,9 +125,11 @@ def test_task_expert_round_trips_through_its_state_dict(pointnav_expert):
 def test_noise_distillation_with_a_task_expert_needs_the_expert():
     from adbench.sources import NoiseDistillConfig, run_noise_distill
     from adbench.tasks import sample_tasks
+
     with pytest.raises(ValueError, match="needs the trained PointNav expert"):
-        run_noise_distill("PointNav", sample_tasks("PointNav", 2, 0), 50, 4, NoiseDistillConfig(expert="task_ppo"), 0,
-                          PPOConfig())
+        run_noise_distill(
+            "PointNav", sample_tasks("PointNav", 2, 0), 50, 4, NoiseDistillConfig(expert="task_ppo"), 0, PPOConfig()
+        )
 
 
 def test_noise_distillation_rolls_out_the_task_expert_with_annealed_noise(pointnav_expert):
@@ -126,14 +137,23 @@ def test_noise_distillation_rolls_out_the_task_expert_with_annealed_noise(pointn
     from adbench.sources import NoiseDistillConfig, run_noise_distill
     from adbench.tasks import sample_tasks
     from adbench.tasks.inference import task_features
+
     expert, _ = pointnav_expert
     tasks = sample_tasks("PointNav", 3, 7)
-    hist = run_noise_distill("PointNav", tasks, 50, 10, NoiseDistillConfig(expert="task_ppo", clean_fraction=0.2), 0,
-                             PPOConfig(), task_expert=expert)
+    hist = run_noise_distill(
+        "PointNav",
+        tasks,
+        50,
+        10,
+        NoiseDistillConfig(expert="task_ppo", clean_fraction=0.2),
+        0,
+        PPOConfig(),
+        task_expert=expert,
+    )
     obs, actions = hist["observations"].reshape(3, 10, 50, 2), hist["actions"].reshape(3, 10, 50, 2)
     feats = np.stack([task_features("PointNav", t) for t in tasks]).astype(np.float32)
     for i in range(3):
-        clean = np.clip(expert.mean_action(obs[i, -1], np.repeat(feats[i:i + 1], 50, 0)), -1, 1)
+        clean = np.clip(expert.mean_action(obs[i, -1], np.repeat(feats[i : i + 1], 50, 0)), -1, 1)
         np.testing.assert_allclose(actions[i, -1], clean, atol=1e-6)
     returns = hist["episode_returns"]
     assert returns[:, -2:].mean() > returns[:, :2].mean()
@@ -145,12 +165,15 @@ def test_gaussian_noise_is_added_to_the_expert_action_with_the_annealed_scale():
     from adbench.sources import NoiseDistillConfig, run_noise_distill
     from adbench.sources.noise_distill import epsilon
     from adbench.tasks import get_family, sample_tasks
+
     tasks = sample_tasks("PointNav", 4, 2)
     cfg = NoiseDistillConfig(expert="oracle", clean_fraction=0.2, noise="gaussian", noise_std=0.3)
     hist = run_noise_distill("PointNav", tasks, 50, 10, cfg, 0, PPOConfig())
     obs, actions = hist["observations"].reshape(4, 10, 50, 2), hist["actions"].reshape(4, 10, 50, 2)
     oracle = get_family("PointNav").oracle
-    expert = np.stack([[oracle(tasks[i], o) for o in obs[i, e]] for i in range(4) for e in range(10)]).reshape(actions.shape)
+    expert = np.stack([[oracle(tasks[i], o) for o in obs[i, e]] for i in range(4) for e in range(10)]).reshape(
+        actions.shape
+    )
     deviation = actions - np.clip(expert, -1, 1)
     inside = np.abs(actions) < 0.999  # where clipping did not cut the noise
     for e in range(10):

@@ -1,8 +1,8 @@
+import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import gymnasium as gym
 from adbench.tasks import FAMILIES, BatchedTasks, TaskError, make_env, sample_tasks, split_tasks
 
 
@@ -47,12 +47,15 @@ def test_split_is_deterministic_disjoint_and_seed_dependent():
         assert np.linalg.norm(g) == pytest.approx(1.0) and g[1] >= 0
 
 
-@pytest.mark.parametrize("task, words", [
-    ({}, ["PointNav", "missing key 'goal'"]),
-    ({"goal": [1.0]}, ["PointNav", "'goal'", "2 finite numbers"]),
-    ({"goal": [0.0, -1.0]}, ["PointNav", "'goal'", "upper unit half-circle"]),
-    ([0, 1], ["PointNav", "must be a dict"]),
-])
+@pytest.mark.parametrize(
+    "task, words",
+    [
+        ({}, ["PointNav", "missing key 'goal'"]),
+        ({"goal": [1.0]}, ["PointNav", "'goal'", "2 finite numbers"]),
+        ({"goal": [0.0, -1.0]}, ["PointNav", "'goal'", "upper unit half-circle"]),
+        ([0, 1], ["PointNav", "must be a dict"]),
+    ],
+)
 def test_malformed_tasks_are_rejected_in_one_line(task, words):
     with pytest.raises(TaskError) as err:
         make_env("PointNav", task)
@@ -146,6 +149,7 @@ def test_rewards_differ_across_tasks_for_the_same_actions(family):
 
 def test_walker_params_scale_the_model_as_sampled_and_independently():
     from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
+
     base = Walker2dEnv().model
     tasks = sample_tasks("Walker2dParams", 2, 0)
     envs = [make_env("Walker2dParams", t) for t in tasks]
@@ -185,6 +189,7 @@ def test_walker_reward_is_the_base_env_reward():
 def test_observations_are_the_v5_observations():
     """The fast transition reads the same observation gymnasium's v5 env would return."""
     from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+
     ours, theirs = make_env("HalfCheetahVel", {"velocity": 1.0}), HalfCheetahEnv()
     np.testing.assert_array_equal(ours.reset(seed=3)[0], theirs.reset(seed=3)[0])
     for a in np.random.default_rng(0).uniform(-1, 1, (20, 6)):
@@ -210,20 +215,24 @@ def test_same_seed_same_rollout_different_seed_different(family):
         for _ in range(10):
             obs.append(batch.step(rng.uniform(-1, 1, (2, batch.act_dim)))[0])
         return np.stack(obs)
+
     np.testing.assert_array_equal(run(3), run(3))
     assert sample_tasks(family, 3, 1) == sample_tasks(family, 3, 1) != sample_tasks(family, 3, 2)
     if family != "PointNav":  # PointNav always starts at the origin
         assert not np.array_equal(run(3), run(4))
 
 
-@pytest.mark.parametrize("family, task, words", [
-    ("HalfCheetahVel", {"velocity": 3.5}, ["HalfCheetahVel", "'velocity'", "[0.0, 3]"]),
-    ("HalfCheetahVel", {"speed": 1.0}, ["HalfCheetahVel", "missing key 'velocity'"]),
-    ("AntDir", {"angle": -0.1}, ["AntDir", "'angle'", "[0.0, 6.28319)"]),
-    ("AntGoal", {"goal": [3.0, 3.0]}, ["AntGoal", "'goal'", "radius 3"]),
-    ("AntGoal", {"goal": [1.0, 2.0, 3.0]}, ["AntGoal", "'goal'"]),
-    ("Walker2dParams", {"body_mass": [1.0]}, ["Walker2dParams", "missing key"]),
-])
+@pytest.mark.parametrize(
+    "family, task, words",
+    [
+        ("HalfCheetahVel", {"velocity": 3.5}, ["HalfCheetahVel", "'velocity'", "[0.0, 3]"]),
+        ("HalfCheetahVel", {"speed": 1.0}, ["HalfCheetahVel", "missing key 'velocity'"]),
+        ("AntDir", {"angle": -0.1}, ["AntDir", "'angle'", "[0.0, 6.28319)"]),
+        ("AntGoal", {"goal": [3.0, 3.0]}, ["AntGoal", "'goal'", "radius 3"]),
+        ("AntGoal", {"goal": [1.0, 2.0, 3.0]}, ["AntGoal", "'goal'"]),
+        ("Walker2dParams", {"body_mass": [1.0]}, ["Walker2dParams", "missing key"]),
+    ],
+)
 def test_malformed_mujoco_tasks_name_family_key_and_range(family, task, words):
     with pytest.raises(TaskError) as err:
         make_env(family, task)

@@ -34,7 +34,9 @@ def test_metrics_and_checkpoint_metadata(tiny, dataset, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == [4, 8, 12]
     assert all(float(r["tokens_per_s"]) > 0 and float(r["peak_mem_mib"]) > 0 for r in rows)
-    assert {(r["family"], r["arch"], r["context_episodes"], r["seed"]) for r in rows} == {("PointNav", "mamba", "2", "3")}
+    assert {(r["family"], r["arch"], r["context_episodes"], r["seed"]) for r in rows} == {
+        ("PointNav", "mamba", "2", "3")
+    }
     _, ckpt = load_checkpoint(tmp_path / "model.pt", expect_arch="mamba")
     assert ckpt["meta"]["context_episodes"] == 2 and ckpt["meta"]["seed"] == 3 and ckpt["meta"]["horizon"] == 50
     assert ckpt["model_config"]["window"] == 100

@@ -21,9 +21,24 @@ pytestmark = pytest.mark.slow
 
 def snakemake(workdir: Path, *args, check=True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-                          "--configfile", str(REPO / "workflow/configs/smoke.yaml"), *args],
-                         capture_output=True, text=True, env=env, timeout=1200)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(REPO / "workflow/configs/smoke.yaml"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
     if check and run.returncode != 0:
         raise AssertionError(f"snakemake {args} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     return run
@@ -71,7 +86,12 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     assert hcv.loc["mamba", "train_env_steps"] == 8 * 16 * 20 + 8 * 4 * 20  # histories + the expert's training
     inference = pd.read_csv(results / "tables/task_inference.csv")
     assert set(inference[inference["family"] == "HalfCheetahVel"]["model"]) == {
-        "mamba ctx 2", "transformer ctx 2", "rl2", "source", "random"}
+        "mamba ctx 2",
+        "transformer ctx 2",
+        "rl2",
+        "source",
+        "random",
+    }
     assert inference[inference["family"] == "HalfCheetahVel"]["target_correlation"].notna().all()
     summary = summary[summary["family"] == "PointNav"]
     rl2 = summary.set_index("arch").loc["rl2"]
@@ -109,8 +129,17 @@ def test_deleting_a_dataset_reruns_only_what_depends_on_it(smoke_run):
 
 def test_a_retrained_expert_reruns_its_familys_histories_and_what_follows(smoke_run):
     jobs = planned_jobs(smoke_run, "--forcerun", "expert")
-    assert jobs == {"expert": 1, "histories": 1, "dataset": 1, "train": 2, "rl2_train": 1, "evaluate": 3, "reference": 1,
-                    "figures": 1, "all": 1}
+    assert jobs == {
+        "expert": 1,
+        "histories": 1,
+        "dataset": 1,
+        "train": 2,
+        "rl2_train": 1,
+        "evaluate": 3,
+        "reference": 1,
+        "figures": 1,
+        "all": 1,
+    }
 
 
 def test_figures_regenerate_from_tables_alone(smoke_run):
@@ -141,8 +170,20 @@ def test_killed_histories_job_resumes_to_the_same_dataset(tmp_path, dataset):
     import h5py
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(REPO / "workflow/configs/smoke.yaml"), "--cores", "1", "results/datasets/PointNav.h5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "workflow/configs/smoke.yaml"),
+        "--cores",
+        "1",
+        "results/datasets/PointNav.h5",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     victim, deadline = None, time.time() + 120
     while victim is None and time.time() < deadline:

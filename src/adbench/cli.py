@@ -34,6 +34,7 @@ def _family(args) -> str | None:
         return args.family
     if getattr(args, "dataset", None):
         from .data import open_histories
+
         with open_histories(args.dataset) as f:
             return str(f.attrs["family"])
     return None
@@ -41,64 +42,92 @@ def _family(args) -> str | None:
 
 def cmd_check_config(args):
     cfg = cfglib.load(args.config)
-    print(f"config OK: families {cfg['families']}, architectures {cfg['architectures']}, "
-          f"contexts {cfg['context_episodes']}, seeds {cfg['seeds']}")
+    print(
+        f"config OK: families {cfg['families']}, architectures {cfg['architectures']}, "
+        f"contexts {cfg['context_episodes']}, seeds {cfg['seeds']}"
+    )
 
 
 def cmd_expert(args):
     from .histories import SECTIONS, train_expert
+
     train_expert(_settings(args, SECTIONS), args.family, args.out, progress=sys.stderr)
 
 
 def cmd_histories(args):
     from .histories import SECTIONS, run_shard
-    run_shard(_settings(args, SECTIONS), args.family, args.shard, args.out, progress=sys.stderr, expert_path=args.expert)
+
+    run_shard(
+        _settings(args, SECTIONS), args.family, args.shard, args.out, progress=sys.stderr, expert_path=args.expert
+    )
 
 
 def cmd_dataset(args):
     from .histories import SECTIONS, merge_shards
+
     summary = merge_shards(_settings(args, SECTIONS), args.family, args.shards, args.out)
     print(json.dumps(summary))
 
 
 def cmd_validate(args):
     from .data import validate_file
+
     for path in args.files:
         print(f"{path}: OK {json.dumps(validate_file(path))}")
 
 
 def cmd_train(args):
     from .train import SECTIONS, run
+
     run(_settings(args, SECTIONS), args.dataset, args.arch, args.ctx, args.seed, args.out_dir, progress=sys.stderr)
 
 
 def cmd_rl2_train(args):
     from .baselines.rl2 import SECTIONS, run
+
     run(_settings(args, SECTIONS), args.dataset, args.seed, args.out_dir, progress=sys.stderr)
 
 
 def cmd_evaluate(args):
     from .evaluate import SECTIONS, evaluate_model
-    evaluate_model(_settings(args, SECTIONS), args.dataset, args.model, args.out, args.cost_out, progress=sys.stderr,
-                   inference_path=args.inference_out)
+
+    evaluate_model(
+        _settings(args, SECTIONS),
+        args.dataset,
+        args.model,
+        args.out,
+        args.cost_out,
+        progress=sys.stderr,
+        inference_path=args.inference_out,
+    )
 
 
 def cmd_reference(args):
     from .evaluate import SECTIONS, evaluate_references
-    evaluate_references(_settings(args, SECTIONS), args.dataset, args.out, progress=sys.stderr,
-                        inference_path=args.inference_out)
+
+    evaluate_references(
+        _settings(args, SECTIONS), args.dataset, args.out, progress=sys.stderr, inference_path=args.inference_out
+    )
 
 
 def cmd_figures(args):
     from .figures import make_all
+
     strides = {}
     for item in args.episode_strides:
         family, _, k = item.partition("=")
         if not k.isdigit() or int(k) < 1:
             raise cfglib.ConfigError(f"--episode-strides takes FAMILY=K with K >= 1, got {item!r}")
         strides[family] = int(k)
-    summary = make_all(strides, args.models, args.references, args.out_dir, args.train_metrics, args.inference_costs,
-                       args.task_inference)
+    summary = make_all(
+        strides,
+        args.models,
+        args.references,
+        args.out_dir,
+        args.train_metrics,
+        args.inference_costs,
+        args.task_inference,
+    )
     print(summary.to_string(index=False))
 
 
@@ -151,14 +180,23 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--inference-out", help="CSV of the task-inference diagnostic of every episode")
     s = stage("figures", cmd_figures, "figures and summary tables from the result CSVs")
-    s.add_argument("--episode-strides", nargs="+", required=True, metavar="FAMILY=K",
-                   help="each family's AD subsampling stride (dataset.episode_stride)")
+    s.add_argument(
+        "--episode-strides",
+        nargs="+",
+        required=True,
+        metavar="FAMILY=K",
+        help="each family's AD subsampling stride (dataset.episode_stride)",
+    )
     s.add_argument("--models", nargs="+", required=True)
     s.add_argument("--references", nargs="+", required=True)
     s.add_argument("--train-metrics", nargs="*", default=[], help="metrics.csv of each training run (cost figure)")
     s.add_argument("--inference-costs", nargs="*", default=[], help="inference cost CSVs of the evaluate stage")
-    s.add_argument("--task-inference", nargs="*", default=[],
-                   help="task-inference diagnostic CSVs of the evaluate and reference stages")
+    s.add_argument(
+        "--task-inference",
+        nargs="*",
+        default=[],
+        help="task-inference diagnostic CSVs of the evaluate and reference stages",
+    )
     s.add_argument("--out-dir", required=True, help="writes figures/ and tables/ under it")
     return p
 
@@ -168,6 +206,7 @@ def main(argv=None) -> int:
     from .data import DatasetError
     from .models import ModelError
     from .tasks import TaskError
+
     try:
         args.func(args)
     except (cfglib.ConfigError, DatasetError, ModelError, TaskError, ValueError, FloatingPointError, RuntimeError) as e:

@@ -23,7 +23,11 @@ def deep_merge(base: dict, override: dict) -> dict:
     """Nested update, as Snakemake merges --configfile overrides into the configfile."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+        out[key] = (
+            deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else copy.deepcopy(value)
+        )
     return out
 
 
@@ -38,7 +42,8 @@ def _one_line(error: jsonschema.ValidationError) -> str:
     where = _key(error.absolute_path)
     if error.validator == "required":
         missing = error.message.split("'")[1]
-        return f"config is missing key '{_key([*error.absolute_path, missing])}' (required keys here: {error.validator_value})"
+        where = _key([*error.absolute_path, missing])
+        return f"config is missing key '{where}' (required keys here: {error.validator_value})"
     if error.validator == "additionalProperties" and isinstance(error.schema.get("properties"), dict):
         return f"config key '{where}': {error.message}; allowed keys: {sorted(error.schema['properties'])}"
     if error.validator == "enum":
@@ -60,7 +65,7 @@ def _numbers(value, node: dict, root: dict):
     node = _resolve(node, root)
     kind = node.get("type")
     if isinstance(value, str) and kind in ("integer", "number"):
-        for cast in ((int,) if kind == "integer" else (int, float)):
+        for cast in (int,) if kind == "integer" else (int, float):
             try:
                 return cast(value)
             except ValueError:
@@ -70,8 +75,10 @@ def _numbers(value, node: dict, root: dict):
         return [_numbers(v, node["items"], root) for v in value]
     if isinstance(value, dict):
         props, extra = node.get("properties", {}), node.get("additionalProperties")
-        return {k: _numbers(v, props[k] if k in props else extra, root) if isinstance(props.get(k, extra), dict) else v
-                for k, v in value.items()}
+        return {
+            k: _numbers(v, props[k] if k in props else extra, root) if isinstance(props.get(k, extra), dict) else v
+            for k, v in value.items()
+        }
     return value
 
 
@@ -118,26 +125,38 @@ def _check_source(cfg: dict, family: str) -> None:
     src = cfg["source"]
     rollout = src["ppo"]["rollout_episodes"]
     if src["algorithm"] == "ppo" and src["episodes"] % rollout:
-        raise ConfigError(f"{family}: source.episodes ({src['episodes']}) must be a multiple of "
-                          f"source.ppo.rollout_episodes ({rollout})")
+        raise ConfigError(
+            f"{family}: source.episodes ({src['episodes']}) must be a multiple of "
+            f"source.ppo.rollout_episodes ({rollout})"
+        )
     if src["algorithm"] != "noise_distill":
         return
     expert = src["noise_distill"]["expert"]
     if expert == "oracle" and family not in ORACLE_FAMILIES:
-        raise ConfigError(f"{family}: source.noise_distill.expert 'oracle' exists only for {list(ORACLE_FAMILIES)}; "
-                          f"use 'task_ppo' (a task-conditioned expert) or 'ppo'")
+        raise ConfigError(
+            f"{family}: source.noise_distill.expert 'oracle' exists only for {list(ORACLE_FAMILIES)}; "
+            f"use 'task_ppo' (a task-conditioned expert) or 'ppo'"
+        )
     if expert in ("ppo", "task_ppo") and src["noise_distill"]["expert_episodes"] % rollout:
-        raise ConfigError(f"{family}: source.noise_distill.expert_episodes ({src['noise_distill']['expert_episodes']}) "
-                          f"must be a multiple of source.ppo.rollout_episodes ({rollout})")
+        raise ConfigError(
+            f"{family}: source.noise_distill.expert_episodes ({src['noise_distill']['expert_episodes']}) "
+            f"must be a multiple of source.ppo.rollout_episodes ({rollout})"
+        )
 
 
 def _check_contexts_fit(cfg: dict, family: str) -> None:
     """The longest AD context, at the subsampling stride, must fit in one learning history."""
-    longest, stride, episodes = max(cfg["context_episodes"]), cfg["dataset"]["episode_stride"], cfg["source"]["episodes"]
+    longest, stride, episodes = (
+        max(cfg["context_episodes"]),
+        cfg["dataset"]["episode_stride"],
+        cfg["source"]["episodes"],
+    )
     span = (longest - 1) * stride + 1
     if span > episodes:
-        raise ConfigError(f"{family}: a context of {longest} episodes at dataset.episode_stride {stride} spans {span} history "
-                          f"episodes but source.episodes is {episodes}; lower the stride or the context, or lengthen the histories")
+        raise ConfigError(
+            f"{family}: a context of {longest} episodes at dataset.episode_stride {stride} spans {span} history "
+            f"episodes but source.episodes is {episodes}; lower the stride or the context, or lengthen the histories"
+        )
 
 
 def load(paths: list) -> dict:
@@ -147,7 +166,9 @@ def load(paths: list) -> dict:
         try:
             cfg = deep_merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
         except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read config file {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+            raise ConfigError(
+                f"cannot read config file {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}"
+            ) from None
     return validate(cfg)
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import DatasetError, open_histories, task_table, validate_file
 from . import process
 from .baselines import BASELINES, policy_from_checkpoint
+from .data import DatasetError, open_histories, task_table, validate_file
 from .devices import pick_device
 from .models import from_checkpoint, read_checkpoint
 from .progress import say
@@ -39,8 +39,18 @@ def test_tasks(dataset) -> list:
     return tasks
 
 
-def rollout(family: str, tasks: list, horizon: int, episodes: int, eval_seeds: list, policy, progress=None,
-            controls: tuple = ("none",), threads: int = 1, with_observations: bool = False):
+def rollout(
+    family: str,
+    tasks: list,
+    horizon: int,
+    episodes: int,
+    eval_seeds: list,
+    policy,
+    progress=None,
+    controls: tuple = ("none",),
+    threads: int = 1,
+    with_observations: bool = False,
+):
     """Run `policy` over `episodes` consecutive episodes of every (control, eval_seed, task), all in one
     batch; returns the true returns, (controls, seeds, tasks, episodes), and with `with_observations`
     also the mean and the last of each episode's observations, (controls, seeds, tasks, episodes, obs_dim)
@@ -58,7 +68,9 @@ def rollout(family: str, tasks: list, horizon: int, episodes: int, eval_seeds: l
         raise ValueError(f"unknown evaluation control {unknown[0]!r}; controls: {list(CONTROLS)}")
     n_c, n_s, n_t = len(controls), len(eval_seeds), len(tasks)
     if "other_task_reward" in controls and n_t < 2:
-        raise DatasetError("the other_task_reward control needs at least 2 test tasks; raise tasks.n_test or drop the control")
+        raise DatasetError(
+            "the other_task_reward control needs at least 2 test tasks; raise tasks.n_test or drop the control"
+        )
     env = BatchedTasks(family, [task for _ in controls for _ in eval_seeds for task in tasks], horizon, threads)
     k = env.num_tasks
     rows = np.arange(k).reshape(n_c, n_s, n_t)
@@ -70,7 +82,9 @@ def rollout(family: str, tasks: list, horizon: int, episodes: int, eval_seeds: l
     prev_reward = np.zeros(k, np.float32)
     for ep in tqdm(range(episodes), desc=f"evaluate {family}", file=progress, mininterval=10, disable=not progress):
         # the same initial state for a (seed, task) under every control
-        seeds = [derive_seed(eval_seeds[s], "reset", ep, j) % 2**31 for _ in controls for s in range(n_s) for j in range(n_t)]
+        seeds = [
+            derive_seed(eval_seeds[s], "reset", ep, j) % 2**31 for _ in controls for s in range(n_s) for j in range(n_t)
+        ]
         obs = env.reset(seeds=seeds)
         for t in range(env.horizon):
             start = np.full(k, 1.0 if t == 0 else 0.0, np.float32)
@@ -99,7 +113,8 @@ class ModelPolicy:
     """Adapts an AD policy (or a baseline with the same interface) to `rollout`: one batched recurrent
     step per call, on `device`; the action noise is drawn on the CPU so that it does not depend on it."""
 
-    def __init__(self, model, batch: int, sample: bool, device=torch.device("cpu")):
+    def __init__(self, model, batch: int, sample: bool, device: torch.device | None = None):
+        device = torch.device("cpu") if device is None else device
         self.model, self.sample, self.device = model.eval().to(device), sample, device
         self.state = model.init_state(batch, device)
         self.step_seconds, self.steps = 0.0, 0
@@ -109,8 +124,9 @@ class ModelPolicy:
         t0 = time.perf_counter()
         inputs = [torch.from_numpy(x).to(self.device) for x in (obs, prev_action, prev_reward, start)]
         mean, log_std, self.state = self.model.step(*inputs, self.state)
-        action = self.model.act(mean.float().cpu(), None if log_std is None else log_std.float().cpu(), self.sample,
-                                generator).numpy()
+        action = self.model.act(
+            mean.float().cpu(), None if log_std is None else log_std.float().cpu(), self.sample, generator
+        ).numpy()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.step_seconds += time.perf_counter() - t0
@@ -135,18 +151,44 @@ def write_rows(path, rows: list, columns: list = COLUMNS) -> None:
 
 def tidy(family, arch, ctx, seed, eval_seeds, task_ids, returns, controls=("none",)) -> list:
     """Rows of the result table from returns (controls, seeds, tasks, episodes)."""
-    return [{"family": family, "arch": arch, "context_episodes": ctx, "seed": seed, "eval_seed": s, "control": control,
-             "task": tid, "episode": e, "return": float(returns[c, i, j, e])}
-            for c, control in enumerate(controls) for i, s in enumerate(eval_seeds) for j, tid in enumerate(task_ids)
-            for e in range(returns.shape[3])]
+    return [
+        {
+            "family": family,
+            "arch": arch,
+            "context_episodes": ctx,
+            "seed": seed,
+            "eval_seed": s,
+            "control": control,
+            "task": tid,
+            "episode": e,
+            "return": float(returns[c, i, j, e]),
+        }
+        for c, control in enumerate(controls)
+        for i, s in enumerate(eval_seeds)
+        for j, tid in enumerate(task_ids)
+        for e in range(returns.shape[3])
+    ]
 
 
-INFERENCE_COLUMNS = ["family", "arch", "context_episodes", "seed", "eval_seed", "control", "task", "episode", "quantity",
-                     "target", "achieved", "error"]
+INFERENCE_COLUMNS = [
+    "family",
+    "arch",
+    "context_episodes",
+    "seed",
+    "eval_seed",
+    "control",
+    "task",
+    "episode",
+    "quantity",
+    "target",
+    "achieved",
+    "error",
+]
 
 
 def inference_rows(family, arch, ctx, seed, eval_seeds, tasks, obs_mean, obs_last, controls=("none",)) -> list:
-    """Rows of the task-inference table (see `tasks.inference`) from observations (controls, seeds, tasks, episodes, obs_dim)."""
+    """Rows of the task-inference table (see `tasks.inference`) from the episodes' observation means and
+    last observations, (controls, seeds, tasks, episodes, obs_dim)."""
     n_c, n_s, n_t, n_e, _ = obs_mean.shape
     task_of = [task for _ in range(n_c * n_s) for _, task in tasks for _ in range(n_e)]
     d = diagnose(family, task_of, obs_mean.reshape(len(task_of), -1), obs_last.reshape(len(task_of), -1))
@@ -155,9 +197,22 @@ def inference_rows(family, arch, ctx, seed, eval_seeds, tasks, obs_mean, obs_las
         for s in eval_seeds:
             for tid, _ in tasks:
                 for e in range(n_e):
-                    rows.append({"family": family, "arch": arch, "context_episodes": ctx, "seed": seed, "eval_seed": s,
-                                 "control": control, "task": tid, "episode": e, "quantity": d.quantity,
-                                 "target": d.target[i], "achieved": d.achieved[i], "error": d.error[i]})
+                    rows.append(
+                        {
+                            "family": family,
+                            "arch": arch,
+                            "context_episodes": ctx,
+                            "seed": seed,
+                            "eval_seed": s,
+                            "control": control,
+                            "task": tid,
+                            "episode": e,
+                            "quantity": d.quantity,
+                            "target": d.target[i],
+                            "achieved": d.achieved[i],
+                            "error": d.error[i],
+                        }
+                    )
                     i += 1
     return rows
 
@@ -179,7 +234,9 @@ def train_env_steps(info: dict, ckpt: dict) -> int:
     return info["n_train"] * info["H"] * info["T"] + info["expert_env_steps"]
 
 
-def evaluate_model(cfg: dict, dataset, model_path, out_path, cost_path=None, progress=None, inference_path=None) -> None:
+def evaluate_model(
+    cfg: dict, dataset, model_path, out_path, cost_path=None, progress=None, inference_path=None
+) -> None:
     """In-context returns to `out_path`; the model's inference cost (ms per batched step) to `cost_path`; the
     task-inference diagnostic of every episode to `inference_path`."""
     ecfg = cfg["evaluate"]
@@ -188,29 +245,80 @@ def evaluate_model(cfg: dict, dataset, model_path, out_path, cost_path=None, pro
     model, ckpt = load_policy(model_path)
     meta = ckpt["meta"]
     if (model.obs_dim, model.act_dim) != (info["obs_dim"], info["act_dim"]):
-        raise DatasetError(f"{model_path} expects obs/act dims {(model.obs_dim, model.act_dim)} but {dataset} has "
-                           f"{(info['obs_dim'], info['act_dim'])}; evaluate it on the dataset it was trained on")
+        raise DatasetError(
+            f"{model_path} expects obs/act dims {(model.obs_dim, model.act_dim)} but {dataset} has "
+            f"{(info['obs_dim'], info['act_dim'])}; evaluate it on the dataset it was trained on"
+        )
     tasks = test_tasks(dataset)
     seeds, controls = ecfg["seeds"], ("none", *ecfg["controls"])
     batch = len(controls) * len(tasks) * len(seeds)
     device = pick_device(ecfg["device"], "evaluate.device")
     say(f"{ckpt['arch']} on {device}", progress)
     policy = ModelPolicy(model, batch, ecfg["sample_actions"], device)
-    returns, obs_mean, obs_last = rollout(info["family"], [t for _, t in tasks], meta["horizon"], ecfg["episodes"], seeds,
-                                          policy, progress, controls, ecfg["threads"], with_observations=True)
+    returns, obs_mean, obs_last = rollout(
+        info["family"],
+        [t for _, t in tasks],
+        meta["horizon"],
+        ecfg["episodes"],
+        seeds,
+        policy,
+        progress,
+        controls,
+        ecfg["threads"],
+        with_observations=True,
+    )
     ms = policy.step_seconds / policy.steps * 1e3
-    say(f"{ms:.3f} ms per batched step of {batch} sequences ({len(controls)} controls x {len(seeds)} seeds x "
-        f"{len(tasks)} tasks)", progress)
-    write_rows(out_path, tidy(info["family"], ckpt["arch"], meta["context_episodes"], meta["seed"], seeds,
-                              [tid for tid, _ in tasks], returns, controls))
+    say(
+        f"{ms:.3f} ms per batched step of {batch} sequences ({len(controls)} controls x {len(seeds)} seeds x "
+        f"{len(tasks)} tasks)",
+        progress,
+    )
+    write_rows(
+        out_path,
+        tidy(
+            info["family"],
+            ckpt["arch"],
+            meta["context_episodes"],
+            meta["seed"],
+            seeds,
+            [tid for tid, _ in tasks],
+            returns,
+            controls,
+        ),
+    )
     if inference_path is not None:
-        write_rows(inference_path, inference_rows(info["family"], ckpt["arch"], meta["context_episodes"], meta["seed"], seeds,
-                                                  tasks, obs_mean, obs_last, controls), INFERENCE_COLUMNS)
+        write_rows(
+            inference_path,
+            inference_rows(
+                info["family"],
+                ckpt["arch"],
+                meta["context_episodes"],
+                meta["seed"],
+                seeds,
+                tasks,
+                obs_mean,
+                obs_last,
+                controls,
+            ),
+            INFERENCE_COLUMNS,
+        )
     if cost_path is not None:
-        write_rows(cost_path, [{"family": info["family"], "arch": ckpt["arch"], "context_episodes": meta["context_episodes"],
-                                "seed": meta["seed"], "batch": batch, "ms_per_step": ms,
-                                "train_env_steps": train_env_steps(info, ckpt),
-                                "source": "online" if ckpt["arch"] in BASELINES else info["source"]}], COST_COLUMNS)
+        write_rows(
+            cost_path,
+            [
+                {
+                    "family": info["family"],
+                    "arch": ckpt["arch"],
+                    "context_episodes": meta["context_episodes"],
+                    "seed": meta["seed"],
+                    "batch": batch,
+                    "ms_per_step": ms,
+                    "train_env_steps": train_env_steps(info, ckpt),
+                    "source": "online" if ckpt["arch"] in BASELINES else info["source"],
+                }
+            ],
+            COST_COLUMNS,
+        )
 
 
 def evaluate_references(cfg: dict, dataset, out_path, progress=None, inference_path=None) -> None:
@@ -226,17 +334,39 @@ def evaluate_references(cfg: dict, dataset, out_path, progress=None, inference_p
     with open_histories(dataset) as f:
         horizon = int(f.attrs["horizon"])
         source = {tid: g["episode_returns"][...] for tid, g in f["tasks"].items()}
-    returns, obs_mean, obs_last = rollout(info["family"], [t for _, t in tasks], horizon, ecfg["episodes"], ecfg["seeds"],
-                                          random_policy, progress, with_observations=True)
+    returns, obs_mean, obs_last = rollout(
+        info["family"],
+        [t for _, t in tasks],
+        horizon,
+        ecfg["episodes"],
+        ecfg["seeds"],
+        random_policy,
+        progress,
+        with_observations=True,
+    )
     rows = tidy(info["family"], "random", 0, 0, ecfg["seeds"], [tid for tid, _ in tasks], returns)
     for tid, curves in source.items():
         for h, curve in enumerate(curves):
-            rows += [{"family": info["family"], "arch": "source", "context_episodes": 0, "seed": h, "eval_seed": -1,
-                      "control": "none", "task": tid, "episode": e, "return": float(r)} for e, r in enumerate(curve)]
+            rows += [
+                {
+                    "family": info["family"],
+                    "arch": "source",
+                    "context_episodes": 0,
+                    "seed": h,
+                    "eval_seed": -1,
+                    "control": "none",
+                    "task": tid,
+                    "episode": e,
+                    "return": float(r),
+                }
+                for e, r in enumerate(curve)
+            ]
     write_rows(out_path, rows)
     if inference_path is not None:
         diag = inference_rows(info["family"], "random", 0, 0, ecfg["seeds"], tasks, obs_mean, obs_last)
-        write_rows(inference_path, diag + source_inference_rows(dataset, info["family"], tasks, horizon), INFERENCE_COLUMNS)
+        write_rows(
+            inference_path, diag + source_inference_rows(dataset, info["family"], tasks, horizon), INFERENCE_COLUMNS
+        )
 
 
 def source_inference_rows(dataset, family: str, tasks: list, horizon: int) -> list:
@@ -248,7 +378,21 @@ def source_inference_rows(dataset, family: str, tasks: list, horizon: int) -> li
             for h in range(obs.shape[0]):
                 episodes = obs[h].reshape(-1, horizon, obs.shape[-1])
                 d = diagnose(family, [task] * len(episodes), episodes.mean(1, dtype=np.float64), episodes[:, -1])
-                rows += [{"family": family, "arch": "source", "context_episodes": 0, "seed": h, "eval_seed": -1,
-                          "control": "none", "task": tid, "episode": e, "quantity": d.quantity, "target": d.target[e],
-                          "achieved": d.achieved[e], "error": d.error[e]} for e in range(len(episodes))]
+                rows += [
+                    {
+                        "family": family,
+                        "arch": "source",
+                        "context_episodes": 0,
+                        "seed": h,
+                        "eval_seed": -1,
+                        "control": "none",
+                        "task": tid,
+                        "episode": e,
+                        "quantity": d.quantity,
+                        "target": d.target[e],
+                        "achieved": d.achieved[e],
+                        "error": d.error[e],
+                    }
+                    for e in range(len(episodes))
+                ]
     return rows

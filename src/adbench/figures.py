@@ -12,12 +12,33 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-SUMMARY_COLUMNS = ["family", "arch", "context_episodes", "source", "train_env_steps", "runs", "first_return", "final_return",
-                   "source_final_return", "random_return", "gain",
-                   "gain_ci_low", "gain_ci_high", "normalized_final_iqm", "normalized_ci_low", "normalized_ci_high",
-                   "zero_reward_gain", "zero_reward_gain_ci_low", "zero_reward_gain_ci_high",
-                   "other_task_gain", "other_task_gain_ci_low", "other_task_gain_ci_high",
-                   "reward_driven_gain", "reward_driven_ci_low", "reward_driven_ci_high"]
+SUMMARY_COLUMNS = [
+    "family",
+    "arch",
+    "context_episodes",
+    "source",
+    "train_env_steps",
+    "runs",
+    "first_return",
+    "final_return",
+    "source_final_return",
+    "random_return",
+    "gain",
+    "gain_ci_low",
+    "gain_ci_high",
+    "normalized_final_iqm",
+    "normalized_ci_low",
+    "normalized_ci_high",
+    "zero_reward_gain",
+    "zero_reward_gain_ci_low",
+    "zero_reward_gain_ci_high",
+    "other_task_gain",
+    "other_task_gain_ci_low",
+    "other_task_gain_ci_high",
+    "reward_driven_gain",
+    "reward_driven_ci_low",
+    "reward_driven_ci_high",
+]
 RUN = ["seed", "eval_seed", "task"]
 BOOTSTRAP = 2000
 # Models without an AD context (online meta-RL baselines) carry context_episodes = 0 in the tables.
@@ -44,7 +65,7 @@ def iqm(x: np.ndarray) -> float:
     """Interquartile mean (Agarwal et al. 2021, rliable): the mean of the middle 50%."""
     x = np.sort(x)
     lo, hi = int(np.floor(0.25 * len(x))), int(np.ceil(0.75 * len(x)))
-    return float(x[lo:max(hi, lo + 1)].mean())
+    return float(x[lo : max(hi, lo + 1)].mean())
 
 
 def load(paths: list) -> pd.DataFrame:
@@ -78,11 +99,17 @@ def source_improvement(refs: pd.DataFrame) -> pd.DataFrame:
     first = src[src["episode"] < k].groupby(["family", "split", "task", "seed"])["return"].mean()
     last = src[src["episode"] >= n - k].groupby(["family", "split", "task", "seed"])["return"].mean()
     both = pd.concat([first.rename("first"), last.rename("last")], axis=1).reset_index()
-    return (both.assign(improved=both["last"] > both["first"])
-            .groupby(["family", "split"])
-            .agg(histories=("improved", "size"), improved=("improved", "sum"), first_return=("first", "mean"),
-                 last_return=("last", "mean"))
-            .reset_index())
+    return (
+        both.assign(improved=both["last"] > both["first"])
+        .groupby(["family", "split"])
+        .agg(
+            histories=("improved", "size"),
+            improved=("improved", "sum"),
+            first_return=("first", "mean"),
+            last_return=("last", "mean"),
+        )
+        .reset_index()
+    )
 
 
 def plot_source_curves(refs: pd.DataFrame, path: Path) -> None:
@@ -91,8 +118,15 @@ def plot_source_curves(refs: pd.DataFrame, path: Path) -> None:
     families = sorted(src["family"].unique())
     fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.2), squeeze=False)
     for ax, family in zip(axes[0], families):
-        sns.lineplot(data=src[src["family"] == family], x="episode", y="return", hue="split", errorbar=("pi", 50),
-                     estimator="median", ax=ax)
+        sns.lineplot(
+            data=src[src["family"] == family],
+            x="episode",
+            y="return",
+            hue="split",
+            errorbar=("pi", 50),
+            estimator="median",
+            ax=ax,
+        )
         ax.set(title=f"{family}: source learning histories", xlabel="history episode", ylabel="episode return")
     fig.tight_layout()
     _save(fig, path)
@@ -118,14 +152,22 @@ def task_levels(refs: pd.DataFrame) -> pd.DataFrame:
     return levels.assign(gap=np.maximum(gap, floor))
 
 
-def summarize(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0, costs: pd.DataFrame | None = None) -> pd.DataFrame:
+def summarize(
+    models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0, costs: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """One row per (family, arch, context): returns, gains and control gains with 95% bootstrap CIs, and
     (given the evaluate stage's cost tables) the environment steps each model's training consumed."""
     rng = np.random.default_rng(seed)
-    budget = {} if costs is None or "train_env_steps" not in costs else (
-        costs.groupby(["family", "arch", "context_episodes"])["train_env_steps"].mean().to_dict())
-    sources = {} if costs is None or "source" not in costs else (
-        costs.groupby(["family", "arch", "context_episodes"])["source"].first().to_dict())
+    budget = (
+        {}
+        if costs is None or "train_env_steps" not in costs
+        else (costs.groupby(["family", "arch", "context_episodes"])["train_env_steps"].mean().to_dict())
+    )
+    sources = (
+        {}
+        if costs is None or "source" not in costs
+        else (costs.groupby(["family", "arch", "context_episodes"])["source"].first().to_dict())
+    )
     scores = run_scores(models)
     levels = task_levels(refs).set_index(["family", "task"])
     refs = held_out(refs)
@@ -134,32 +176,53 @@ def summarize(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0, costs: pd
         ref = refs[refs["family"] == family]
         random_level = ref[ref["arch"] == "random"]["return"].mean()
         src = ref[ref["arch"] == "source"]
-        src_final = src[src["episode"] >= src["episode"].max() + 1 - edge(int(src["episode"].max()) + 1)]["return"].mean()
+        src_final = src[src["episode"] >= src["episode"].max() + 1 - edge(int(src["episode"].max()) + 1)][
+            "return"
+        ].mean()
         for (arch, ctx), runs in fam.groupby(["arch", "context_episodes"]):
             g = runs[runs["control"] == "none"]
             gain = (g["final"] - g["first"]).to_numpy()
             lv = levels.loc[[(family, t) for t in g["task"]]]
-            norm = ((g["final"].to_numpy() - lv["random"].to_numpy()) / lv["gap"].to_numpy())
-            row = {"family": family, "arch": arch, "context_episodes": ctx, "source": sources.get((family, arch, ctx), ""),
-                   "train_env_steps": budget.get((family, arch, ctx), np.nan), "runs": len(g),
-                   "first_return": g["first"].mean(), "final_return": g["final"].mean(), "source_final_return": src_final,
-                   "random_return": random_level, "gain": gain.mean(),
-                   **dict(zip(["gain_ci_low", "gain_ci_high"], bootstrap_ci(gain, np.mean, rng))),
-                   "normalized_final_iqm": iqm(norm),
-                   **dict(zip(["normalized_ci_low", "normalized_ci_high"], bootstrap_ci(norm, iqm, rng)))}
+            norm = (g["final"].to_numpy() - lv["random"].to_numpy()) / lv["gap"].to_numpy()
+            row = {
+                "family": family,
+                "arch": arch,
+                "context_episodes": ctx,
+                "source": sources.get((family, arch, ctx), ""),
+                "train_env_steps": budget.get((family, arch, ctx), np.nan),
+                "runs": len(g),
+                "first_return": g["first"].mean(),
+                "final_return": g["final"].mean(),
+                "source_final_return": src_final,
+                "random_return": random_level,
+                "gain": gain.mean(),
+                **dict(zip(["gain_ci_low", "gain_ci_high"], bootstrap_ci(gain, np.mean, rng))),
+                "normalized_final_iqm": iqm(norm),
+                **dict(zip(["normalized_ci_low", "normalized_ci_high"], bootstrap_ci(norm, iqm, rng))),
+            }
             for control, name in (("zero_reward", "zero_reward_gain"), ("other_task_reward", "other_task_gain")):
                 c = runs[runs["control"] == control]
                 if len(c):
                     cgain = (c["final"] - c["first"]).to_numpy()
-                    row.update({name: cgain.mean(), **dict(zip([f"{name}_ci_low", f"{name}_ci_high"],
-                                                                bootstrap_ci(cgain, np.mean, rng)))})
+                    row.update(
+                        {
+                            name: cgain.mean(),
+                            **dict(zip([f"{name}_ci_low", f"{name}_ci_high"], bootstrap_ci(cgain, np.mean, rng))),
+                        }
+                    )
             other = runs[runs["control"] == "other_task_reward"]
             if len(other):
                 # final return seeing the true rewards minus seeing another task's, run by run
                 paired = g.set_index(RUN)["final"] - other.set_index(RUN)["final"]
                 driven = paired.dropna().to_numpy()
-                row.update({"reward_driven_gain": driven.mean(),
-                            **dict(zip(["reward_driven_ci_low", "reward_driven_ci_high"], bootstrap_ci(driven, np.mean, rng)))})
+                row.update(
+                    {
+                        "reward_driven_gain": driven.mean(),
+                        **dict(
+                            zip(["reward_driven_ci_low", "reward_driven_ci_high"], bootstrap_ci(driven, np.mean, rng))
+                        ),
+                    }
+                )
             rows.append(row)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
@@ -180,16 +243,29 @@ def plot_in_context(models: pd.DataFrame, refs: pd.DataFrame, strides: dict, pat
     rnd = held_out(refs)
     rnd = rnd[rnd["arch"] == "random"].assign(label="random")
     labels = sorted(models["label"].unique())
-    palette = {**dict(zip(labels, sns.color_palette("colorblind", len(labels)))),
-               "source (history episode / stride)": "black", "random": "0.6"}
+    palette = {
+        **dict(zip(labels, sns.color_palette("colorblind", len(labels)))),
+        "source (history episode / stride)": "black",
+        "random": "0.6",
+    }
     families = sorted(models["family"].unique())
     fig, axes = plt.subplots(2, len(families), figsize=(4.6 * len(families) + 2, 6.4), squeeze=False, sharex=True)
     for col, family in enumerate(families):
         top, bottom = axes[0, col], axes[1, col]
         fam = models[models["family"] == family]
         true = pd.concat([fam[fam["control"] == "none"], src[src["family"] == family], rnd[rnd["family"] == family]])
-        sns.lineplot(data=true, x="episode", y="return", hue="label", palette=palette, errorbar=("ci", 95), n_boot=500,
-                     seed=0, ax=top, legend=False)
+        sns.lineplot(
+            data=true,
+            x="episode",
+            y="return",
+            hue="label",
+            palette=palette,
+            errorbar=("ci", 95),
+            n_boot=500,
+            seed=0,
+            ax=top,
+            legend=False,
+        )
         for (lab, control), g in fam.groupby(["label", "control"]):
             mean = g.groupby("episode")["return"].mean()
             bottom.plot(mean.index, mean.to_numpy(), color=palette[lab], ls=CONTROL_STYLES.get(control, "-"), lw=1.4)
@@ -197,10 +273,18 @@ def plot_in_context(models: pd.DataFrame, refs: pd.DataFrame, strides: dict, pat
         bottom.set(xlabel="in-context episode", ylabel="episode return (controls)" if col == 0 else "")
     handles = [plt.Line2D([], [], color=palette[k], lw=2, label=k) for k in palette]
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False, fontsize=8, title="model")
-    styles = [plt.Line2D([], [], color="0.3", ls=ls, label=c.replace("_", " ") if c != "none" else "true rewards")
-              for c, ls in CONTROL_STYLES.items()]
-    fig.legend(handles=styles, loc="lower left", bbox_to_anchor=(1.0, 0.1), frameon=False, fontsize=8,
-               title="reward seen (bottom)")
+    styles = [
+        plt.Line2D([], [], color="0.3", ls=ls, label=c.replace("_", " ") if c != "none" else "true rewards")
+        for c, ls in CONTROL_STYLES.items()
+    ]
+    fig.legend(
+        handles=styles,
+        loc="lower left",
+        bbox_to_anchor=(1.0, 0.1),
+        frameon=False,
+        fontsize=8,
+        title="reward seen (bottom)",
+    )
     fig.tight_layout()
     _save(fig, path)
 
@@ -213,9 +297,12 @@ def plot_context_scaling(summary: pd.DataFrame, path: Path) -> None:
     for ax, family in zip(axes[0], families):
         fam = summary[summary["family"] == family]
         for arch, g in fam[fam["context_episodes"] == NO_CONTEXT].groupby("arch"):
-            line = ax.axhline(g["normalized_final_iqm"].iloc[0], ls="-.", lw=1.2, color="tab:purple",
-                              label=f"{arch} (whole trial)")
-            ax.axhspan(g["normalized_ci_low"].iloc[0], g["normalized_ci_high"].iloc[0], color=line.get_color(), alpha=0.15)
+            line = ax.axhline(
+                g["normalized_final_iqm"].iloc[0], ls="-.", lw=1.2, color="tab:purple", label=f"{arch} (whole trial)"
+            )
+            ax.axhspan(
+                g["normalized_ci_low"].iloc[0], g["normalized_ci_high"].iloc[0], color=line.get_color(), alpha=0.15
+            )
         for arch, g in fam[fam["context_episodes"] != NO_CONTEXT].groupby("arch"):
             g = g.sort_values("context_episodes")
             y = g["normalized_final_iqm"].to_numpy()
@@ -231,22 +318,39 @@ def plot_context_scaling(summary: pd.DataFrame, path: Path) -> None:
 
 def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path) -> None:
     """(c) Training tokens/s and peak memory, and inference ms per step, against context length."""
-    trained = (metrics[metrics["step"] > metrics.groupby(["family", "arch", "context_episodes", "seed"])["step"].transform("min")]
-               .groupby(["family", "arch", "context_episodes", "seed"])
-               .agg(tokens_per_s=("tokens_per_s", "mean"), peak_mem_mib=("peak_mem_mib", "max")).reset_index())
+    trained = (
+        metrics[
+            metrics["step"] > metrics.groupby(["family", "arch", "context_episodes", "seed"])["step"].transform("min")
+        ]
+        .groupby(["family", "arch", "context_episodes", "seed"])
+        .agg(tokens_per_s=("tokens_per_s", "mean"), peak_mem_mib=("peak_mem_mib", "max"))
+        .reset_index()
+    )
     costs = costs[costs["context_episodes"] != NO_CONTEXT]  # against context length: AD models only
-    panels = [(trained, "tokens_per_s", "training tokens / s"), (trained, "peak_mem_mib", "training peak memory (MiB)"),
-              (costs, "ms_per_step", "inference ms per batched step")]
+    panels = [
+        (trained, "tokens_per_s", "training tokens / s"),
+        (trained, "peak_mem_mib", "training peak memory (MiB)"),
+        (costs, "ms_per_step", "inference ms per batched step"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, (data, column, label) in zip(axes, panels):
-        sns.lineplot(data=data, x="context_episodes", y=column, hue="arch", style="family", marker="o", ax=ax,
-                     errorbar=None)
+        sns.lineplot(
+            data=data, x="context_episodes", y=column, hue="arch", style="family", marker="o", ax=ax, errorbar=None
+        )
         ax.set(xlabel="context (episodes)", ylabel=label)
     fig.tight_layout()
     _save(fig, path)
 
 
-INFERENCE_SUMMARY_COLUMNS = ["family", "model", "quantity", "units", "final_achieved", "final_error", "target_correlation"]
+INFERENCE_SUMMARY_COLUMNS = [
+    "family",
+    "model",
+    "quantity",
+    "units",
+    "final_achieved",
+    "final_error",
+    "target_correlation",
+]
 
 
 def _circular_correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -266,11 +370,18 @@ def final_inference(inference: pd.DataFrame) -> pd.DataFrame:
     final = df[df["episode"] >= n - np.maximum(1, np.ceil(0.1 * n))]
     keys = ["family", "model", "quantity", "seed", "eval_seed", "task"]
     circular = final["quantity"] == "direction_of_travel"
-    final = final.assign(achieved_x=np.where(circular, np.cos(final["achieved"]), final["achieved"]),
-                         achieved_y=np.where(circular, np.sin(final["achieved"]), 0.0))
-    out = final.groupby(keys).agg(target=("target", "first"), x=("achieved_x", "mean"), y=("achieved_y", "mean"),
-                                  error=("error", "mean")).reset_index()
-    achieved = np.where(out["quantity"] == "direction_of_travel", np.arctan2(out["y"], out["x"]) % (2 * np.pi), out["x"])
+    final = final.assign(
+        achieved_x=np.where(circular, np.cos(final["achieved"]), final["achieved"]),
+        achieved_y=np.where(circular, np.sin(final["achieved"]), 0.0),
+    )
+    out = (
+        final.groupby(keys)
+        .agg(target=("target", "first"), x=("achieved_x", "mean"), y=("achieved_y", "mean"), error=("error", "mean"))
+        .reset_index()
+    )
+    achieved = np.where(
+        out["quantity"] == "direction_of_travel", np.arctan2(out["y"], out["x"]) % (2 * np.pi), out["x"]
+    )
     return out.assign(achieved=achieved).drop(columns=["x", "y"])
 
 
@@ -281,11 +392,24 @@ def inference_summary(inference: pd.DataFrame) -> pd.DataFrame:
     for (family, model, quantity), g in final_inference(inference).groupby(["family", "model", "quantity"]):
         corr = np.nan
         if g["target"].notna().all() and g["target"].nunique() > 1:
-            corr = (_circular_correlation(g["target"].to_numpy(), g["achieved"].to_numpy())
-                    if quantity == "direction_of_travel" else float(np.corrcoef(g["target"], g["achieved"])[0, 1]))
+            corr = (
+                _circular_correlation(g["target"].to_numpy(), g["achieved"].to_numpy())
+                if quantity == "direction_of_travel"
+                else float(np.corrcoef(g["target"], g["achieved"])[0, 1])
+            )
         # a mean of angles says nothing: directions are summarised by their error and correlation only
         achieved = np.nan if quantity == "direction_of_travel" else g["achieved"].mean()
-        rows.append({"family": family, "model": model, "quantity": quantity, "units": len(g), "final_achieved": achieved, "final_error": g["error"].mean(), "target_correlation": corr})
+        rows.append(
+            {
+                "family": family,
+                "model": model,
+                "quantity": quantity,
+                "units": len(g),
+                "final_achieved": achieved,
+                "final_error": g["error"].mean(),
+                "target_correlation": corr,
+            }
+        )
     return pd.DataFrame(rows, columns=INFERENCE_SUMMARY_COLUMNS)
 
 
@@ -307,16 +431,36 @@ def plot_task_inference(inference: pd.DataFrame, path: Path) -> None:
         quantity = fam["quantity"].iloc[0].replace("_", " ")
         order = [m for m in models if m in set(fam["model"])]
         if fam["target"].notna().all() and fam["target"].nunique() > 1:
-            sns.scatterplot(data=fam, x="target", y="achieved", hue="model", hue_order=order, palette=palette, s=22,
-                            alpha=0.8, ax=ax, legend=False)
+            sns.scatterplot(
+                data=fam,
+                x="target",
+                y="achieved",
+                hue="model",
+                hue_order=order,
+                palette=palette,
+                s=22,
+                alpha=0.8,
+                ax=ax,
+                legend=False,
+            )
             lo, hi = fam["target"].min(), fam["target"].max()
             ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
             unit = " (rad)" if quantity == "direction of travel" else ""
             ax.set(title=family, xlabel=f"target {quantity}{unit}", ylabel=f"achieved {quantity}, final episodes")
         else:
             column = "achieved" if fam["error"].isna().all() else "error"
-            sns.stripplot(data=fam, x="model", y=column, hue="model", order=order, hue_order=order, palette=palette,
-                          ax=ax, size=3, legend=False)
+            sns.stripplot(
+                data=fam,
+                x="model",
+                y=column,
+                hue="model",
+                order=order,
+                hue_order=order,
+                palette=palette,
+                ax=ax,
+                size=3,
+                legend=False,
+            )
             ax.tick_params(axis="x", rotation=30)
             ax.set(title=family, xlabel="", ylabel=f"{quantity}, final episodes")
     handles = [plt.Line2D([], [], ls="", marker="o", color=palette[m], label=m) for m in models]
@@ -346,13 +490,19 @@ def _write_table(df: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
     df.to_csv(tmp, index=False)
     os.replace(tmp, csv_path)
     header = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
-    body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n"
-                   for row in df.itertuples(index=False))
+    body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in df.itertuples(index=False))
     md_path.write_text(header + body)
 
 
-def make_all(strides: dict, model_csvs: list, reference_csvs: list, out_dir, train_metrics=(), inference_costs=(),
-             inference_csvs=()) -> pd.DataFrame:
+def make_all(
+    strides: dict,
+    model_csvs: list,
+    reference_csvs: list,
+    out_dir,
+    train_metrics=(),
+    inference_costs=(),
+    inference_csvs=(),
+) -> pd.DataFrame:
     """Every figure and table under out_dir/{figures,tables}/. `strides`: {family: dataset.episode_stride},
     to place the source's history episodes on the in-context x-axis; the cost figure needs the training
     metrics and inference costs; the task-inference figure and table the evaluations' diagnostics."""

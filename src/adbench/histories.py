@@ -20,8 +20,9 @@ def all_tasks(cfg: dict, family: str) -> list:
     """[(task_id, split, task)] for a family: train tasks then test tasks, from the seeded split."""
     t = cfg["tasks"]
     train, test = split_tasks(family, t["n_train"], t["n_test"], derive_seed(t["seed"], "tasks", family))
-    return (list(zip(task_ids("train", len(train)), ["train"] * len(train), train))
-            + list(zip(task_ids("test", len(test)), ["test"] * len(test), test)))
+    return list(zip(task_ids("train", len(train)), ["train"] * len(train), train)) + list(
+        zip(task_ids("test", len(test)), ["test"] * len(test), test)
+    )
 
 
 def num_shards(cfg: dict) -> int:
@@ -47,30 +48,55 @@ def expert_digest(cfg: dict) -> str:
     """What defines a task-conditioned expert: the tasks and the source's seed, threads, PPO settings and
     expert budget, not how its histories are rolled out (their length, noise)."""
     src = cfg["source"]
-    return cfglib.digest({"tasks": cfg["tasks"], "seed": src["seed"], "threads": src["threads"], "ppo": src["ppo"],
-                          "expert": {k: src["noise_distill"][k] for k in ("expert", "expert_episodes")}})
+    return cfglib.digest(
+        {
+            "tasks": cfg["tasks"],
+            "seed": src["seed"],
+            "threads": src["threads"],
+            "ppo": src["ppo"],
+            "expert": {k: src["noise_distill"][k] for k in ("expert", "expert_episodes")},
+        }
+    )
 
 
 def train_expert(cfg: dict, family: str, out_path, progress=None) -> None:
     """The task-conditioned expert of `source.noise_distill.expert: task_ppo`, trained on the training tasks only."""
     src = cfg["source"]
     if not needs_expert(cfg):
-        raise ValueError("the expert stage runs only with source.algorithm noise_distill and "
-                         "source.noise_distill.expert task_ppo")
+        raise ValueError(
+            "the expert stage runs only with source.algorithm noise_distill and source.noise_distill.expert task_ppo"
+        )
     torch.set_num_threads(src["threads"])
     train = [task for _, split, task in all_tasks(cfg, family) if split == "train"]
     horizon = cfglib.horizon(cfg, family, get_family(family).horizon)
-    expert, returns = train_task_expert(family, train, horizon, src["noise_distill"]["expert_episodes"],
-                                        PPOConfig(**src["ppo"]), derive_seed(src["seed"], "expert", family), progress,
-                                        src["threads"])
+    expert, returns = train_task_expert(
+        family,
+        train,
+        horizon,
+        src["noise_distill"]["expert_episodes"],
+        PPOConfig(**src["ppo"]),
+        derive_seed(src["seed"], "expert", family),
+        progress,
+        src["threads"],
+    )
     last = max(1, returns.shape[1] // 10)
-    print(f"task expert {family}: mean return over training tasks, first {last} episodes "
-          f"{returns[:, :last].mean():.1f}, last {last} {returns[:, -last:].mean():.1f}", file=progress)
+    print(
+        f"task expert {family}: mean return over training tasks, first {last} episodes "
+        f"{returns[:, :last].mean():.1f}, last {last} {returns[:, -last:].mean():.1f}",
+        file=progress,
+    )
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    torch.save({**expert.state_dict(), "config_digest": expert_digest(cfg),
-                "env_steps": expert_env_steps(cfg, family), "train_returns": torch.from_numpy(returns)}, tmp)
+    torch.save(
+        {
+            **expert.state_dict(),
+            "config_digest": expert_digest(cfg),
+            "env_steps": expert_env_steps(cfg, family),
+            "train_returns": torch.from_numpy(returns),
+        },
+        tmp,
+    )
     os.replace(tmp, out_path)
 
 
@@ -104,21 +130,32 @@ def run_shard(cfg: dict, family: str, shard: int, out_path, progress=None, exper
     torch.set_num_threads(src["threads"])  # float reductions, hence the histories, depend on it
     n = num_shards(cfg)
     if not 0 <= shard < n:
-        raise ValueError(f"shard {shard} out of range: {family} has {n} shards at source.tasks_per_shard={src['tasks_per_shard']}")
+        raise ValueError(
+            f"shard {shard} out of range: {family} has {n} shards at source.tasks_per_shard={src['tasks_per_shard']}"
+        )
     per = src["tasks_per_shard"]
-    chunk = all_tasks(cfg, family)[shard * per:(shard + 1) * per]
+    chunk = all_tasks(cfg, family)[shard * per : (shard + 1) * per]
     h = src["histories_per_task"]
     learners = [task for _, _, task in chunk for _ in range(h)]  # H independent learners per task
     attrs = root_attrs(cfg, family)
     if needs_expert(cfg) and expert_path is None:
-        raise ValueError("source.noise_distill.expert task_ppo: give the trained expert (--expert, the expert stage's output)")
+        raise ValueError(
+            "source.noise_distill.expert task_ppo: give the trained expert (--expert, the expert stage's output)"
+        )
     expert = load_expert(expert_path, cfg, family) if needs_expert(cfg) else None
-    hist = generate_histories(src, family, learners, attrs["horizon"], derive_seed(src["seed"], "histories", family, shard),
-                              progress=progress, task_expert=expert)
+    hist = generate_histories(
+        src,
+        family,
+        learners,
+        attrs["horizon"],
+        derive_seed(src["seed"], "histories", family, shard),
+        progress=progress,
+        task_expert=expert,
+    )
     with atomic_h5(out_path) as f:
         write_root_attrs(f, {**attrs, "shard": shard})
         for i, (tid, split, task) in enumerate(chunk):
-            write_task(f, tid, task, split, {k: v[i * h:(i + 1) * h] for k, v in hist.items()})
+            write_task(f, tid, task, split, {k: v[i * h : (i + 1) * h] for k, v in hist.items()})
 
 
 def merge_shards(cfg: dict, family: str, shard_paths: list, out_path) -> dict:

@@ -67,10 +67,12 @@ def check_train_requests(cfg: dict, runs: list) -> None:
     for family, arch, ctx in runs:
         need = train_mem_mb(cfg, family, arch, ctx)
         if fixed < need:
-            raise ResourceError(f"resources.mem_mb.train = {fixed} MB is below the ~{need} MB that train {family} {arch} "
-                                f"ctx {ctx} ({window_tokens(cfg, family, ctx)} tokens x batch "
-                                f"{cfglib.for_family(cfg, family)['train']['batch_size']}) needs; raise it, or remove it "
-                                f"to request each job's own estimate")
+            raise ResourceError(
+                f"resources.mem_mb.train = {fixed} MB is below the ~{need} MB that train {family} {arch} "
+                f"ctx {ctx} ({window_tokens(cfg, family, ctx)} tokens x batch "
+                f"{cfglib.for_family(cfg, family)['train']['batch_size']}) needs; raise it, or remove it "
+                f"to request each job's own estimate"
+            )
 
 
 def _round_up(mb: float, step: int = 500) -> int:

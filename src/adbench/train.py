@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from . import config as cfglib
 from . import process
-from .devices import pick_device
 from .data import WindowSampler, input_statistics, validate_file
+from .devices import pick_device
 from .models import build, count_parameters, save_checkpoint
 from .models.scan import scan_implementation
 from .progress import say
@@ -55,8 +55,16 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def run(cfg: dict, dataset, arch: str, context_episodes: int, seed: int, out_dir, progress=None,
-        stop_after: int | None = None) -> Path:
+def run(
+    cfg: dict,
+    dataset,
+    arch: str,
+    context_episodes: int,
+    seed: int,
+    out_dir,
+    progress=None,
+    stop_after: int | None = None,
+) -> Path:
     """Train; write out_dir/model.pt and out_dir/metrics.csv. `stop_after` simulates an interruption."""
     tcfg, out_dir = cfg["train"], Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +74,9 @@ def run(cfg: dict, dataset, arch: str, context_episodes: int, seed: int, out_dir
     run_key = (info["family"], arch, context_episodes, seed)
     torch.manual_seed(derive_seed(seed, "train-init", *run_key))
     stride = cfg["dataset"]["episode_stride"]
-    sampler = WindowSampler(dataset, context_episodes, stride, tcfg["batch_size"], derive_seed(seed, "train-sampler", *run_key))
+    sampler = WindowSampler(
+        dataset, context_episodes, stride, tcfg["batch_size"], derive_seed(seed, "train-sampler", *run_key)
+    )
     window = sampler.tokens_per_window
     model_config = {**cfg["model"], "window": window}
     model = build(arch, info["obs_dim"], info["act_dim"], **model_config)
@@ -74,8 +84,10 @@ def run(cfg: dict, dataset, arch: str, context_episodes: int, seed: int, out_dir
     model.to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "A_log" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "A_log" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg["weight_decay"]},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=tcfg["learning_rate"])
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tcfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tcfg["learning_rate"],
+    )
     settings_digest = cfglib.digest({"cfg": {s: cfg[s] for s in SECTIONS}, "run": list(run_key)})
     ckpt_path, step, rows = out_dir / "checkpoint.pt", 0, []
     if ckpt_path.exists():
@@ -87,10 +99,19 @@ def run(cfg: dict, dataset, arch: str, context_episodes: int, seed: int, out_dir
             torch.set_rng_state(ckpt["torch_rng"])
             step, rows = ckpt["step"], ckpt["metrics"]
             say(f"resuming from {ckpt_path} at step {step}", progress)
-    say(f"{arch}: {count_parameters(model)} parameters, context {context_episodes} episodes = {window} tokens, "
-        f"device {device}" + (f", selective scan: {scan_on(device)}" if arch == "mamba" else ""), progress)
-    bar = tqdm(total=tcfg["steps"], initial=step, desc=f"train {arch} ctx{context_episodes}", file=progress,
-               mininterval=10, disable=not progress)
+    say(
+        f"{arch}: {count_parameters(model)} parameters, context {context_episodes} episodes = {window} tokens, "
+        f"device {device}" + (f", selective scan: {scan_on(device)}" if arch == "mamba" else ""),
+        progress,
+    )
+    bar = tqdm(
+        total=tcfg["steps"],
+        initial=step,
+        desc=f"train {arch} ctx{context_episodes}",
+        file=progress,
+        mininterval=10,
+        disable=not progress,
+    )
     tokens, t0 = 0, time.perf_counter()
     while step < tcfg["steps"]:
         for group in optimizer.param_groups:
@@ -109,21 +130,47 @@ def run(cfg: dict, dataset, arch: str, context_episodes: int, seed: int, out_dir
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower train.learning_rate")
         if step % tcfg["log_every"] == 0 or step == tcfg["steps"]:
             elapsed = time.perf_counter() - t0
-            rows.append({"family": info["family"], "arch": arch, "context_episodes": context_episodes, "seed": seed,
-                         "step": step, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"],
-                         "tokens_per_s": tokens / elapsed, "peak_mem_mib": peak_memory_mib(device)})
+            rows.append(
+                {
+                    "family": info["family"],
+                    "arch": arch,
+                    "context_episodes": context_episodes,
+                    "seed": seed,
+                    "step": step,
+                    "loss": loss.item(),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "tokens_per_s": tokens / elapsed,
+                    "peak_mem_mib": peak_memory_mib(device),
+                }
+            )
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             tokens, t0 = 0, time.perf_counter()
         if step % tcfg["checkpoint_every"] == 0 and step < tcfg["steps"]:
-            _atomic_save({"settings_digest": settings_digest, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                          "step": step, "metrics": rows}, ckpt_path)
+            _atomic_save(
+                {
+                    "settings_digest": settings_digest,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "sampler_rng": sampler.rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "step": step,
+                    "metrics": rows,
+                },
+                ckpt_path,
+            )
         if stop_after is not None and step >= stop_after:
             raise KeyboardInterrupt(f"stopped after step {step} (stop_after)")
     bar.close()
     model.cpu()
-    meta = {"family": info["family"], "context_episodes": context_episodes, "seed": seed, "horizon": sampler.horizon,
-            "episode_stride": stride, "parameters": count_parameters(model), "steps": tcfg["steps"]}
+    meta = {
+        "family": info["family"],
+        "context_episodes": context_episodes,
+        "seed": seed,
+        "horizon": sampler.horizon,
+        "episode_stride": stride,
+        "parameters": count_parameters(model),
+        "steps": tcfg["steps"],
+    }
     final = out_dir / "model.pt"
     tmp = final.with_name("model.pt.tmp")
     save_checkpoint(tmp, model, arch, model_config, {"meta": meta})

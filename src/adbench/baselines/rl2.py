@@ -39,6 +39,7 @@ ARCH = "rl2"
 @dataclass
 class RL2Config(PPOSettings):
     """The source's PPO settings (other defaults), plus the trial structure and the budget."""
+
     hidden: int = 128
     update_epochs: int = 4
     updates: int = 100
@@ -57,7 +58,9 @@ class RL2Policy(nn.Module):
     buffers, so a checkpoint carries them.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 128, init_log_std: float = 0.0, clip_obs: float = 10.0):
+    def __init__(
+        self, obs_dim: int, act_dim: int, hidden: int = 128, init_log_std: float = 0.0, clip_obs: float = 10.0
+    ):
         super().__init__()
         self.obs_dim, self.act_dim, self.hidden, self.clip_obs = obs_dim, act_dim, hidden, clip_obs
         self.embed = nn.Linear(obs_dim + act_dim + 2, hidden)
@@ -118,10 +121,17 @@ def collect_trial(env: BatchedTasks, policy: RL2Policy, episodes: int, seed: int
     Also returns the hidden state at every step (the update keeps those at segment starts)."""
     k, horizon = env.num_tasks, env.horizon
     steps = episodes * horizon
-    buf = {"obs": torch.zeros(k, steps, env.obs_dim), "prev_action": torch.zeros(k, steps, env.act_dim),
-           "prev_reward": torch.zeros(k, steps), "episode_start": torch.zeros(k, steps),
-           "actions": torch.zeros(k, steps, env.act_dim), "log_probs": torch.zeros(k, steps),
-           "values": torch.zeros(k, steps), "rewards": torch.zeros(k, steps), "hidden": torch.zeros(k, steps, policy.hidden)}
+    buf = {
+        "obs": torch.zeros(k, steps, env.obs_dim),
+        "prev_action": torch.zeros(k, steps, env.act_dim),
+        "prev_reward": torch.zeros(k, steps),
+        "episode_start": torch.zeros(k, steps),
+        "actions": torch.zeros(k, steps, env.act_dim),
+        "log_probs": torch.zeros(k, steps),
+        "values": torch.zeros(k, steps),
+        "rewards": torch.zeros(k, steps),
+        "hidden": torch.zeros(k, steps, policy.hidden),
+    }
     h = policy.init_state(k)
     prev_action, prev_reward = torch.zeros(k, env.act_dim), torch.zeros(k)
     std = policy.log_std.exp()
@@ -137,8 +147,14 @@ def collect_trial(env: BatchedTasks, policy: RL2Policy, episodes: int, seed: int
                 action = mean + std * noise
                 executed = action.clamp(-1.0, 1.0)
                 next_obs, reward, _, _ = env.step(executed.numpy())
-                for key, v in (("obs", obs), ("prev_action", prev_action), ("prev_reward", prev_reward),
-                               ("episode_start", start), ("actions", action), ("values", value)):
+                for key, v in (
+                    ("obs", obs),
+                    ("prev_action", prev_action),
+                    ("prev_reward", prev_reward),
+                    ("episode_start", start),
+                    ("actions", action),
+                    ("values", value),
+                ):
                     buf[key][:, t] = v
                 buf["log_probs"][:, t] = (-0.5 * noise**2 - policy.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
                 reward = torch.from_numpy(reward)
@@ -170,7 +186,9 @@ class RL2Trainer:
             self.optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - self.update_index / cfg.updates)
         trial_end = torch.zeros(k, steps, dtype=torch.bool)
         trial_end[:, -1] = True  # the only terminal: episodes inside a trial are one meta-episode
-        scaled = np.stack([self.reward_scaler(r, e) for r, e in zip(buf["rewards"].T.double().numpy(), trial_end.T.numpy())], 1)
+        scaled = np.stack(
+            [self.reward_scaler(r, e) for r, e in zip(buf["rewards"].T.double().numpy(), trial_end.T.numpy())], 1
+        )
         rewards = torch.as_tensor(scaled, dtype=torch.float32)
         nxt = next_values(buf["values"], trial_end, torch.zeros(k), {})
         adv = gae(rewards, buf["values"], nxt, trial_end, cfg.gamma, cfg.gae_lambda)
@@ -188,12 +206,13 @@ class RL2Trainer:
         for _ in range(cfg.update_epochs):
             perm = torch.randperm(n, generator=self.generator)
             for start in range(0, n, mb):
-                d = {key: v[perm[start:start + mb]] for key, v in data.items()}
+                d = {key: v[perm[start : start + mb]] for key, v in data.items()}
                 mean, value, _ = policy(d["obs"], d["prev_action"], d["prev_reward"], d["episode_start"], d["h0"])
                 dist = torch.distributions.Normal(mean, policy.log_std.exp())
                 logp = dist.log_prob(d["actions"]).sum(-1)
-                pg_loss, v_loss = clipped_losses(logp, d["log_probs"], d["adv"], value, d["values"], d["returns"],
-                                                 cfg.clip_coef, dims=(0, 1))
+                pg_loss, v_loss = clipped_losses(
+                    logp, d["log_probs"], d["adv"], value, d["values"], d["returns"], cfg.clip_coef, dims=(0, 1)
+                )
                 entropy = dist.entropy().sum(-1).mean()
                 loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
                 self.optimizer.zero_grad(set_to_none=True)
@@ -210,38 +229,75 @@ class RL2Trainer:
 
     def state(self) -> dict:
         rms = lambda r: {"mean": torch.from_numpy(r.mean), "var": torch.from_numpy(r.var), "count": r.count}  # noqa: E731
-        return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "obs_rms": rms(self.obs_rms), "reward_rms": rms(self.reward_rms),
-                "scaler": {"discounted": torch.from_numpy(self.reward_scaler.discounted), **rms(self.reward_scaler.ret_rms)},
-                "generator": self.generator.get_state(), "update": self.update_index, "env_steps": self.env_steps,
-                "seconds": self.seconds, "metrics": self.metrics}
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "obs_rms": rms(self.obs_rms),
+            "reward_rms": rms(self.reward_rms),
+            "scaler": {
+                "discounted": torch.from_numpy(self.reward_scaler.discounted),
+                **rms(self.reward_scaler.ret_rms),
+            },
+            "generator": self.generator.get_state(),
+            "update": self.update_index,
+            "env_steps": self.env_steps,
+            "seconds": self.seconds,
+            "metrics": self.metrics,
+        }
 
     def load_state(self, s: dict) -> None:
         self.policy.load_state_dict(s["policy"])
         self.optimizer.load_state_dict(s["optimizer"])
-        for rms, saved in ((self.obs_rms, s["obs_rms"]), (self.reward_rms, s["reward_rms"]), (self.reward_scaler.ret_rms, s["scaler"])):
+        for rms, saved in (
+            (self.obs_rms, s["obs_rms"]),
+            (self.reward_rms, s["reward_rms"]),
+            (self.reward_scaler.ret_rms, s["scaler"]),
+        ):
             rms.mean, rms.var, rms.count = saved["mean"].numpy(), saved["var"].numpy(), saved["count"]
         self.reward_scaler.discounted = s["scaler"]["discounted"].numpy()
         self.generator.set_state(s["generator"])
-        self.update_index, self.env_steps, self.seconds, self.metrics = s["update"], s["env_steps"], s["seconds"], s["metrics"]
+        self.update_index, self.env_steps, self.seconds, self.metrics = (
+            s["update"],
+            s["env_steps"],
+            s["seconds"],
+            s["metrics"],
+        )
 
 
-def meta_train(family: str, tasks: list, horizon: int, cfg: RL2Config, seed: int, checkpoint: Path | None = None,
-               settings_digest: str = "", progress=None, stop_after: int | None = None, threads: int = 1) -> RL2Trainer:
+def meta_train(
+    family: str,
+    tasks: list,
+    horizon: int,
+    cfg: RL2Config,
+    seed: int,
+    checkpoint: Path | None = None,
+    settings_digest: str = "",
+    progress=None,
+    stop_after: int | None = None,
+    threads: int = 1,
+) -> RL2Trainer:
     """Meta-train RL^2 on `tasks`; resumes from `checkpoint` (same settings) and writes it every
     `checkpoint_every` updates. `stop_after` simulates an interruption after that many updates;
     `threads` step the physics (see `BatchedTasks`)."""
     env = BatchedTasks(family, tasks, horizon, threads)
     if (cfg.trial_episodes * env.horizon) % cfg.bptt_steps:
-        raise ValueError(f"rl2.bptt_steps ({cfg.bptt_steps}) must divide a trial's length in steps "
-                         f"({cfg.trial_episodes} episodes x {env.horizon} steps)")
+        raise ValueError(
+            f"rl2.bptt_steps ({cfg.bptt_steps}) must divide a trial's length in steps "
+            f"({cfg.trial_episodes} episodes x {env.horizon} steps)"
+        )
     trainer = RL2Trainer(env.obs_dim, env.act_dim, env.num_tasks, cfg, seed)
     if checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=True)
         if saved.get("settings_digest") == settings_digest:
             trainer.load_state(saved["trainer"])
-    bar = tqdm(total=cfg.updates, initial=trainer.update_index, desc=f"rl2 {family} x{env.num_tasks}", file=progress,
-               mininterval=10, disable=not progress)
+    bar = tqdm(
+        total=cfg.updates,
+        initial=trainer.update_index,
+        desc=f"rl2 {family} x{env.num_tasks}",
+        file=progress,
+        mininterval=10,
+        disable=not progress,
+    )
     while trainer.update_index < cfg.updates:
         t0 = time.perf_counter()
         buf = collect_trial(env, trainer.policy, cfg.trial_episodes, seed, trainer.update_index, trainer.generator)
@@ -252,12 +308,21 @@ def meta_train(family: str, tasks: list, horizon: int, cfg: RL2Config, seed: int
         trainer.seconds += time.perf_counter() - t0
         episode_returns = buf["rewards"].reshape(env.num_tasks, cfg.trial_episodes, env.horizon).sum(-1).mean(0)
         e = max(1, math.ceil(0.1 * cfg.trial_episodes))
-        trainer.metrics.append({"update": trainer.update_index, "env_steps": trainer.env_steps,
-                                "first_return": float(episode_returns[:e].mean()),
-                                "last_return": float(episode_returns[-e:].mean()), **stats})
+        trainer.metrics.append(
+            {
+                "update": trainer.update_index,
+                "env_steps": trainer.env_steps,
+                "first_return": float(episode_returns[:e].mean()),
+                "last_return": float(episode_returns[-e:].mean()),
+                **stats,
+            }
+        )
         bar.update(1)
-        bar.set_postfix(first=f"{trainer.metrics[-1]['first_return']:.1f}", last=f"{trainer.metrics[-1]['last_return']:.1f}",
-                        refresh=False)
+        bar.set_postfix(
+            first=f"{trainer.metrics[-1]['first_return']:.1f}",
+            last=f"{trainer.metrics[-1]['last_return']:.1f}",
+            refresh=False,
+        )
         done = trainer.update_index
         if checkpoint is not None and done % cfg.checkpoint_every == 0 and done < cfg.updates:
             tmp = checkpoint.with_name(checkpoint.name + ".tmp")
@@ -271,9 +336,17 @@ def meta_train(family: str, tasks: list, horizon: int, cfg: RL2Config, seed: int
 
 def save_policy(path, trainer: RL2Trainer, meta: dict) -> None:
     p = trainer.policy
-    torch.save({"arch": ARCH, "obs_dim": p.obs_dim, "act_dim": p.act_dim,
-                "model_config": {"hidden": p.hidden, "clip_obs": p.clip_obs}, "state_dict": p.state_dict(),
-                "meta": meta}, path)
+    torch.save(
+        {
+            "arch": ARCH,
+            "obs_dim": p.obs_dim,
+            "act_dim": p.act_dim,
+            "model_config": {"hidden": p.hidden, "clip_obs": p.clip_obs},
+            "state_dict": p.state_dict(),
+            "meta": meta,
+        },
+        path,
+    )
 
 
 def policy_from_checkpoint(ckpt: dict) -> RL2Policy:
@@ -283,8 +356,19 @@ def policy_from_checkpoint(ckpt: dict) -> RL2Policy:
 
 
 SECTIONS = ["rl2"]
-METRICS = ["family", "arch", "seed", "update", "env_steps", "first_return", "last_return", "pg_loss", "v_loss", "entropy",
-           "env_steps_per_s"]
+METRICS = [
+    "family",
+    "arch",
+    "seed",
+    "update",
+    "env_steps",
+    "first_return",
+    "last_return",
+    "pg_loss",
+    "v_loss",
+    "entropy",
+    "env_steps_per_s",
+]
 
 
 def run(cfg: dict, dataset, seed: int, out_dir, progress=None, stop_after: int | None = None) -> Path:
@@ -300,15 +384,37 @@ def run(cfg: dict, dataset, seed: int, out_dir, progress=None, stop_after: int |
         horizon = int(f.attrs["horizon"])
         tasks = [task for _, split, task in task_table(f) if split == "train"]
     family = info["family"]
-    settings_digest = cfglib.digest({"rl2": cfg["rl2"], "family": family, "seed": seed, "tasks": tasks, "horizon": horizon})
+    settings_digest = cfglib.digest(
+        {"rl2": cfg["rl2"], "family": family, "seed": seed, "tasks": tasks, "horizon": horizon}
+    )
     rl2_cfg = RL2Config(**rcfg)
-    say(f"rl2 {family}: {len(tasks)} training tasks, trials of {rl2_cfg.trial_episodes} x {horizon} steps, "
-        f"{rl2_cfg.updates} updates = {rl2_cfg.updates * len(tasks) * rl2_cfg.trial_episodes * horizon} env steps", progress)
-    trainer = meta_train(family, tasks, horizon, rl2_cfg, derive_seed(seed, "rl2", family), out_dir / "checkpoint.pt",
-                         settings_digest, progress, stop_after, threads)
+    say(
+        f"rl2 {family}: {len(tasks)} training tasks, trials of {rl2_cfg.trial_episodes} x {horizon} steps, "
+        f"{rl2_cfg.updates} updates = {rl2_cfg.updates * len(tasks) * rl2_cfg.trial_episodes * horizon} env steps",
+        progress,
+    )
+    trainer = meta_train(
+        family,
+        tasks,
+        horizon,
+        rl2_cfg,
+        derive_seed(seed, "rl2", family),
+        out_dir / "checkpoint.pt",
+        settings_digest,
+        progress,
+        stop_after,
+        threads,
+    )
     rate = trainer.env_steps / max(trainer.seconds, 1e-9)
-    meta = {"family": family, "context_episodes": 0, "seed": seed, "horizon": horizon, "train_env_steps": trainer.env_steps,
-            "trial_episodes": rl2_cfg.trial_episodes, "parameters": sum(p.numel() for p in trainer.policy.parameters())}
+    meta = {
+        "family": family,
+        "context_episodes": 0,
+        "seed": seed,
+        "horizon": horizon,
+        "train_env_steps": trainer.env_steps,
+        "trial_episodes": rl2_cfg.trial_episodes,
+        "parameters": sum(p.numel() for p in trainer.policy.parameters()),
+    }
     tmp = out_dir / "model.pt.tmp"
     save_policy(tmp, trainer, meta)
     os.replace(tmp, out_dir / "model.pt")
@@ -316,7 +422,9 @@ def run(cfg: dict, dataset, seed: int, out_dir, progress=None, stop_after: int |
     with open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=METRICS)
         writer.writeheader()
-        writer.writerows({"family": family, "arch": ARCH, "seed": seed, **row, "env_steps_per_s": rate} for row in trainer.metrics)
+        writer.writerows(
+            {"family": family, "arch": ARCH, "seed": seed, **row, "env_steps_per_s": rate} for row in trainer.metrics
+        )
     os.replace(tmp, out_dir / "metrics.csv")
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)
     say(f"rl2 {family}: {trainer.env_steps} env steps at {rate:.0f} env-steps/s (rollouts and updates)", progress)

@@ -17,7 +17,9 @@ def open_histories(path) -> h5py.File:
     try:
         return h5py.File(path, "r", rdcc_nbytes=64 * 2**20)
     except OSError as e:
-        raise DatasetError(f"{path}: not a readable HDF5 file ({e.__class__.__name__}); delete it and rerun the workflow") from None
+        raise DatasetError(
+            f"{path}: not a readable HDF5 file ({e.__class__.__name__}); delete it and rerun the workflow"
+        ) from None
 
 
 def task_table(f: h5py.File) -> list:
@@ -43,7 +45,10 @@ def _validate(f: h5py.File, path: Path) -> dict:
     if missing:
         raise DatasetError(f"{path}: not an adbench history file (missing root attribute {missing[0]!r})")
     if int(f.attrs["schema_version"]) != SCHEMA_VERSION:
-        raise DatasetError(f"{path}: schema_version {int(f.attrs['schema_version'])}, this adbench reads {SCHEMA_VERSION}; regenerate the dataset")
+        raise DatasetError(
+            f"{path}: schema_version {int(f.attrs['schema_version'])}, this adbench reads {SCHEMA_VERSION}; "
+            "regenerate the dataset"
+        )
     if "tasks" not in f or len(f["tasks"]) == 0:
         raise DatasetError(f"{path}: no task groups under /tasks")
     horizon, episodes = int(f.attrs["horizon"]), int(f.attrs["episodes"])
@@ -70,14 +75,17 @@ def _validate(f: h5py.File, path: Path) -> dict:
         if this != shape:
             raise DatasetError(f"{where}: shape (H, T, obs, act) {this} differs from other tasks' {shape}")
         if t != horizon * episodes or g["episode_returns"].shape != (h, episodes):
-            raise DatasetError(f"{where}: T={t} and episode_returns {g['episode_returns'].shape} do not match horizon {horizon} x episodes {episodes}")
+            raise DatasetError(
+                f"{where}: T={t} and episode_returns {g['episode_returns'].shape} do not match horizon {horizon} "
+                f"x episodes {episodes}"
+            )
         for name in ("observations", "actions", "rewards", "episode_returns"):
             data = g[name][...]
             if not np.all(np.isfinite(data)):
                 raise DatasetError(f"{where}/{name}: contains NaN or inf")
         trunc = g["truncated"][...]
         ends = np.zeros(t, bool)
-        ends[horizon - 1::horizon] = True
+        ends[horizon - 1 :: horizon] = True
         if not np.array_equal(trunc | g["terminated"][...], np.broadcast_to(ends, (h, t))):
             raise DatasetError(f"{where}: episode boundaries are not every {horizon} steps")
         sums = g["rewards"][...].reshape(h, episodes, horizon).sum(-1)
@@ -85,10 +93,19 @@ def _validate(f: h5py.File, path: Path) -> dict:
             raise DatasetError(f"{where}: episode_returns do not equal the summed rewards")
     if counts["train"] == 0:
         raise DatasetError(f"{path}: no train tasks")
-    return {"family": str(f.attrs["family"]), "n_train": counts["train"], "n_test": counts["test"],
-            "H": shape[0], "T": shape[1], "E": episodes, "horizon": horizon,
-            "obs_dim": shape[2], "act_dim": shape[3], "source": source_label(f),
-            "expert_env_steps": int(f.attrs.get("expert_env_steps", 0))}
+    return {
+        "family": str(f.attrs["family"]),
+        "n_train": counts["train"],
+        "n_test": counts["test"],
+        "H": shape[0],
+        "T": shape[1],
+        "E": episodes,
+        "horizon": horizon,
+        "obs_dim": shape[2],
+        "act_dim": shape[3],
+        "source": source_label(f),
+        "expert_env_steps": int(f.attrs.get("expert_env_steps", 0)),
+    }
 
 
 def source_label(f: h5py.File) -> str:

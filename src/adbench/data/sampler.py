@@ -27,9 +27,16 @@ def make_tokens(obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, horiz
     prev_reward[:, 1:] = rewards[:, :-1]
     start = np.zeros((b, length), np.float32)
     start[:, ::horizon] = 1.0
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in {
-        "obs": obs, "prev_action": prev_action, "prev_reward": prev_reward, "episode_start": start,
-        "action": actions}.items()}
+    return {
+        k: torch.from_numpy(np.ascontiguousarray(v))
+        for k, v in {
+            "obs": obs,
+            "prev_action": prev_action,
+            "prev_reward": prev_reward,
+            "episode_start": start,
+            "action": actions,
+        }.items()
+    }
 
 
 class WindowSampler:
@@ -48,8 +55,10 @@ class WindowSampler:
         span = window_span(context_episodes, stride)
         if span > self.episodes:
             raise DatasetError(
-                f"context of {context_episodes} episodes at stride {stride} spans {span} episodes, but histories in {path} "
-                f"have {self.episodes}; lower context_episodes or dataset.episode_stride, or generate longer histories")
+                f"context of {context_episodes} episodes at stride {stride} spans {span} episodes, "
+                f"but histories in {path} "
+                f"have {self.episodes}; lower context_episodes or dataset.episode_stride, or generate longer histories"
+            )
 
     @property
     def file(self):
@@ -74,9 +83,11 @@ class WindowSampler:
             g = self.file["tasks"][self.train_ids[task]]
             for name in parts:
                 if k == 1:
-                    parts[name].append(g[name][hist, e0 * h:(e0 + c) * h])
+                    parts[name].append(g[name][hist, e0 * h : (e0 + c) * h])
                 else:
-                    parts[name].append(np.concatenate([g[name][hist, (e0 + j * k) * h:(e0 + j * k + 1) * h] for j in range(c)]))
+                    parts[name].append(
+                        np.concatenate([g[name][hist, (e0 + j * k) * h : (e0 + j * k + 1) * h] for j in range(c)])
+                    )
         arrays = {name: np.stack(v) for name, v in parts.items()}
         return make_tokens(arrays["observations"], arrays["actions"], arrays["rewards"], h)
 
@@ -97,4 +108,9 @@ def input_statistics(path) -> dict:
     obs_mean, rew_mean = obs_sum / n, rew_sum / n
     obs_std = np.sqrt(np.maximum(obs_sq / n - obs_mean**2, 0.0)) + 1e-6
     rew_std = float(np.sqrt(max(rew_sq / n - rew_mean**2, 0.0)) + 1e-6)
-    return {"obs_mean": obs_mean.tolist(), "obs_std": obs_std.tolist(), "reward_mean": float(rew_mean), "reward_std": rew_std}
+    return {
+        "obs_mean": obs_mean.tolist(),
+        "obs_std": obs_std.tolist(),
+        "reward_mean": float(rew_mean),
+        "reward_std": rew_std,
+    }

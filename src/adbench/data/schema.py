@@ -12,8 +12,16 @@ DATASETS = {
     "episode_returns": ("float32", 2),
 }
 SPLITS = ("train", "test")
-ROOT_ATTRS = ("family", "schema_version", "source_algorithm", "source_settings", "config_digest",
-              "package_versions", "horizon", "episodes")
+ROOT_ATTRS = (
+    "family",
+    "schema_version",
+    "source_algorithm",
+    "source_settings",
+    "config_digest",
+    "package_versions",
+    "horizon",
+    "episodes",
+)
 
 
 class DatasetError(ValueError):

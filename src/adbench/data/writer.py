@@ -31,7 +31,11 @@ def atomic_h5(path):
 def write_root_attrs(f: h5py.File, attrs: dict) -> None:
     f.attrs["schema_version"] = SCHEMA_VERSION
     for key, value in attrs.items():
-        f.attrs[key] = value if isinstance(value, (str, int, float, np.integer, np.floating)) else json.dumps(value, sort_keys=True)
+        f.attrs[key] = (
+            value
+            if isinstance(value, (str, int, float, np.integer, np.floating))
+            else json.dumps(value, sort_keys=True)
+        )
 
 
 def write_task(f: h5py.File, task_id: str, task: dict, split: str, arrays: dict) -> None:
@@ -41,9 +45,10 @@ def write_task(f: h5py.File, task_id: str, task: dict, split: str, arrays: dict)
     g.attrs["task"] = json.dumps(task, sort_keys=True)
     for key, value in task.items():
         g.attrs[f"task.{key}"] = np.asarray(value)
-    for name, (dtype, rank) in DATASETS.items():
+    for name, (dtype, _rank) in DATASETS.items():
         data = np.asarray(arrays[name], dtype=dtype)
         chunks = (1, min(data.shape[1], CHUNK_STEPS)) + data.shape[2:]
         # track_times=False keeps files byte-identical across runs of the same config.
-        g.create_dataset(name, data=data, chunks=chunks, compression="gzip", compression_opts=4,
-                         shuffle=True, track_times=False)
+        g.create_dataset(
+            name, data=data, chunks=chunks, compression="gzip", compression_opts=4, shuffle=True, track_times=False
+        )

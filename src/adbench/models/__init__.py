@@ -4,7 +4,7 @@ import torch
 
 from .mamba import MambaBackbone, mamba_layer_params
 from .policy import ADPolicy
-from .scan import selective_scan, selective_scan_ref
+from .scan import selective_scan, selective_scan_ref  # noqa: F401  (public: the scan and its reference)
 from .transformer import TransformerBackbone, transformer_layer_params
 
 ARCHITECTURES = ("mamba", "transformer")
@@ -20,17 +20,35 @@ def matched_mlp_hidden(d_model: int, d_state: int, d_conv: int, expand: int) -> 
     return max(1, round((mamba_layer_params(d_model, d_state, d_conv, expand) - attn) / (2 * d_model)))
 
 
-def build(arch: str, obs_dim: int, act_dim: int, d_model: int = 64, n_layers: int = 2, d_state: int = 16,
-          d_conv: int = 4, expand: int = 2, n_heads: int = 4, head: str = "gaussian", window: int = 1024,
-          checkpoint_layers: bool = False) -> ADPolicy:
+def build(
+    arch: str,
+    obs_dim: int,
+    act_dim: int,
+    d_model: int = 64,
+    n_layers: int = 2,
+    d_state: int = 16,
+    d_conv: int = 4,
+    expand: int = 2,
+    n_heads: int = 4,
+    head: str = "gaussian",
+    window: int = 1024,
+    checkpoint_layers: bool = False,
+) -> ADPolicy:
     """An AD policy of the given architecture; `window` (tokens) is the transformer's attention span;
     `checkpoint_layers` recomputes each layer in backward (memory for long contexts)."""
     if arch == "mamba":
-        backbone = MambaBackbone(d_model, n_layers, d_state=d_state, d_conv=d_conv, expand=expand,
-                                 checkpoint_layers=checkpoint_layers)
+        backbone = MambaBackbone(
+            d_model, n_layers, d_state=d_state, d_conv=d_conv, expand=expand, checkpoint_layers=checkpoint_layers
+        )
     elif arch == "transformer":
-        backbone = TransformerBackbone(d_model, n_layers, n_heads, matched_mlp_hidden(d_model, d_state, d_conv, expand),
-                                       window, checkpoint_layers=checkpoint_layers)
+        backbone = TransformerBackbone(
+            d_model,
+            n_layers,
+            n_heads,
+            matched_mlp_hidden(d_model, d_state, d_conv, expand),
+            window,
+            checkpoint_layers=checkpoint_layers,
+        )
     else:
         raise ModelError(f"unknown architecture {arch!r}; known architectures: {list(ARCHITECTURES)}")
     return ADPolicy(obs_dim, act_dim, backbone, d_model, head)
@@ -41,8 +59,17 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def save_checkpoint(path, model: ADPolicy, arch: str, model_config: dict, extra: dict | None = None) -> None:
-    torch.save({"arch": arch, "obs_dim": model.obs_dim, "act_dim": model.act_dim, "model_config": model_config,
-                "state_dict": model.state_dict(), **(extra or {})}, path)
+    torch.save(
+        {
+            "arch": arch,
+            "obs_dim": model.obs_dim,
+            "act_dim": model.act_dim,
+            "model_config": model_config,
+            "state_dict": model.state_dict(),
+            **(extra or {}),
+        },
+        path,
+    )
 
 
 def read_checkpoint(path, expect_arch: str | None = None) -> dict:

@@ -27,8 +27,16 @@ class RMSNorm(nn.Module):
 
 
 class Mamba(nn.Module):
-    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+    ):
         super().__init__()
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = expand * d_model
@@ -38,8 +46,10 @@ class Mamba(nn.Module):
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
         # Initialisation as in mamba_ssm: dt ~ logU[dt_min, dt_max] through an inverse softplus bias.
-        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
-        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+        nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(
+            min=dt_init_floor
+        )
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
@@ -58,15 +68,25 @@ class Mamba(nn.Module):
         x = conv_silu(x, self.conv1d.weight, self.conv1d.bias)
         dt, B, C = self._ssm_inputs(x)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, l, d_inner); the bias is added in the scan
-        y = selective_scan(x.transpose(1, 2), dt.transpose(1, 2), -torch.exp(self.A_log), B.transpose(1, 2),
-                           C.transpose(1, 2), self.D, z=z.transpose(1, 2), delta_bias=self.dt_proj.bias,
-                           delta_softplus=True)
+        y = selective_scan(
+            x.transpose(1, 2),
+            dt.transpose(1, 2),
+            -torch.exp(self.A_log),
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            self.D,
+            z=z.transpose(1, 2),
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+        )
         return self.out_proj(y.transpose(1, 2))
 
     def init_state(self, batch: int, device=None):
         dtype = self.in_proj.weight.dtype
-        return (torch.zeros(batch, self.d_inner, self.d_conv, device=device, dtype=dtype),
-                torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=dtype))
+        return (
+            torch.zeros(batch, self.d_inner, self.d_conv, device=device, dtype=dtype),
+            torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=dtype),
+        )
 
     def step(self, hidden: torch.Tensor, state):
         """One token: hidden (b, d_model), state (conv_state, ssm_state) -> (out, new state). Constant cost."""
@@ -99,10 +119,19 @@ class Block(nn.Module):
 class MambaBackbone(nn.Module):
     """forward(x) over a sequence; step(x_t, state) with a constant-size recurrent state."""
 
-    def __init__(self, d_model: int, n_layers: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 checkpoint_layers: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        n_layers: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        checkpoint_layers: bool = False,
+    ):
         super().__init__()
-        self.layers = nn.ModuleList(Block(d_model, d_state=d_state, d_conv=d_conv, expand=expand) for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            Block(d_model, d_state=d_state, d_conv=d_conv, expand=expand) for _ in range(n_layers)
+        )
         self.norm_f = RMSNorm(d_model)
         self.checkpoint_layers = checkpoint_layers  # keep only layer inputs for backward: long contexts
 
@@ -130,5 +159,15 @@ class MambaBackbone(nn.Module):
 def mamba_layer_params(d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2) -> int:
     """Parameters of one Block, computed from the shapes above (used to size the transformer to match)."""
     di, r = expand * d_model, math.ceil(d_model / 16)
-    return (d_model * 2 * di + di * d_conv + di + di * (r + 2 * d_state) + r * di + di + di * d_state + di
-            + di * d_model + d_model)
+    return (
+        d_model * 2 * di
+        + di * d_conv
+        + di
+        + di * (r + 2 * d_state)
+        + r * di
+        + di
+        + di * d_state
+        + di
+        + di * d_model
+        + d_model
+    )

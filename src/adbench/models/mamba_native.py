@@ -8,7 +8,8 @@ worth at d_state 16), and so is x_proj's output (dt_rank + 2 n per token, a thir
 worth; rerunning it took 7 ms of a 16k-token slice's ~250 ms backward on one thread), so the backward
 kernel starts from them and gives back the scan's output as it goes, which the output projection's
 weight gradient takes; the output projection is not rerun, and the gradients of the two halves of the
-input projection are written side by side, not concatenated. Both passes run over slices of the batch of at most RECOMPUTE_TOKENS tokens, as `recompute.checkpointed`.
+input projection are written side by side, not concatenated. Both passes run over slices of the batch of at most
+RECOMPUTE_TOKENS tokens, as `recompute.checkpointed`.
 Used by MambaBackbone where the native kernels run (CPU, float32 or float64); elsewhere the block is
 checkpointed by autograd.
 """
@@ -26,20 +27,29 @@ def _inputs(mixer, h: torch.Tensor, wT, xz_buffer: torch.Tensor, x_dbl: torch.Te
     (written into the front of xz_buffer), the scan's input u and raw step sizes dt (b, l, d_inner), its
     x_proj output x_dbl (written into x_dbl, or there already where `kept`), and B, C as (b, 1, n, l)."""
     di, r, n = mixer.d_inner, mixer.dt_rank, mixer.d_state
-    xz = torch.matmul(h, mixer.in_proj.weight.t(), out=xz_buffer[:h.shape[0]])
+    xz = torch.matmul(h, mixer.in_proj.weight.t(), out=xz_buffer[: h.shape[0]])
     u = scan_native.conv_forward(xz[..., :di], wT, mixer.conv1d.bias)
     if not kept:
         torch.matmul(u, mixer.x_proj.weight.t(), out=x_dbl)
     dt = F.linear(x_dbl[..., :r].contiguous(), mixer.dt_proj.weight)  # (MKL: 2x slower on the strided view)
-    B, C = (x_dbl[..., r + i * n:r + (i + 1) * n].transpose(1, 2)[:, None] for i in (0, 1))
+    B, C = (x_dbl[..., r + i * n : r + (i + 1) * n].transpose(1, 2)[:, None] for i in (0, 1))
     return xz, u, dt, x_dbl, B, C
 
 
 def _scan_args(mixer, xz, u, dt, B, C, At):
     """The scan kernels' arguments, as (b, d, l) channel-last views."""
     di = mixer.d_inner
-    return (u.transpose(1, 2), dt.transpose(1, 2), At, B, C, mixer.D, xz[..., di:].transpose(1, 2), mixer.dt_proj.bias,
-            True)
+    return (
+        u.transpose(1, 2),
+        dt.transpose(1, 2),
+        At,
+        B,
+        C,
+        mixer.D,
+        xz[..., di:].transpose(1, 2),
+        mixer.dt_proj.bias,
+        True,
+    )
 
 
 def _buffer(x: torch.Tensor, parts: list, width: int) -> torch.Tensor:
@@ -88,9 +98,10 @@ class _Block(torch.autograd.Function):
                 h, rs = scan_native.rms_norm_forward(xs, norm.weight, norm.eps)
                 xz, u, dt, x_dbl, B, C = _inputs(mixer, h, wT, xz_buffer, x_dbl_kept[part], kept=True)
                 dy = gs @ mixer.out_proj.weight
-                dxz, y = dxz_buffer[:xs.shape[0]], torch.empty_like(u)
+                dxz, y = dxz_buffer[: xs.shape[0]], torch.empty_like(u)
                 du, ddt, _, dA, dB, dC, dD, dbias = scan_native.scan_backward(
-                    *_scan_args(mixer, xz, u, dt, B, C, At), ckpt[part], dy, dz=dxz[..., di:], y=y)
+                    *_scan_args(mixer, xz, u, dt, B, C, At), ckpt[part], dy, dz=dxz[..., di:], y=y
+                )
                 grads["mixer.out_proj.weight"] += gs.flatten(0, 1).t() @ y.flatten(0, 1)
                 grads["mixer.A_log"] += dA.t() * At.t()  # A = -exp(A_log): dA/dA_log = A
                 grads["mixer.D"] += dD
@@ -115,8 +126,12 @@ def supported(block, x: torch.Tensor) -> bool:
     """Whether the native block runs for this input: the native kernels are chosen (ADBENCH_SCAN) and
     run on x, the block's state size is one the scan kernel holds and its parameters are of x's dtype."""
     native = native_kernels()
-    return (native is not None and block.mixer.d_state <= native.MAX_STATE
-            and all(p.dtype == x.dtype for p in block.parameters()) and native.runs_on(x))
+    return (
+        native is not None
+        and block.mixer.d_state <= native.MAX_STATE
+        and all(p.dtype == x.dtype for p in block.parameters())
+        and native.runs_on(x)
+    )
 
 
 def checkpointed_block(block, x: torch.Tensor) -> torch.Tensor:

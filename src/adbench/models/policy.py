@@ -32,7 +32,9 @@ class ADPolicy(nn.Module):
 
     def tokens(self, obs, prev_action, prev_reward, episode_start):
         r = (prev_reward - self.reward_stats[0]) / self.reward_stats[1]
-        x = torch.cat([(obs - self.obs_mean) / self.obs_std, prev_action, r[..., None], episode_start[..., None]], dim=-1)
+        x = torch.cat(
+            [(obs - self.obs_mean) / self.obs_std, prev_action, r[..., None], episode_start[..., None]], dim=-1
+        )
         return self.embed(x)
 
     def _head(self, h):

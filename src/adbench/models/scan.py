@@ -109,6 +109,7 @@ def native_kernels():
     if _choice() not in ("auto", "native"):
         return None
     from . import scan_native
+
     return scan_native
 
 
@@ -130,7 +131,7 @@ def conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torc
     if native is not None and native.runs_on(x):
         return native.NativeConvSilu.apply(x, weight, bias)
     conv = F.conv1d(x.transpose(1, 2), weight, bias, padding=weight.shape[-1] - 1, groups=x.shape[2])
-    return F.silu(conv[..., :x.shape[1]]).transpose(1, 2)
+    return F.silu(conv[..., : x.shape[1]]).transpose(1, 2)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -162,12 +163,24 @@ def scan_implementation(u, B, C) -> str:
     native = native_kernels()
     if native is not None and native.supports(u, B, C):
         return "native"
-    fusable = (u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64) and B.dim() >= 3 and C.dim() >= 3)
+    fusable = u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64) and B.dim() >= 3 and C.dim() >= 3
     return "fused" if fusable and _fused() is not None else "torch"
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, chunk: int = CHUNK, impl: str = "auto"):
+def selective_scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+    chunk: int = CHUNK,
+    impl: str = "auto",
+):
     """Memory-lean selective scan. Shapes as in mamba_ssm: u, delta, z (b, d, l); A (d, n);
     B, C (d, n) | (b, n, l) | (b, g, n, l); D, delta_bias (d,). Returns out (b, d, l) [, last_state (b, d, n)].
     `impl`: 'auto' (the fastest that can run), 'native' (C), 'fused' (numba) or 'torch'."""
@@ -182,6 +195,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return result
     if chosen == "native":
         from .scan_native import native_selective_scan  # (not native_kernels(): an explicit impl ignores ADBENCH_SCAN)
+
         out, last = native_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         return (out, last) if return_last_state else out
     if chosen == "fused":
@@ -199,16 +213,23 @@ def _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, r
     use_ckpt = torch.is_grad_enabled() and any(t.requires_grad for t in (u32, delta, A32, Bx, Cx))
     for s in range(0, length, chunk):
         e = min(s + chunk, length)
-        args = (u32[:, :, s:e], delta[:, :, s:e], A32,
-                Bx if Bx.shape[2] == 1 else Bx[:, :, s:e], Cx if Cx.shape[2] == 1 else Cx[:, :, s:e], h)
+        args = (
+            u32[:, :, s:e],
+            delta[:, :, s:e],
+            A32,
+            Bx if Bx.shape[2] == 1 else Bx[:, :, s:e],
+            Cx if Cx.shape[2] == 1 else Cx[:, :, s:e],
+            h,
+        )
         y, h = checkpoint(_scan_chunk, *args, use_reentrant=False) if use_ckpt else _scan_chunk(*args)
         ys.append(y)
     out = _finish(torch.cat(ys, dim=-1), u32, D, z, dtype)
     return (out, h) if return_last_state else out
 
 
-def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False):
+def selective_scan_ref(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
     """The recurrence written step by step over the full sequence, in the input dtype: the oracle."""
     dtype = u.dtype
     delta = delta + delta_bias[None, :, None] if delta_bias is not None else delta

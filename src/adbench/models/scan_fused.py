@@ -37,8 +37,14 @@ def _decay(x, fast):
     if not fast:
         return math.exp(x)
     y = max(x, -87.0) * (1.0 / 256.0)
-    p = 1.0 + y * (1.0 + y * (1.0 / 2 + y * (1.0 / 6 + y * (1.0 / 24 + y * (1.0 / 120 + y * (1.0 / 720 + y * (
-        1.0 / 5040 + y * (1.0 / 40320))))))))
+    p = 1.0 + y * (
+        1.0
+        + y
+        * (
+            1.0 / 2
+            + y * (1.0 / 6 + y * (1.0 / 24 + y * (1.0 / 120 + y * (1.0 / 720 + y * (1.0 / 5040 + y * (1.0 / 40320))))))
+        )
+    )
     p = p * p
     p = p * p
     p = p * p
@@ -159,8 +165,19 @@ class FusedRecurrence(torch.autograd.Function):
         ckpt = u.new_empty(b, d, chunks, n)
         last = u.new_empty(b, d, n)
         with _torch_thread_count():
-            _forward(_np(u), _np(dt), _np(A), _np(Bt), _np(Ct), _np(D), u.dtype == torch.float32, CHUNK, y.numpy(),
-                     ckpt.numpy(), last.numpy())
+            _forward(
+                _np(u),
+                _np(dt),
+                _np(A),
+                _np(Bt),
+                _np(Ct),
+                _np(D),
+                u.dtype == torch.float32,
+                CHUNK,
+                y.numpy(),
+                ckpt.numpy(),
+                last.numpy(),
+            )
         ctx.save_for_backward(u, raw, A, Bt, Ct, D, ckpt)
         ctx.dims, ctx.softplus = (B.dim(), C.dim()), softplus
         return y, last
@@ -176,16 +193,38 @@ class FusedRecurrence(torch.autograd.Function):
         dBt, dCt = torch.zeros_like(Bt), torch.zeros_like(Ct)
         dA_part, dD_part = u.new_zeros(b, d, A.shape[1]), u.new_zeros(b, d)
         with _torch_thread_count():
-            _backward(_np(u), _np(dt), _np(A), _np(Bt), _np(Ct), _np(D), u.dtype == torch.float32, CHUNK, _np(ckpt),
-                      _np(dy.to(u.dtype)), du.numpy(), ddt.numpy(), dA_part.numpy(), dBt.numpy(), dCt.numpy(),
-                      dD_part.numpy())
+            _backward(
+                _np(u),
+                _np(dt),
+                _np(A),
+                _np(Bt),
+                _np(Ct),
+                _np(D),
+                u.dtype == torch.float32,
+                CHUNK,
+                _np(ckpt),
+                _np(dy.to(u.dtype)),
+                du.numpy(),
+                ddt.numpy(),
+                dA_part.numpy(),
+                dBt.numpy(),
+                dCt.numpy(),
+                dD_part.numpy(),
+            )
         del dt
         if ctx.softplus:
             ddt.mul_(torch.sigmoid(raw))
         dB, dC = dBt.transpose(-1, -2), dCt.transpose(-1, -2)
         b_dim, c_dim = ctx.dims
-        return (du, ddt, dA_part.sum(0), dB[:, 0] if b_dim == 3 else dB, dC[:, 0] if c_dim == 3 else dC, dD_part.sum(0),
-                None)
+        return (
+            du,
+            ddt,
+            dA_part.sum(0),
+            dB[:, 0] if b_dim == 3 else dB,
+            dC[:, 0] if c_dim == 3 else dC,
+            dD_part.sum(0),
+            None,
+        )
 
 
 class SiluGate(torch.autograd.Function):

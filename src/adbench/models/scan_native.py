@@ -29,16 +29,19 @@ import torch
 SOURCE = Path(__file__).with_name("scan_native.c")
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp", "-fPIC", "-shared"]
 # dtype -> (vector lanes, symbol suffix, defines): float32 with the inlined exp, float64 with libm's
-VARIANTS = {torch.float32: (16, "_f32", ["-DREAL=float", "-DW=16", "-DSUFFIX=_f32", "-DEXP=expf", "-DINLINE_EXP"]),
-            torch.float64: (8, "_f64", ["-DREAL=double", "-DW=8", "-DSUFFIX=_f64", "-DEXP=exp"])}
+VARIANTS = {
+    torch.float32: (16, "_f32", ["-DREAL=float", "-DW=16", "-DSUFFIX=_f32", "-DEXP=expf", "-DINLINE_EXP"]),
+    torch.float64: (8, "_f64", ["-DREAL=double", "-DW=8", "-DSUFFIX=_f64", "-DEXP=exp"]),
+}
 CHUNK = 64  # time steps per checkpoint (at most the kernel's MAXCHUNK)
 MAX_STATE = 64  # the kernel's MAXN
 _libs: dict = {}
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("ADBENCH_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                           os.path.expanduser("~/.cache"), "adbench")
+    root = os.environ.get("ADBENCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "adbench"
+    )
     return Path(root)
 
 
@@ -53,16 +56,20 @@ def _cpu_key() -> str:
 def _build(dtype) -> Path | None:
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
-        warnings.warn("no C compiler (gcc or cc) found: Mamba's scan uses the numba kernel; install gcc for the "
-                      "faster native one", stacklevel=3)
+        warnings.warn(
+            "no C compiler (gcc or cc) found: Mamba's scan uses the numba kernel; install gcc for the "
+            "faster native one",
+            stacklevel=3,
+        )
         return None
     _, suffix, defines = VARIANTS[dtype]
     flags = FLAGS + defines
     try:
         source = SOURCE.read_bytes()
     except OSError:
-        warnings.warn(f"{SOURCE} is missing (an install without package data?): Mamba's scan uses the numba kernel",
-                      stacklevel=3)
+        warnings.warn(
+            f"{SOURCE} is missing (an install without package data?): Mamba's scan uses the numba kernel", stacklevel=3
+        )
         return None
     key = hashlib.sha256(source + " ".join([compiler] + flags).encode() + _cpu_key().encode())
     path = _cache_dir() / f"scan_native{suffix}-{key.hexdigest()[:16]}.so"
@@ -73,14 +80,18 @@ def _build(dtype) -> Path | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)  # built aside, renamed when complete
         os.close(fd)
-        subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, text=True,
-                       timeout=120)
+        subprocess.run(
+            [compiler, *flags, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, text=True, timeout=120
+        )
         os.replace(tmp, path)
     except (subprocess.SubprocessError, OSError) as e:
         detail = (getattr(e, "stderr", None) or str(e)).strip().splitlines()
-        warnings.warn(f"building the native scan kernel with {compiler} in {path.parent} failed "
-                      f"({detail[0] if detail else e}); set ADBENCH_CACHE to a writable folder or install gcc. "
-                      "Mamba's scan uses the numba kernel meanwhile", stacklevel=3)
+        warnings.warn(
+            f"building the native scan kernel with {compiler} in {path.parent} failed "
+            f"({detail[0] if detail else e}); set ADBENCH_CACHE to a writable folder or install gcc. "
+            "Mamba's scan uses the numba kernel meanwhile",
+            stacklevel=3,
+        )
         return None
     finally:
         if tmp is not None and os.path.exists(tmp):
@@ -152,9 +163,23 @@ def _time_strides(t):
 def _scan_head(u, delta, bias, softplus, At, Bg, Cg, D, z) -> list:
     """The arguments scan_forward_ and scan_backward_ share, after the work unit."""
     b, d, length = u.shape
-    return [*_ints(length, d, Bg.shape[2], Bg.shape[1]), _ptr(u), *_ints(u.stride(0), u.stride(2)), _ptr(delta),
-            *_ints(delta.stride(0), delta.stride(2)), _ptr(bias), ctypes.c_int(softplus), _ptr(At), _ptr(Bg),
-            _strides(Bg), _ptr(Cg), _strides(Cg), _ptr(D), _ptr(z), *_ints(*_time_strides(z))]
+    return [
+        *_ints(length, d, Bg.shape[2], Bg.shape[1]),
+        _ptr(u),
+        *_ints(u.stride(0), u.stride(2)),
+        _ptr(delta),
+        *_ints(delta.stride(0), delta.stride(2)),
+        _ptr(bias),
+        ctypes.c_int(softplus),
+        _ptr(At),
+        _ptr(Bg),
+        _strides(Bg),
+        _ptr(Cg),
+        _strides(Cg),
+        _ptr(D),
+        _ptr(z),
+        *_ints(*_time_strides(z)),
+    ]
 
 
 def _kernel(dtype, name: str):
@@ -190,9 +215,14 @@ def scan_forward(u, delta, At, Bg, Cg, D, z, bias, softplus: bool, ckpt=None):
     out, last = u.new_empty(b, length, d), u.new_empty(b, n, d)
     if ckpt is None:
         ckpt = u.new_empty(b, (length + CHUNK - 1) // CHUNK, n, d)
-    _kernel(dtype, "scan_forward_")(*_unit_args(_units(b, d, VARIANTS[dtype][0])),
-                                    *_scan_head(u, delta, bias, softplus, At, Bg, Cg, D, z), _ptr(out), _ptr(ckpt),
-                                    _ptr(last), *_ints(CHUNK))
+    _kernel(dtype, "scan_forward_")(
+        *_unit_args(_units(b, d, VARIANTS[dtype][0])),
+        *_scan_head(u, delta, bias, softplus, At, Bg, Cg, D, z),
+        _ptr(out),
+        _ptr(ckpt),
+        _ptr(last),
+        *_ints(CHUNK),
+    )
     return out, ckpt, last
 
 
@@ -210,11 +240,24 @@ def scan_backward(u, delta, At, Bg, Cg, D, z, bias, softplus: bool, ckpt, dout, 
     # B and C are shared by all channels: units that split the channels each sum into their own copy
     copies = 1 if units[0][2:] == (0, d) else len(units)
     dB, dC = u.new_zeros(copies, b, g, length, n), u.new_zeros(copies, b, g, length, n)
-    _kernel(dtype, "scan_backward_")(*_unit_args(units), *_scan_head(u, delta, bias, softplus, At, Bg, Cg, D, z),
-                                     _ptr(ckpt), _ptr(dout), _ptr(du), _ptr(ddelta), _ptr(dz),
-                                     *_ints(*(dz.stride()[:2] if dz is not None else (0, 0))), _ptr(y), _ptr(dA),
-                                     _ptr(dB), _ptr(dC), ctypes.c_int64(dB[0].numel() if copies > 1 else 0), _ptr(dD),
-                                     _ptr(dbias), *_ints(CHUNK))
+    _kernel(dtype, "scan_backward_")(
+        *_unit_args(units),
+        *_scan_head(u, delta, bias, softplus, At, Bg, Cg, D, z),
+        _ptr(ckpt),
+        _ptr(dout),
+        _ptr(du),
+        _ptr(ddelta),
+        _ptr(dz),
+        *_ints(*(dz.stride()[:2] if dz is not None else (0, 0))),
+        _ptr(y),
+        _ptr(dA),
+        _ptr(dB),
+        _ptr(dC),
+        ctypes.c_int64(dB[0].numel() if copies > 1 else 0),
+        _ptr(dD),
+        _ptr(dbias),
+        *_ints(CHUNK),
+    )
     dB, dC = (x[0] if copies == 1 else x.sum(0) for x in (dB, dC))
     return du, ddelta, dz, dA.sum(0), dB, dC, dD.sum(0), dbias.sum(0)
 
@@ -243,7 +286,9 @@ class NativeScan(torch.autograd.Function):
         if dlast is not None and dlast.abs().max() > 0:
             raise NotImplementedError("the native scan does not backpropagate through last_state; use the PyTorch scan")
         dout = dout.to(u.dtype).transpose(1, 2).contiguous()  # (b, l, d): no copy when it comes channel-last
-        du, ddelta, dz, dA, dB, dC, dD, dbias = scan_backward(u, delta, At, Bg, Cg, D, z, bias, ctx.softplus, ckpt, dout)
+        du, ddelta, dz, dA, dB, dC, dD, dbias = scan_backward(
+            u, delta, At, Bg, Cg, D, z, bias, ctx.softplus, ckpt, dout
+        )
         g = Bg.shape[1]
         b_dim, c_dim, b_groups, c_groups = ctx.shapes
         dB, dC = dB.transpose(-1, -2), dC.transpose(-1, -2)  # (b, g, n, l)
@@ -251,9 +296,17 @@ class NativeScan(torch.autograd.Function):
             dB = dB.unflatten(1, (b_groups, g // b_groups)).sum(2)
         if c_groups != g:
             dC = dC.unflatten(1, (c_groups, g // c_groups)).sum(2)
-        return (du.transpose(1, 2), ddelta.transpose(1, 2), dA.t(), dB[:, 0] if b_dim == 3 else dB,
-                dC[:, 0] if c_dim == 3 else dC, dD, dz.transpose(1, 2) if dz is not None else None,
-                dbias if bias is not None else None, None)
+        return (
+            du.transpose(1, 2),
+            ddelta.transpose(1, 2),
+            dA.t(),
+            dB[:, 0] if b_dim == 3 else dB,
+            dC[:, 0] if c_dim == 3 else dC,
+            dD,
+            dz.transpose(1, 2) if dz is not None else None,
+            dbias if bias is not None else None,
+            None,
+        )
 
 
 def native_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
@@ -261,8 +314,17 @@ def native_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     dtype = u.dtype
     D_ = D.to(dtype).contiguous() if D is not None else u.new_zeros(u.shape[1])
     bias = delta_bias.to(dtype).contiguous() if delta_bias is not None else None
-    return NativeScan.apply(u, delta.to(dtype), A.to(dtype), B.to(dtype), C.to(dtype), D_,
-                            z.to(dtype) if z is not None else None, bias, bool(delta_softplus))
+    return NativeScan.apply(
+        u,
+        delta.to(dtype),
+        A.to(dtype),
+        B.to(dtype),
+        C.to(dtype),
+        D_,
+        z.to(dtype) if z is not None else None,
+        bias,
+        bool(delta_softplus),
+    )
 
 
 def _conv_units(batch: int, length: int) -> list:
@@ -278,8 +340,15 @@ def conv_forward(x, wT, bias):
     """silu(causal depthwise conv(x) + bias): x (b, l, d) with channel stride 1, wT (K, d) -> (b, l, d)."""
     dtype, (b, length, d), k = x.dtype, x.shape, wT.shape[0]
     out = x.new_empty(b, length, d)
-    _kernel(dtype, "conv_silu_forward_")(*_unit_args(_conv_units(b, length)), *_ints(length, d, k), _ptr(x),
-                                         *_ints(x.stride(0), x.stride(1)), _ptr(wT), _ptr(bias), _ptr(out))
+    _kernel(dtype, "conv_silu_forward_")(
+        *_unit_args(_conv_units(b, length)),
+        *_ints(length, d, k),
+        _ptr(x),
+        *_ints(x.stride(0), x.stride(1)),
+        _ptr(wT),
+        _ptr(bias),
+        _ptr(out),
+    )
     return out
 
 
@@ -290,9 +359,19 @@ def conv_backward(x, wT, bias, gout, dx=None):
     dx = x.new_empty(b, length, d) if dx is None else dx
     units = _conv_units(b, length)
     dwT, dbias = x.new_empty(len(units), k, d), x.new_empty(len(units), d)
-    _kernel(dtype, "conv_silu_backward_")(*_unit_args(units), *_ints(length, d, k), _ptr(x),
-                                          *_ints(x.stride(0), x.stride(1)), _ptr(wT), _ptr(bias), _ptr(gout),
-                                          _ptr(dx), *_ints(dx.stride(0), dx.stride(1)), _ptr(dwT), _ptr(dbias))
+    _kernel(dtype, "conv_silu_backward_")(
+        *_unit_args(units),
+        *_ints(length, d, k),
+        _ptr(x),
+        *_ints(x.stride(0), x.stride(1)),
+        _ptr(wT),
+        _ptr(bias),
+        _ptr(gout),
+        _ptr(dx),
+        *_ints(dx.stride(0), dx.stride(1)),
+        _ptr(dwT),
+        _ptr(dbias),
+    )
     return dx, dwT.sum(0), dbias.sum(0)
 
 
@@ -309,8 +388,15 @@ def rms_norm_forward(x, weight, eps: float):
     """RMSNorm of x (..., m) contiguous: h = x rs weight and rs = (mean(x^2) + eps)^-1/2 (x.shape[:-1])."""
     h, rs = torch.empty_like(x), x.new_empty(x.shape[:-1])
     rows = rs.numel()
-    _kernel(x.dtype, "rms_norm_forward_")(*_unit_args(_row_units(rows)), *_ints(x.shape[-1]), _ptr(x), _ptr(weight),
-                                          _real(x.dtype, eps), _ptr(h), _ptr(rs))
+    _kernel(x.dtype, "rms_norm_forward_")(
+        *_unit_args(_row_units(rows)),
+        *_ints(x.shape[-1]),
+        _ptr(x),
+        _ptr(weight),
+        _real(x.dtype, eps),
+        _ptr(h),
+        _ptr(rs),
+    )
     return h, rs
 
 
@@ -320,8 +406,17 @@ def rms_norm_backward(x, weight, rs, dh, gin, gx):
     gradient."""
     units = _row_units(rs.numel())
     dw = x.new_empty(len(units), x.shape[-1])
-    _kernel(x.dtype, "rms_norm_backward_")(*_unit_args(units), *_ints(x.shape[-1]), _ptr(x), _ptr(weight), _ptr(rs),
-                                           _ptr(dh), _ptr(gin), _ptr(gx), _ptr(dw))
+    _kernel(x.dtype, "rms_norm_backward_")(
+        *_unit_args(units),
+        *_ints(x.shape[-1]),
+        _ptr(x),
+        _ptr(weight),
+        _ptr(rs),
+        _ptr(dh),
+        _ptr(gin),
+        _ptr(gx),
+        _ptr(dw),
+    )
     return dw.sum(0)
 
 

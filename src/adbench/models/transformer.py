@@ -33,8 +33,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(d_model, d_model, bias=False)
 
     def _heads(self, x):
-        b, l, _ = x.shape
-        q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        b, length, _ = x.shape
+        q, k, v = self.qkv(x).view(b, length, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return q, k, v
 
     def forward(self, x, positions, window: int | None = None):
@@ -68,7 +68,9 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.attn = Attention(d_model, n_heads)
-        self.mlp = nn.Sequential(nn.Linear(d_model, mlp_hidden, bias=False), nn.GELU(), nn.Linear(mlp_hidden, d_model, bias=False))
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, mlp_hidden, bias=False), nn.GELU(), nn.Linear(mlp_hidden, d_model, bias=False)
+        )
 
     def forward(self, x, positions, window=None):
         x = x + self.attn(self.norm1(x), positions, window)
@@ -83,8 +85,9 @@ class TransformerBlock(nn.Module):
 class TransformerBackbone(nn.Module):
     """forward(x) over a sequence (causal); step(x_t, state) with a KV cache of the last `window` tokens."""
 
-    def __init__(self, d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, window: int,
-                 checkpoint_layers: bool = False):
+    def __init__(
+        self, d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, window: int, checkpoint_layers: bool = False
+    ):
         super().__init__()
         self.window = int(window)
         self.checkpoint_layers = checkpoint_layers  # keep only layer inputs for backward: long contexts
@@ -104,8 +107,13 @@ class TransformerBackbone(nn.Module):
         attn = self.layers[0].attn
         shape = (batch, attn.n_heads, self.window, attn.head_dim)
         dtype = attn.qkv.weight.dtype
-        return {"pos": 0, "kv": [(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
-                                 for _ in self.layers]}
+        return {
+            "pos": 0,
+            "kv": [
+                (torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+                for _ in self.layers
+            ],
+        }
 
     def step(self, x, state):
         pos, kv = state["pos"], []

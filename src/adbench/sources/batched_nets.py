@@ -83,7 +83,7 @@ class BatchedMLP(nn.Module):
             x = np.matmul(x, w.detach().numpy()) + b.detach().numpy()
             if i < last:
                 x = np.tanh(x)
-        return x[..., :self.out_dim]
+        return x[..., : self.out_dim]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.weights) - 1
@@ -91,7 +91,7 @@ class BatchedMLP(nn.Module):
             x = torch.baddbmm(b, x, w)
             if i < last:
                 x = tanh(x)
-        return x[..., :self.out_dim]
+        return x[..., : self.out_dim]
 
 
 def clip_grad_norm_per_learner(params: list, max_norm: float) -> torch.Tensor:

@@ -43,8 +43,18 @@ def epsilon(episode: int, episodes: int, clean_fraction: float) -> float:
     return max(0.0, 1.0 - episode / noisy)
 
 
-def run_noise_distill(family: str, tasks: list, horizon: int, episodes: int, cfg: NoiseDistillConfig, seed: int,
-                      ppo: PPOConfig, progress=None, threads: int = 1, task_expert: TaskExpert | None = None) -> dict:
+def run_noise_distill(
+    family: str,
+    tasks: list,
+    horizon: int,
+    episodes: int,
+    cfg: NoiseDistillConfig,
+    seed: int,
+    ppo: PPOConfig,
+    progress=None,
+    threads: int = 1,
+    task_expert: TaskExpert | None = None,
+) -> dict:
     env = BatchedTasks(family, tasks, horizon, threads)
     if cfg.expert == "oracle":
         oracle = get_family(family).oracle
@@ -56,8 +66,10 @@ def run_noise_distill(family: str, tasks: list, horizon: int, episodes: int, cfg
         expert = agent.mean_action
     elif cfg.expert == "task_ppo":
         if task_expert is None or task_expert.family != family:
-            raise ValueError(f"source.noise_distill.expert 'task_ppo' needs the trained {family} expert (the `expert` "
-                             f"stage's output, passed as --expert)")
+            raise ValueError(
+                f"source.noise_distill.expert 'task_ppo' needs the trained {family} expert (the `expert` "
+                f"stage's output, passed as --expert)"
+            )
         features = np.stack([task_features(family, t) for t in env.tasks]).astype(np.float32)
         expert = lambda obs: task_expert.mean_action(obs, features)  # noqa: E731
     else:
@@ -65,8 +77,9 @@ def run_noise_distill(family: str, tasks: list, horizon: int, episodes: int, cfg
     rng = np.random.default_rng(seed)
     hist = empty_history(env.num_tasks, episodes * env.horizon, env.obs_dim, env.act_dim)
     t = 0
-    for episode in tqdm(range(episodes), desc=f"noise distillation {family}", file=progress, mininterval=5,
-                        disable=not progress):
+    for episode in tqdm(
+        range(episodes), desc=f"noise distillation {family}", file=progress, mininterval=5, disable=not progress
+    ):
         eps = epsilon(episode, episodes, cfg.clean_fraction)
         obs = env.reset(seed=int(rng.integers(2**31)))
         for _ in range(env.horizon):

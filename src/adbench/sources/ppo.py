@@ -25,6 +25,7 @@ LOG_2PI = math.log(2 * math.pi)
 @dataclass
 class PPOSettings:
     """What every PPO learner here shares (the source's and RL^2's)."""
+
     learning_rate: float = 3e-4
     """Adam step size (linearly annealed to 0 when anneal_lr)."""
     anneal_lr: bool = True
@@ -103,8 +104,14 @@ class BatchedPPO:
 
     def update(self, batch: dict, lr_frac: float) -> dict:
         """PPO epochs on a rollout. batch tensors are (K, N, ...) in time order."""
-        adv = gae(batch["rewards"], batch["values"], batch["next_values"], batch["episode_end"], self.cfg.gamma,
-                  self.cfg.gae_lambda)
+        adv = gae(
+            batch["rewards"],
+            batch["values"],
+            batch["next_values"],
+            batch["episode_end"],
+            self.cfg.gamma,
+            self.cfg.gae_lambda,
+        )
         return self.optimize(batch["obs"], batch["actions"], batch["log_probs"], adv, batch["values"], lr_frac)
 
     def optimize(self, obs: np.ndarray, actions, old_log_probs, adv, values, lr_frac: float) -> dict:
@@ -121,10 +128,12 @@ class BatchedPPO:
             perm = torch.randperm(n, generator=self.sample_gen)
             shuffled = [t[:, perm] for t in data]  # one gather per epoch; minibatches are then views
             for start in range(0, n, mb):
-                x, b_actions, old_logp, b_adv, b_values, b_returns = (t[:, start:start + mb] for t in shuffled)
+                x, b_actions, old_logp, b_adv, b_values, b_returns = (t[:, start : start + mb] for t in shuffled)
                 logp = self.log_prob(x, b_actions)
                 v = self.critic(x)[..., 0]
-                pg_loss, v_loss = clipped_losses(logp, old_logp, b_adv, v, b_values, b_returns, cfg.clip_coef, dims=(1,))
+                pg_loss, v_loss = clipped_losses(
+                    logp, old_logp, b_adv, v, b_values, b_returns, cfg.clip_coef, dims=(1,)
+                )
                 # Summing per-learner losses keeps each learner's gradient its own.
                 loss = (pg_loss - cfg.ent_coef * self.entropy() + cfg.vf_coef * v_loss).sum()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -184,18 +193,22 @@ def next_values(values, episode_end, last_value, final_values: dict) -> torch.Te
     return nxt
 
 
-def run_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfig, seed: int, progress=None,
-            threads: int = 1) -> dict:
+def run_ppo(
+    family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfig, seed: int, progress=None, threads: int = 1
+) -> dict:
     """Train one PPO learner per task for `episodes` episodes; return the learning histories
     (arrays with a leading learner axis, see `history.empty_history`). `threads` step the physics."""
     return train_ppo(family, tasks, horizon, episodes, cfg, seed, progress, threads)[0]
 
 
-def train_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfig, seed: int, progress=None,
-              threads: int = 1):
+def train_ppo(
+    family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfig, seed: int, progress=None, threads: int = 1
+):
     """Like `run_ppo`, also returning the trained learners (BatchedPPO)."""
     if episodes % cfg.rollout_episodes:
-        raise ValueError(f"source.episodes ({episodes}) must be a multiple of source.ppo.rollout_episodes ({cfg.rollout_episodes})")
+        raise ValueError(
+            f"source.episodes ({episodes}) must be a multiple of source.ppo.rollout_episodes ({cfg.rollout_episodes})"
+        )
     torch.manual_seed(seed)
     env = BatchedTasks(family, tasks, horizon, threads)
     k, steps_per_rollout = env.num_tasks, cfg.rollout_episodes * env.horizon
@@ -217,16 +230,23 @@ def train_ppo(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOCon
             end = term | trunc
             if trunc.any():
                 final_values[i] = torch.from_numpy(agent.value(next_obs) * trunc)
-            buf["obs"].append(obs); buf["actions"].append(action); buf["log_probs"].append(logp); buf["values"].append(value)
-            buf["rewards"].append(torch.as_tensor(agent.reward_scaler(reward.astype(np.float64), end), dtype=torch.float32))
+            buf["obs"].append(obs)
+            buf["actions"].append(action)
+            buf["log_probs"].append(logp)
+            buf["values"].append(value)
+            buf["rewards"].append(
+                torch.as_tensor(agent.reward_scaler(reward.astype(np.float64), end), dtype=torch.float32)
+            )
             buf["episode_end"].append(torch.as_tensor(end))
             obs = env.reset() if end.all() else next_obs
             t += 1
         # observations stay numpy (normalised in `update`); the rest become (K, N) tensors
         batch = {key: torch.stack([torch.as_tensor(v) for v in vals], 1) for key, vals in buf.items() if key != "obs"}
         batch["obs"] = np.stack(buf["obs"], 1)
-        batch["next_values"] = next_values(batch["values"], batch["episode_end"], torch.from_numpy(agent.value(obs)), final_values)
+        batch["next_values"] = next_values(
+            batch["values"], batch["episode_end"], torch.from_numpy(agent.value(obs)), final_values
+        )
         agent.update(batch, lr_frac=1.0 - update / num_updates)
-        recent = hist["rewards"][:, t - env.horizon:t].sum(1).mean()
+        recent = hist["rewards"][:, t - env.horizon : t].sum(1).mean()
         bar.set_postfix(last_return=f"{recent:.1f}", refresh=False)
     return finish_history(hist, episodes), agent

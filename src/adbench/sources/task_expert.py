@@ -31,7 +31,7 @@ class TaskExpert:
         return np.concatenate([obs, features], axis=1)[None]
 
     def act(self, x: np.ndarray):
-        """Sample actions for x (1, N, d); updates the observation normaliser. Returns (action, log_prob, value), each (N, ...)."""
+        """Sample actions for x (1, N, d), updating the observation normaliser: (action, log_prob, value)."""
         agent = self.agent
         agent.obs_rms.update(x.astype(np.float64))
         z = agent._normalized(x)
@@ -50,9 +50,16 @@ class TaskExpert:
 
     def state_dict(self) -> dict:
         a = self.agent
-        return {"family": self.family, "dims": [self.obs_dim, self.act_dim, self.feature_dim],
-                "ppo": dataclasses.asdict(a.cfg), "actor": a.actor.state_dict(), "critic": a.critic.state_dict(),
-                "log_std": a.log_std.detach().clone(), "obs_mean": a.obs_rms.mean, "obs_var": a.obs_rms.var}
+        return {
+            "family": self.family,
+            "dims": [self.obs_dim, self.act_dim, self.feature_dim],
+            "ppo": dataclasses.asdict(a.cfg),
+            "actor": a.actor.state_dict(),
+            "critic": a.critic.state_dict(),
+            "log_std": a.log_std.detach().clone(),
+            "obs_mean": a.obs_rms.mean,
+            "obs_var": a.obs_rms.var,
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "TaskExpert":
@@ -66,13 +73,16 @@ class TaskExpert:
         return expert
 
 
-def train_task_expert(family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfig, seed: int, progress=None,
-                      threads: int = 1) -> tuple[TaskExpert, np.ndarray]:
+def train_task_expert(
+    family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfig, seed: int, progress=None, threads: int = 1
+) -> tuple[TaskExpert, np.ndarray]:
     """Train one expert on all `tasks` at once for `episodes` episodes of each. Returns the expert and its
     training returns (tasks, episodes)."""
     if episodes % cfg.rollout_episodes:
-        raise ValueError(f"source.noise_distill.expert_episodes ({episodes}) must be a multiple of "
-                         f"source.ppo.rollout_episodes ({cfg.rollout_episodes})")
+        raise ValueError(
+            f"source.noise_distill.expert_episodes ({episodes}) must be a multiple of "
+            f"source.ppo.rollout_episodes ({cfg.rollout_episodes})"
+        )
     torch.manual_seed(seed)
     env = BatchedTasks(family, tasks, horizon, threads)
     features = np.stack([task_features(family, t) for t in env.tasks]).astype(np.float32)
@@ -82,7 +92,9 @@ def train_task_expert(family: str, tasks: list, horizon: int, episodes: int, cfg
     returns = np.zeros((n, episodes))
     num_updates = episodes // cfg.rollout_episodes
     obs = env.reset(seed=seed % (2**31))
-    bar = tqdm(range(num_updates), desc=f"task expert {family} x{n}", file=progress, mininterval=5, disable=not progress)
+    bar = tqdm(
+        range(num_updates), desc=f"task expert {family} x{n}", file=progress, mininterval=5, disable=not progress
+    )
     episode = 0
     for update in bar:
         buf = {key: [] for key in ("x", "actions", "log_probs", "values", "rewards", "episode_end")}
@@ -101,13 +113,22 @@ def train_task_expert(family: str, tasks: list, horizon: int, episodes: int, cfg
                 obs, episode = env.reset(), episode + 1
             else:
                 obs = next_obs
-        b = {key: torch.as_tensor(np.stack(v, 1), dtype=torch.bool if key == "episode_end" else torch.float32)
-             for key, v in buf.items() if key != "x"}
+        b = {
+            key: torch.as_tensor(np.stack(v, 1), dtype=torch.bool if key == "episode_end" else torch.float32)
+            for key, v in buf.items()
+            if key != "x"
+        }
         last_value = torch.from_numpy(expert.value(expert.inputs(obs, features)))
         nxt = next_values(b["values"], b["episode_end"], last_value, final_values)
         adv = gae(b["rewards"], b["values"], nxt, b["episode_end"], cfg.gamma, cfg.gae_lambda)  # per task, (N, T)
         pooled = lambda t: t.reshape(1, n * steps_per_rollout, *t.shape[2:])  # noqa: E731
-        expert.agent.optimize(np.stack(buf["x"], 1).reshape(1, n * steps_per_rollout, -1), pooled(b["actions"]),
-                              pooled(b["log_probs"]), pooled(adv), pooled(b["values"]), lr_frac=1.0 - update / num_updates)
+        expert.agent.optimize(
+            np.stack(buf["x"], 1).reshape(1, n * steps_per_rollout, -1),
+            pooled(b["actions"]),
+            pooled(b["log_probs"]),
+            pooled(adv),
+            pooled(b["values"]),
+            lr_frac=1.0 - update / num_updates,
+        )
         bar.set_postfix(last_return=f"{returns[:, episode - 1].mean():.1f}", refresh=False)
     return expert, returns

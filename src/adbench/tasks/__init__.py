@@ -11,6 +11,13 @@ from .registry import FAMILIES, get_family, make_env, register_all, sample_tasks
 register_all()
 
 __all__ = [
-    "FAMILIES", "BatchedTasks", "Family", "TaskError", "get_family", "make_env",
-    "sample_tasks", "split_tasks", "task_ids",
+    "FAMILIES",
+    "BatchedTasks",
+    "Family",
+    "TaskError",
+    "get_family",
+    "make_env",
+    "sample_tasks",
+    "split_tasks",
+    "task_ids",
 ]

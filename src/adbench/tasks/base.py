@@ -1,7 +1,7 @@
 """What every task family provides: a name, a task sampler, a task validator and an env class."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

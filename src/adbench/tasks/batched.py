@@ -47,7 +47,7 @@ class BatchedTasks:
         else:
             actions = self.envs[0].clip_action(actions)  # the same box for every task of a family
             own = self._groups[0]
-            for env, a in zip(self.envs[own.stop:], actions[own.stop:]):
+            for env, a in zip(self.envs[own.stop :], actions[own.stop :]):
                 env.apply_action(a)
             # helper threads run only physics: Python work there would serialise on the GIL
             helpers = [self._pool.submit(self._simulate, rows) for rows in self._groups[1:]]

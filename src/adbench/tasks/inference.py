@@ -38,8 +38,12 @@ def task_features(family: str, task: dict) -> np.ndarray:
         return np.asarray(task["goal"], dtype=np.float64)
     if family == "Walker2dParams":
         # log-scale factors in [-3, 3], one per scaled model parameter
-        return np.concatenate([np.log(np.asarray(task[k], dtype=np.float64)).ravel() / math.log(base)
-                               for k, base in WALKER_PARAMS.items()])
+        return np.concatenate(
+            [
+                np.log(np.asarray(task[k], dtype=np.float64)).ravel() / math.log(base)
+                for k, base in WALKER_PARAMS.items()
+            ]
+        )
     raise ValueError(f"no task features for family {family!r}")
 
 
@@ -64,4 +68,3 @@ def diagnose(family: str, tasks: list, obs_mean: np.ndarray, obs_last: np.ndarra
     if family == "Walker2dParams":
         return Diagnostic("forward_velocity", nan, obs_mean[:, 8].astype(np.float64), nan)
     raise ValueError(f"no task-inference diagnostic for family {family!r}")
-

@@ -15,7 +15,8 @@ has the same length. Rewards (see shared/mission/task-families.md):
 
 Velocities are the torso's displacement over one control step (its free or slide joint
 coordinates, qpos) divided by dt; gymnasium's Ant measures the torso body frame instead, which
-lags the joint coordinates by one integration step. The survive bonus of the Ant families is a constant 1 per step (PEARL's); with termination
+lags the joint coordinates by one integration step. The survive bonus of the Ant families is a constant 1 per
+step (PEARL's); with termination
 off it shifts returns without changing the optimal policy. Ant observations exclude contact forces
 (27 dims; AntGoal 29 with x, y).
 """
@@ -46,6 +47,7 @@ def _number(family: str, task: dict, key: str, low: float, high: float, high_ope
 
 
 # --- rewards, as pure functions of what the simulator reports (the tests recompute them) ---
+
 
 def half_cheetah_vel_reward(x_velocity: float, action: np.ndarray, velocity: float) -> float:
     return -abs(x_velocity - velocity) - 0.05 * float(action @ action)
@@ -148,7 +150,11 @@ class MujocoTaskEnv(gym.Env):
 
     def step(self, action):
         obs, reward, truncated, velocity = self.transition(action)
-        info = {"task": copy.deepcopy(self.task), "x_position": float(self.data.qpos[0]), "x_velocity": float(velocity[0])}
+        info = {
+            "task": copy.deepcopy(self.task),
+            "x_position": float(self.data.qpos[0]),
+            "x_velocity": float(velocity[0]),
+        }
         return obs, reward, False, truncated, info
 
 
@@ -208,16 +214,25 @@ class AntGoalEnv(MujocoTaskEnv):
     @classmethod
     def check_task(cls, task) -> dict:
         require_keys(cls.family, task, ("goal",))
-        goal = np.asarray(task["goal"], dtype=np.float64) if isinstance(task["goal"], (list, tuple, np.ndarray)) else None
+        goal = (
+            np.asarray(task["goal"], dtype=np.float64) if isinstance(task["goal"], (list, tuple, np.ndarray)) else None
+        )
         if goal is None or goal.shape != (2,) or not np.all(np.isfinite(goal)) or np.linalg.norm(goal) > 3.0 + 1e-9:
-            raise TaskError(f"{cls.family}: task key 'goal' must be [x, y] inside the disc of radius 3, got {task['goal']!r}")
+            raise TaskError(
+                f"{cls.family}: task key 'goal' must be [x, y] inside the disc of radius 3, got {task['goal']!r}"
+            )
         return {"goal": [float(goal[0]), float(goal[1])]}
 
     def task_reward(self, action, velocity, task=None):
         return ant_goal_reward(self.data.qpos[:2], action, (task or self.task)["goal"])
 
 
-WALKER_PARAMS = {"body_mass": MASS_BASE, "body_inertia": MASS_BASE, "geom_friction": MASS_BASE, "dof_damping": DAMPING_BASE}
+WALKER_PARAMS = {
+    "body_mass": MASS_BASE,
+    "body_inertia": MASS_BASE,
+    "geom_friction": MASS_BASE,
+    "dof_damping": DAMPING_BASE,
+}
 
 
 class Walker2dParamsEnv(MujocoTaskEnv):
@@ -233,8 +248,13 @@ class Walker2dParamsEnv(MujocoTaskEnv):
 
     @classmethod
     def sample(cls, rng: np.random.Generator, n: int) -> list:
-        return [{k: (base ** rng.uniform(-LOG_SCALE_RANGE, LOG_SCALE_RANGE, size=cls.shapes()[k])).tolist()
-                 for k, base in WALKER_PARAMS.items()} for _ in range(n)]
+        return [
+            {
+                k: (base ** rng.uniform(-LOG_SCALE_RANGE, LOG_SCALE_RANGE, size=cls.shapes()[k])).tolist()
+                for k, base in WALKER_PARAMS.items()
+            }
+            for _ in range(n)
+        ]
 
     @staticmethod
     def default_task(env) -> dict:
@@ -246,9 +266,11 @@ class Walker2dParamsEnv(MujocoTaskEnv):
         out = {}
         for key, base in WALKER_PARAMS.items():
             value = np.asarray(task[key], dtype=np.float64)
-            lo, hi = base ** -LOG_SCALE_RANGE, base ** LOG_SCALE_RANGE
+            lo, hi = base**-LOG_SCALE_RANGE, base**LOG_SCALE_RANGE
             if value.shape != cls.shapes()[key]:
-                raise TaskError(f"{cls.family}: task key {key!r} must have shape {cls.shapes()[key]}, got {value.shape}")
+                raise TaskError(
+                    f"{cls.family}: task key {key!r} must have shape {cls.shapes()[key]}, got {value.shape}"
+                )
             if not np.all(np.isfinite(value)) or value.min() < lo - 1e-9 or value.max() > hi + 1e-9:
                 raise TaskError(f"{cls.family}: task key {key!r} scale factors must lie in [{lo:.4g}, {hi:.4g}]")
             out[key] = value.tolist()

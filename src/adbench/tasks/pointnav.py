@@ -27,7 +27,9 @@ def check_task(task) -> dict:
     if goal.shape != (2,) or not np.all(np.isfinite(goal)):
         raise TaskError(f"PointNav: task key 'goal' must be 2 finite numbers [x, y], got {task['goal']!r}")
     if abs(np.linalg.norm(goal) - 1.0) > 1e-6 or goal[1] < -1e-9:
-        raise TaskError(f"PointNav: task key 'goal' must lie on the upper unit half-circle (|g| = 1, y >= 0), got {goal.tolist()}")
+        raise TaskError(
+            f"PointNav: task key 'goal' must lie on the upper unit half-circle (|g| = 1, y >= 0), got {goal.tolist()}"
+        )
     return {"goal": [float(goal[0]), float(goal[1])]}
 
 

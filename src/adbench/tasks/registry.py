@@ -8,10 +8,13 @@ from . import pointnav
 from .base import Family, TaskError
 
 FAMILIES = {
-    "PointNav": Family("PointNav", pointnav.PointNavEnv, pointnav.sample, pointnav.check_task, horizon=50,
-                       oracle=pointnav.oracle),
-    **{env.family: Family(env.family, env, env.sample, env.check_task, horizon=200)
-       for env in (mj.HalfCheetahVelEnv, mj.AntDirEnv, mj.AntGoalEnv, mj.Walker2dParamsEnv)},
+    "PointNav": Family(
+        "PointNav", pointnav.PointNavEnv, pointnav.sample, pointnav.check_task, horizon=50, oracle=pointnav.oracle
+    ),
+    **{
+        env.family: Family(env.family, env, env.sample, env.check_task, horizon=200)
+        for env in (mj.HalfCheetahVelEnv, mj.AntDirEnv, mj.AntGoalEnv, mj.Walker2dParamsEnv)
+    },
 }
 
 

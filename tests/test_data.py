@@ -146,3 +146,17 @@ def test_noise_distillation_rises_with_the_schedule(cfg, tmp_path):
     assert (returns[:, -1] > -10).all()  # the oracle reaches the goal within ~10 steps and stays
     with pytest.raises(ValueError, match="no analytic oracle"):
         generate_histories(source, "HalfCheetahVel", sample_tasks("HalfCheetahVel", 1, 0), 10, seed=0)
+
+
+def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):
+    from adbench.atomic import atomic_path
+    target = tmp_path / "sub" / "out.csv"
+    target.parent.mkdir()
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "old" and not list(tmp_path.rglob("*.tmp"))
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and not list(tmp_path.rglob("*.tmp"))

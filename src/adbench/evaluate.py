@@ -6,16 +6,14 @@ last `window` tokens. Output: a tidy table, one row per (family, arch, context, 
 task, episode) with the return.
 """
 
-import csv
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import process
+from .atomic import write_csv
 from .baselines import BASELINES, policy_from_checkpoint
 from .data import DatasetError, open_histories, task_table, validate_file
 from .devices import pick_device
@@ -139,14 +137,7 @@ def random_policy(obs, prev_action, prev_reward, start, generator):
 
 
 def write_rows(path, rows: list, columns: list = COLUMNS) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_csv(path, rows, columns)
 
 
 def tidy(family, arch, ctx, seed, eval_seeds, task_ids, returns, controls=("none",)) -> list:

@@ -1,7 +1,6 @@
 """Result tables -> the benchmark's figures and summary tables (reads only the tidy CSVs)."""
 
 import math
-import os
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+
+from .atomic import atomic_path  # noqa: E402
 
 SUMMARY_COLUMNS = [
     "family",
@@ -471,11 +472,9 @@ def plot_task_inference(inference: pd.DataFrame, path: Path) -> None:
 
 def _save(fig, path) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip("."))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _cell(v) -> str:
@@ -485,13 +484,12 @@ def _cell(v) -> str:
 
 
 def _write_table(df: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, csv_path)
+    with atomic_path(csv_path) as tmp:
+        df.to_csv(tmp, index=False)
     header = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
     body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in df.itertuples(index=False))
-    md_path.write_text(header + body)
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(header + body)
 
 
 def make_all(

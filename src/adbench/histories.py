@@ -1,12 +1,11 @@
 """The histories and dataset stages: run the source algorithm on a shard of tasks, merge shards into one file."""
 
 import math
-import os
-from pathlib import Path
 
 import torch
 
 from . import config as cfglib
+from .atomic import atomic_path
 from .data import atomic_h5, open_histories, validate_file, write_root_attrs, write_task
 from .provenance import git_revision, package_versions
 from .seeding import derive_seed
@@ -85,19 +84,16 @@ def train_expert(cfg: dict, family: str, out_path, progress=None) -> None:
         f"{returns[:, :last].mean():.1f}, last {last} {returns[:, -last:].mean():.1f}",
         file=progress,
     )
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    torch.save(
-        {
-            **expert.state_dict(),
-            "config_digest": expert_digest(cfg),
-            "env_steps": expert_env_steps(cfg, family),
-            "train_returns": torch.from_numpy(returns),
-        },
-        tmp,
-    )
-    os.replace(tmp, out_path)
+    with atomic_path(out_path) as tmp:
+        torch.save(
+            {
+                **expert.state_dict(),
+                "config_digest": expert_digest(cfg),
+                "env_steps": expert_env_steps(cfg, family),
+                "train_returns": torch.from_numpy(returns),
+            },
+            tmp,
+        )
 
 
 def load_expert(path, cfg: dict, family: str) -> TaskExpert:

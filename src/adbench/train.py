@@ -6,9 +6,7 @@ states, metrics so far), so an interrupted CPU run finishes with the same weight
 uninterrupted one.
 """
 
-import csv
 import math
-import os
 import resource
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ from tqdm import tqdm
 
 from . import config as cfglib
 from . import process
+from .atomic import atomic_path, write_csv
 from .data import WindowSampler, input_statistics, validate_file
 from .devices import pick_device
 from .models import build, count_parameters, save_checkpoint
@@ -50,9 +49,8 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def run(
@@ -172,14 +170,8 @@ def run(
         "steps": tcfg["steps"],
     }
     final = out_dir / "model.pt"
-    tmp = final.with_name("model.pt.tmp")
-    save_checkpoint(tmp, model, arch, model_config, {"meta": meta})
-    os.replace(tmp, final)
-    tmp = out_dir / "metrics.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRICS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out_dir / "metrics.csv")
+    with atomic_path(final) as tmp:
+        save_checkpoint(tmp, model, arch, model_config, {"meta": meta})
+    write_csv(out_dir / "metrics.csv", rows, METRICS)
     ckpt_path.unlink(missing_ok=True)
     return final

@@ -12,9 +12,7 @@ The model has the AD policy's evaluation interface (`init_state`, `step`, `act`)
 stage runs it through the same code, controls included.
 """
 
-import csv
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from tqdm import tqdm
 
 from .. import config as cfglib
 from .. import process
+from ..atomic import atomic_path, write_csv
 from ..data import open_histories, task_table, validate_file
 from ..progress import say
 from ..seeding import derive_seed
@@ -325,9 +324,8 @@ def meta_train(
         )
         done = trainer.update_index
         if checkpoint is not None and done % cfg.checkpoint_every == 0 and done < cfg.updates:
-            tmp = checkpoint.with_name(checkpoint.name + ".tmp")
-            torch.save({"settings_digest": settings_digest, "trainer": trainer.state()}, tmp)
-            os.replace(tmp, checkpoint)
+            with atomic_path(checkpoint) as tmp:
+                torch.save({"settings_digest": settings_digest, "trainer": trainer.state()}, tmp)
         if stop_after is not None and done >= stop_after:
             raise KeyboardInterrupt(f"stopped after update {done} (stop_after)")
     bar.close()
@@ -415,17 +413,10 @@ def run(cfg: dict, dataset, seed: int, out_dir, progress=None, stop_after: int |
         "trial_episodes": rl2_cfg.trial_episodes,
         "parameters": sum(p.numel() for p in trainer.policy.parameters()),
     }
-    tmp = out_dir / "model.pt.tmp"
-    save_policy(tmp, trainer, meta)
-    os.replace(tmp, out_dir / "model.pt")
-    tmp = out_dir / "metrics.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRICS)
-        writer.writeheader()
-        writer.writerows(
-            {"family": family, "arch": ARCH, "seed": seed, **row, "env_steps_per_s": rate} for row in trainer.metrics
-        )
-    os.replace(tmp, out_dir / "metrics.csv")
+    with atomic_path(out_dir / "model.pt") as tmp:
+        save_policy(tmp, trainer, meta)
+    rows = ({"family": family, "arch": ARCH, "seed": seed, **row, "env_steps_per_s": rate} for row in trainer.metrics)
+    write_csv(out_dir / "metrics.csv", rows, METRICS)
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)
     say(f"rl2 {family}: {trainer.env_steps} env steps at {rate:.0f} env-steps/s (rollouts and updates)", progress)
     return out_dir / "model.pt"

@@ -2,12 +2,11 @@
 
 import contextlib
 import json
-import os
-from pathlib import Path
 
 import h5py
 import numpy as np
 
+from ..atomic import atomic_path
 from .schema import DATASETS, SCHEMA_VERSION
 
 CHUNK_STEPS = 4096
@@ -16,16 +15,8 @@ CHUNK_STEPS = 4096
 @contextlib.contextmanager
 def atomic_h5(path):
     """Open `path.tmp` for writing and rename it to `path` only if the block completes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=True) as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=True) as f:
+        yield f
 
 
 def write_root_attrs(f: h5py.File, attrs: dict) -> None:

@@ -150,6 +150,7 @@ def test_noise_distillation_rises_with_the_schedule(cfg, tmp_path):
 
 def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):
     from adbench.atomic import atomic_path
+
     target = tmp_path / "sub" / "out.csv"
     target.parent.mkdir()
     target.write_text("old")

@@ -26,6 +26,7 @@ from .. import config as cfglib
 from .. import process
 from ..atomic import atomic_path, write_csv
 from ..data import open_histories, task_table, validate_file
+from ..models import checkpoint
 from ..progress import say
 from ..seeding import derive_seed
 from ..sources.batched_nets import RunningMeanStd
@@ -334,7 +335,8 @@ def meta_train(
 
 def save_policy(path, trainer: RL2Trainer, meta: dict) -> None:
     p = trainer.policy
-    torch.save(
+    checkpoint.save(
+        path,
         {
             "arch": ARCH,
             "obs_dim": p.obs_dim,
@@ -343,7 +345,6 @@ def save_policy(path, trainer: RL2Trainer, meta: dict) -> None:
             "state_dict": p.state_dict(),
             "meta": meta,
         },
-        path,
     )
 
 

@@ -36,7 +36,11 @@ def validate_file(path) -> dict:
     try:
         with open_histories(path) as f:
             return _validate(f, path)
-    except (OSError, KeyError, RuntimeError) as e:  # h5py reports truncated data as OSError on read
+    except DatasetError:
+        raise
+    # h5py reports truncated data and failed checksums as OSError on read; damaged metadata can surface as
+    # almost any error from its object layer (a group that reads as None, a bad type)
+    except (OSError, KeyError, RuntimeError, AttributeError, TypeError, ValueError) as e:
         raise DatasetError(f"{path}: corrupt or truncated HDF5 ({e}); delete it and rerun the workflow") from None
 
 

@@ -41,5 +41,12 @@ def write_task(f: h5py.File, task_id: str, task: dict, split: str, arrays: dict)
         chunks = (1, min(data.shape[1], CHUNK_STEPS)) + data.shape[2:]
         # track_times=False keeps files byte-identical across runs of the same config.
         g.create_dataset(
-            name, data=data, chunks=chunks, compression="gzip", compression_opts=4, shuffle=True, track_times=False
+            name,
+            data=data,
+            chunks=chunks,
+            compression="gzip",
+            compression_opts=4,
+            shuffle=True,
+            fletcher32=True,  # a checksum per chunk, verified on every read
+            track_times=False,
         )

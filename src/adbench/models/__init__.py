@@ -2,16 +2,14 @@
 
 import torch
 
+from . import checkpoint
+from .checkpoint import ModelError
 from .mamba import MambaBackbone, mamba_layer_params
 from .policy import ADPolicy
 from .scan import selective_scan, selective_scan_ref  # noqa: F401  (public: the scan and its reference)
 from .transformer import TransformerBackbone, transformer_layer_params
 
 ARCHITECTURES = ("mamba", "transformer")
-
-
-class ModelError(ValueError):
-    """A model request or checkpoint that cannot be honoured."""
 
 
 def matched_mlp_hidden(d_model: int, d_state: int, d_conv: int, expand: int) -> int:
@@ -59,7 +57,8 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def save_checkpoint(path, model: ADPolicy, arch: str, model_config: dict, extra: dict | None = None) -> None:
-    torch.save(
+    checkpoint.save(
+        path,
         {
             "arch": arch,
             "obs_dim": model.obs_dim,
@@ -68,16 +67,13 @@ def save_checkpoint(path, model: ADPolicy, arch: str, model_config: dict, extra:
             "state_dict": model.state_dict(),
             **(extra or {}),
         },
-        path,
     )
 
 
 def read_checkpoint(path, expect_arch: str | None = None) -> dict:
-    """A checkpoint's contents (weights_only: no code is unpickled), checked to be one of ours."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelError(f"{path}: not a readable adbench checkpoint ({e.__class__.__name__}); retrain it") from None
+    """A checkpoint's contents (weights_only: no code is unpickled), checked against its digest and to be one
+    of ours."""
+    ckpt = checkpoint.load(path)
     if not isinstance(ckpt, dict) or "arch" not in ckpt or "state_dict" not in ckpt:
         raise ModelError(f"{path}: not an adbench checkpoint (no 'arch'/'state_dict')")
     if expect_arch is not None and ckpt["arch"] != expect_arch:

@@ -290,40 +290,55 @@ def plot_in_context(models: pd.DataFrame, refs: pd.DataFrame, strides: dict, pat
     _save(fig, path)
 
 
+def _context_axis(ax, contexts) -> None:
+    """A log2 context axis with a tick at each context (in episodes), as the paper's scaling plots."""
+    contexts = sorted({int(c) for c in contexts})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(contexts, [str(c) for c in contexts])
+    ax.minorticks_off()
+
+
 def plot_context_scaling(summary: pd.DataFrame, path: Path) -> None:
     """(b) Normalised final in-context return vs context length, per family and architecture; a baseline
     without an AD context (RL^2) is a horizontal line with its CI as a band."""
     families = sorted(summary["family"].unique())
-    fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 4), squeeze=False)
+    archs = sorted(summary.loc[summary["context_episodes"] != NO_CONTEXT, "arch"].unique())
+    colours = dict(zip(archs, sns.color_palette("colorblind", len(archs))))
+    fig, axes = plt.subplots(1, len(families), figsize=(3.8 * len(families) + 1.5, 3.4), squeeze=False)
     for ax, family in zip(axes[0], families):
         fam = summary[summary["family"] == family]
-        for arch, g in fam[fam["context_episodes"] == NO_CONTEXT].groupby("arch"):
-            line = ax.axhline(
-                g["normalized_final_iqm"].iloc[0], ls="-.", lw=1.2, color="tab:purple", label=f"{arch} (whole trial)"
-            )
-            ax.axhspan(
-                g["normalized_ci_low"].iloc[0], g["normalized_ci_high"].iloc[0], color=line.get_color(), alpha=0.15
-            )
-        for arch, g in fam[fam["context_episodes"] != NO_CONTEXT].groupby("arch"):
+        for _baseline, g in fam[fam["context_episodes"] == NO_CONTEXT].groupby("arch"):
+            ax.axhline(g["normalized_final_iqm"].iloc[0], ls="-.", lw=1.2, color="tab:purple")
+            ax.axhspan(g["normalized_ci_low"].iloc[0], g["normalized_ci_high"].iloc[0], color="tab:purple", alpha=0.12)
+        ad = fam[fam["context_episodes"] != NO_CONTEXT]
+        for arch, g in ad.groupby("arch"):
             g = g.sort_values("context_episodes")
             y = g["normalized_final_iqm"].to_numpy()
             err = np.vstack([y - g["normalized_ci_low"].to_numpy(), g["normalized_ci_high"].to_numpy() - y])
-            ax.errorbar(g["context_episodes"], y, yerr=err, marker="o", capsize=3, label=arch)
+            ax.errorbar(g["context_episodes"], y, yerr=err, marker="o", capsize=3, color=colours[arch])
         ax.axhline(0.0, color="grey", lw=0.8, ls=":")
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set(title=family, xlabel="context (episodes)", ylabel="normalised final return (IQM)")
-        ax.legend(fontsize=8)
+        if len(ad):
+            _context_axis(ax, ad["context_episodes"])
+        ax.set(title=family, xlabel="context (episodes, log2)", ylabel="normalised final return (IQM)")
+    handles = [plt.Line2D([], [], color=colours[a], marker="o", label=a) for a in archs]
+    handles += [
+        plt.Line2D([], [], color="tab:purple", ls="-.", label="RL^2 (whole trial)"),
+        plt.Line2D([], [], color="grey", ls="--", label="source final (1)"),
+        plt.Line2D([], [], color="grey", ls=":", label="random (0)"),
+    ]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.tight_layout()
     _save(fig, path)
 
 
 def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path) -> None:
-    """(c) Training tokens/s and peak memory, and inference ms per step, against context length."""
+    """(c) Training tokens/s and peak memory, and inference ms per step, against context length: a row per
+    quantity, a column per family, axes from zero."""
+    keys = ["family", "arch", "context_episodes", "seed"]
     trained = (
-        metrics[
-            metrics["step"] > metrics.groupby(["family", "arch", "context_episodes", "seed"])["step"].transform("min")
-        ]
-        .groupby(["family", "arch", "context_episodes", "seed"])
+        metrics[metrics["step"] > metrics.groupby(keys)["step"].transform("min")]
+        .groupby(keys)
         .agg(tokens_per_s=("tokens_per_s", "mean"), peak_mem_mib=("peak_mem_mib", "max"))
         .reset_index()
     )
@@ -333,12 +348,27 @@ def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path) -> None:
         (trained, "peak_mem_mib", "training peak memory (MiB)"),
         (costs, "ms_per_step", "inference ms per batched step"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, (data, column, label) in zip(axes, panels):
-        sns.lineplot(
-            data=data, x="context_episodes", y=column, hue="arch", style="family", marker="o", ax=ax, errorbar=None
-        )
-        ax.set(xlabel="context (episodes)", ylabel=label)
+    families = sorted(trained["family"].unique())
+    archs = sorted(set(trained["arch"]) | set(costs["arch"]))
+    colours = dict(zip(archs, sns.color_palette("colorblind", len(archs))))
+    fig, axes = plt.subplots(3, len(families), figsize=(3.6 * len(families) + 1.5, 8), squeeze=False)
+    for col, family in enumerate(families):
+        for row, (data, column, name) in enumerate(panels):
+            ax = axes[row, col]
+            fam = data[data["family"] == family]
+            for arch, g in fam.groupby("arch"):
+                g = g.groupby("context_episodes")[column].mean()
+                ax.plot(g.index, g.to_numpy(), marker="o", color=colours[arch])
+            if len(fam):
+                _context_axis(ax, fam["context_episodes"])
+            ax.set_ylim(bottom=0)
+            ax.set(
+                title=family if row == 0 else "",
+                ylabel=name if col == 0 else "",
+                xlabel="context (episodes, log2)" if row == 2 else "",
+            )
+    handles = [plt.Line2D([], [], color=colours[a], marker="o", label=a) for a in archs]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.tight_layout()
     _save(fig, path)
 

@@ -183,3 +183,46 @@ def test_gaussian_noise_is_added_to_the_expert_action_with_the_annealed_scale():
             assert np.abs(deviation[:, e]).max() < 1e-6
         else:
             assert 0.6 * scale < d.std() < 1.4 * scale and abs(d.mean()) < 0.3 * scale
+
+
+def test_task_noise_tells_the_expert_other_tasks_early_and_the_true_task_late(pointnav_expert):
+    """With task_noise, early episodes follow a mix of the true and a drawn task; clean episodes the true one."""
+    from adbench.sources import NoiseDistillConfig, run_noise_distill
+    from adbench.tasks import sample_tasks
+    from adbench.tasks.inference import task_features
+
+    expert, _ = pointnav_expert
+    tasks = sample_tasks("PointNav", 3, 7)
+    cfg = NoiseDistillConfig(expert="task_ppo", clean_fraction=0.2, noise="gaussian", noise_std=1e-9, task_noise=1.0)
+    hist = run_noise_distill("PointNav", tasks, 50, 10, cfg, 0, PPOConfig(), task_expert=expert)
+    obs, actions = hist["observations"].reshape(3, 10, 50, 2), hist["actions"].reshape(3, 10, 50, 2)
+    feats = np.stack([task_features("PointNav", t) for t in tasks]).astype(np.float32)
+    true_first = np.stack(
+        [np.clip(expert.mean_action(obs[i, 0], np.repeat(feats[i : i + 1], 50, 0)), -1, 1) for i in range(3)]
+    )
+    true_last = np.stack(
+        [np.clip(expert.mean_action(obs[i, -1], np.repeat(feats[i : i + 1], 50, 0)), -1, 1) for i in range(3)]
+    )
+    np.testing.assert_allclose(actions[:, -1], true_last, atol=1e-6)  # clean: the true task
+    assert np.abs(actions[:, 0] - true_first).max() > 0.05  # first episode: another (drawn) task
+    plain = run_noise_distill(
+        "PointNav",
+        tasks,
+        50,
+        10,
+        NoiseDistillConfig(expert="task_ppo", noise="gaussian"),
+        0,
+        PPOConfig(),
+        task_expert=expert,
+    )
+    again = run_noise_distill(
+        "PointNav",
+        tasks,
+        50,
+        10,
+        NoiseDistillConfig(expert="task_ppo", noise="gaussian", task_noise=0.0),
+        0,
+        PPOConfig(),
+        task_expert=expert,
+    )
+    np.testing.assert_array_equal(plain["actions"], again["actions"])  # 0 draws nothing: histories unchanged

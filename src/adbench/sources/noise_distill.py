@@ -36,6 +36,10 @@ class NoiseDistillConfig:
     expert's action plus N(0, (epsilon * noise_std)^2) noise, clipped to the action box."""
     noise_std: float = 1.0
     """the Gaussian noise's standard deviation at epsilon = 1."""
+    task_noise: float = 0.0
+    """'task_ppo' only: the expert is told a task between the true one and a task drawn afresh each episode,
+    (1 - w) f_true + w f_drawn with w = task_noise * epsilon in feature space, so that early episodes pursue
+    other tasks and the histories show behaviour being corrected towards the true task (0: always the true task)."""
 
 
 def epsilon(episode: int, episodes: int, clean_fraction: float) -> float:
@@ -70,8 +74,9 @@ def run_noise_distill(
                 f"source.noise_distill.expert 'task_ppo' needs the trained {family} expert (the `expert` "
                 f"stage's output, passed as --expert)"
             )
-        features = np.stack([task_features(family, t) for t in env.tasks]).astype(np.float32)
-        expert = lambda obs: task_expert.mean_action(obs, features)  # noqa: E731
+        true_features = np.stack([task_features(family, t) for t in env.tasks]).astype(np.float32)
+        told = {"features": true_features}
+        expert = lambda obs: task_expert.mean_action(obs, told["features"])  # noqa: E731
     else:
         raise ValueError(f"unknown source.noise_distill.expert {cfg.expert!r}; use 'oracle', 'ppo' or 'task_ppo'")
     rng = np.random.default_rng(seed)
@@ -81,6 +86,11 @@ def run_noise_distill(
         range(episodes), desc=f"noise distillation {family}", file=progress, mininterval=5, disable=not progress
     ):
         eps = epsilon(episode, episodes, cfg.clean_fraction)
+        if cfg.expert == "task_ppo" and cfg.task_noise > 0:
+            drawn = get_family(family).sample(rng, env.num_tasks)
+            drawn_features = np.stack([task_features(family, t) for t in drawn]).astype(np.float32)
+            w = cfg.task_noise * eps
+            told["features"] = (1 - w) * true_features + w * drawn_features
         obs = env.reset(seed=int(rng.integers(2**31)))
         for _ in range(env.horizon):
             action = np.clip(expert(obs), -1.0, 1.0)

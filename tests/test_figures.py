@@ -285,3 +285,10 @@ def test_a_task_the_source_did_not_learn_is_divided_by_the_floor():
     assert levels.loc["test-0000", "gap"] == pytest.approx(200.0)
     assert levels.loc["test-0001", "gap"] == pytest.approx(MIN_GAP_FRACTION * median_gap)  # source below random
     assert levels.loc["test-0002", "gap"] == pytest.approx(100.0)
+
+
+def test_a_rows_confidence_intervals_do_not_depend_on_the_other_rows():
+    alone = summarize(_table("mamba", 4, 2.0), _refs()).set_index("arch")
+    together = summarize(pd.concat([_table("mamba", 4, 2.0), _table("transformer", 4, 0.5)]), _refs()).set_index("arch")
+    cols = ["gain_ci_low", "gain_ci_high", "normalized_ci_low", "normalized_ci_high"]
+    assert alone.loc["mamba", cols].tolist() == together.loc["mamba", cols].tolist()

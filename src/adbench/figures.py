@@ -1,6 +1,7 @@
 """Result tables -> the benchmark's figures and summary tables (reads only the tidy CSVs)."""
 
 import math
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -158,7 +159,6 @@ def summarize(
 ) -> pd.DataFrame:
     """One row per (family, arch, context): returns, gains and control gains with 95% bootstrap CIs, and
     (given the evaluate stage's cost tables) the environment steps each model's training consumed."""
-    rng = np.random.default_rng(seed)
     budget = (
         {}
         if costs is None or "train_env_steps" not in costs
@@ -181,6 +181,8 @@ def summarize(
             "return"
         ].mean()
         for (arch, ctx), runs in fam.groupby(["arch", "context_episodes"]):
+            # a row's resamples depend on the row alone, not on which other models are in the table
+            rng = np.random.default_rng([seed, zlib.crc32(f"{family}/{arch}/{ctx}".encode())])
             g = runs[runs["control"] == "none"]
             gain = (g["final"] - g["first"]).to_numpy()
             lv = levels.loc[[(family, t) for t in g["task"]]]

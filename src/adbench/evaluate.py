@@ -6,6 +6,7 @@ last `window` tokens. Output: a tidy table, one row per (family, arch, context, 
 task, episode) with the return.
 """
 
+import itertools
 import time
 
 import numpy as np
@@ -140,72 +141,53 @@ def write_rows(path, rows: list, columns: list = COLUMNS) -> None:
     write_csv(path, rows, columns)
 
 
+def _row(family, arch, ctx, seed, eval_seed, control, task, episode, values: dict) -> dict:
+    """One row of a tidy table: the keys every table shares, then its own values."""
+    return {
+        "family": family,
+        "arch": arch,
+        "context_episodes": ctx,
+        "seed": seed,
+        "eval_seed": eval_seed,
+        "control": control,
+        "task": task,
+        "episode": episode,
+        **values,
+    }
+
+
+def _runs(controls, eval_seeds, task_ids, episodes):
+    """(control, eval_seed, task, episode) in the order of an array (controls, seeds, tasks, episodes)."""
+    return itertools.product(controls, eval_seeds, task_ids, range(episodes))
+
+
 def tidy(family, arch, ctx, seed, eval_seeds, task_ids, returns, controls=("none",)) -> list:
     """Rows of the result table from returns (controls, seeds, tasks, episodes)."""
     return [
-        {
-            "family": family,
-            "arch": arch,
-            "context_episodes": ctx,
-            "seed": seed,
-            "eval_seed": s,
-            "control": control,
-            "task": tid,
-            "episode": e,
-            "return": float(returns[c, i, j, e]),
-        }
-        for c, control in enumerate(controls)
-        for i, s in enumerate(eval_seeds)
-        for j, tid in enumerate(task_ids)
-        for e in range(returns.shape[3])
+        _row(family, arch, ctx, seed, s, control, tid, e, {"return": float(r)})
+        for (control, s, tid, e), r in zip(_runs(controls, eval_seeds, task_ids, returns.shape[3]), returns.ravel())
     ]
 
 
-INFERENCE_COLUMNS = [
-    "family",
-    "arch",
-    "context_episodes",
-    "seed",
-    "eval_seed",
-    "control",
-    "task",
-    "episode",
-    "quantity",
-    "target",
-    "achieved",
-    "error",
-]
+INFERENCE_COLUMNS = [*COLUMNS[:-1], "quantity", "target", "achieved", "error"]
+
+
+def _diagnosed(d, i: int) -> dict:
+    return {"quantity": d.quantity, "target": d.target[i], "achieved": d.achieved[i], "error": d.error[i]}
 
 
 def inference_rows(family, arch, ctx, seed, eval_seeds, tasks, obs_mean, obs_last, controls=("none",)) -> list:
     """Rows of the task-inference table (see `tasks.inference`) from the episodes' observation means and
     last observations, (controls, seeds, tasks, episodes, obs_dim)."""
-    n_c, n_s, n_t, n_e, _ = obs_mean.shape
-    task_of = [task for _ in range(n_c * n_s) for _, task in tasks for _ in range(n_e)]
-    d = diagnose(family, task_of, obs_mean.reshape(len(task_of), -1), obs_last.reshape(len(task_of), -1))
-    rows, i = [], 0
-    for control in controls:
-        for s in eval_seeds:
-            for tid, _ in tasks:
-                for e in range(n_e):
-                    rows.append(
-                        {
-                            "family": family,
-                            "arch": arch,
-                            "context_episodes": ctx,
-                            "seed": seed,
-                            "eval_seed": s,
-                            "control": control,
-                            "task": tid,
-                            "episode": e,
-                            "quantity": d.quantity,
-                            "target": d.target[i],
-                            "achieved": d.achieved[i],
-                            "error": d.error[i],
-                        }
-                    )
-                    i += 1
-    return rows
+    n_e = obs_mean.shape[3]
+    runs = list(_runs(controls, eval_seeds, tasks, n_e))
+    d = diagnose(
+        family, [task for _, _, (_, task), _ in runs], obs_mean.reshape(len(runs), -1), obs_last.reshape(len(runs), -1)
+    )
+    return [
+        _row(family, arch, ctx, seed, s, control, tid, e, _diagnosed(d, i))
+        for i, (control, s, (tid, _), e) in enumerate(runs)
+    ]
 
 
 COST_COLUMNS = ["family", "arch", "context_episodes", "seed", "batch", "ms_per_step", "train_env_steps", "source"]
@@ -339,17 +321,7 @@ def evaluate_references(cfg: dict, dataset, out_path, progress=None, inference_p
     for tid, curves in source.items():
         for h, curve in enumerate(curves):
             rows += [
-                {
-                    "family": info["family"],
-                    "arch": "source",
-                    "context_episodes": 0,
-                    "seed": h,
-                    "eval_seed": -1,
-                    "control": "none",
-                    "task": tid,
-                    "episode": e,
-                    "return": float(r),
-                }
+                _row(info["family"], "source", 0, h, -1, "none", tid, e, {"return": float(r)})
                 for e, r in enumerate(curve)
             ]
     write_rows(out_path, rows)
@@ -370,20 +342,6 @@ def source_inference_rows(dataset, family: str, tasks: list, horizon: int) -> li
                 episodes = obs[h].reshape(-1, horizon, obs.shape[-1])
                 d = diagnose(family, [task] * len(episodes), episodes.mean(1, dtype=np.float64), episodes[:, -1])
                 rows += [
-                    {
-                        "family": family,
-                        "arch": "source",
-                        "context_episodes": 0,
-                        "seed": h,
-                        "eval_seed": -1,
-                        "control": "none",
-                        "task": tid,
-                        "episode": e,
-                        "quantity": d.quantity,
-                        "target": d.target[e],
-                        "achieved": d.achieved[e],
-                        "error": d.error[e],
-                    }
-                    for e in range(len(episodes))
+                    _row(family, "source", 0, h, -1, "none", tid, e, _diagnosed(d, e)) for e in range(len(episodes))
                 ]
     return rows

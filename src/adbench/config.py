@@ -115,6 +115,12 @@ def validate(cfg: dict, sections: list | None = None, _whole: bool = True) -> di
     return cfg
 
 
+def needs_expert(cfg: dict) -> bool:
+    """Whether a family's histories are rolled out by a trained task-conditioned expert (the `expert` rule)."""
+    src = cfg["source"]
+    return src["algorithm"] == "noise_distill" and src["noise_distill"]["expert"] == "task_ppo"
+
+
 # Families with an analytic expert (tasks.Family.oracle); tests check this against the registry, which
 # the config does not import (it would load MuJoCo into every Snakemake process).
 ORACLE_FAMILIES = ("PointNav",)

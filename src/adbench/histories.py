@@ -7,6 +7,8 @@ import torch
 from . import config as cfglib
 from .atomic import atomic_path
 from .data import atomic_h5, open_histories, validate_file, write_root_attrs, write_task
+from .models import checkpoint
+from .progress import say
 from .provenance import git_revision, package_versions
 from .seeding import derive_seed
 from .sources import PPOConfig, TaskExpert, generate_histories, train_task_expert
@@ -29,15 +31,9 @@ def num_shards(cfg: dict) -> int:
     return math.ceil((t["n_train"] + t["n_test"]) / cfg["source"]["tasks_per_shard"])
 
 
-def needs_expert(cfg: dict) -> bool:
-    """Whether the histories are rolled out by a trained task-conditioned expert (the `expert` stage)."""
-    src = cfg["source"]
-    return src["algorithm"] == "noise_distill" and src["noise_distill"]["expert"] == "task_ppo"
-
-
 def expert_env_steps(cfg: dict, family: str) -> int:
     """Environment steps spent training the task-conditioned expert (0 where there is none)."""
-    if not needs_expert(cfg):
+    if not cfglib.needs_expert(cfg):
         return 0
     horizon = cfglib.horizon(cfg, family, get_family(family).horizon)
     return cfg["tasks"]["n_train"] * cfg["source"]["noise_distill"]["expert_episodes"] * horizon
@@ -61,7 +57,7 @@ def expert_digest(cfg: dict) -> str:
 def train_expert(cfg: dict, family: str, out_path, progress=None) -> None:
     """The task-conditioned expert of `source.noise_distill.expert: task_ppo`, trained on the training tasks only."""
     src = cfg["source"]
-    if not needs_expert(cfg):
+    if not cfglib.needs_expert(cfg):
         raise ValueError(
             "the expert stage runs only with source.algorithm noise_distill and source.noise_distill.expert task_ppo"
         )
@@ -79,25 +75,25 @@ def train_expert(cfg: dict, family: str, out_path, progress=None) -> None:
         src["threads"],
     )
     last = max(1, returns.shape[1] // 10)
-    print(
+    say(
         f"task expert {family}: mean return over training tasks, first {last} episodes "
         f"{returns[:, :last].mean():.1f}, last {last} {returns[:, -last:].mean():.1f}",
-        file=progress,
+        progress,
     )
-    with atomic_path(out_path) as tmp:
-        torch.save(
+    with atomic_path(out_path) as tmp:  # saved with a digest of its contents, like every checkpoint
+        checkpoint.save(
+            tmp,
             {
                 **expert.state_dict(),
                 "config_digest": expert_digest(cfg),
                 "env_steps": expert_env_steps(cfg, family),
                 "train_returns": torch.from_numpy(returns),
             },
-            tmp,
         )
 
 
 def load_expert(path, cfg: dict, family: str) -> TaskExpert:
-    state = torch.load(path, weights_only=False)
+    state = checkpoint.load(path)  # ModelError in one line if damaged
     if state.get("family") != family or state.get("config_digest") != expert_digest(cfg):
         raise ValueError(f"{path}: an expert of another family or config; delete it and rerun the workflow")
     return TaskExpert.from_state_dict(state)
@@ -134,11 +130,11 @@ def run_shard(cfg: dict, family: str, shard: int, out_path, progress=None, exper
     h = src["histories_per_task"]
     learners = [task for _, _, task in chunk for _ in range(h)]  # H independent learners per task
     attrs = root_attrs(cfg, family)
-    if needs_expert(cfg) and expert_path is None:
+    if cfglib.needs_expert(cfg) and expert_path is None:
         raise ValueError(
             "source.noise_distill.expert task_ppo: give the trained expert (--expert, the expert stage's output)"
         )
-    expert = load_expert(expert_path, cfg, family) if needs_expert(cfg) else None
+    expert = load_expert(expert_path, cfg, family) if cfglib.needs_expert(cfg) else None
     hist = generate_histories(
         src,
         family,

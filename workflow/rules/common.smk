@@ -59,9 +59,7 @@ def num_shards(family):
 
 def expert_input(wildcards):
     """The task-conditioned expert a family's histories are rolled out by, where its source has one."""
-    cfg = adbench_config.for_family(config, wildcards.family)
-    src = cfg["source"]
-    if src["algorithm"] == "noise_distill" and src["noise_distill"]["expert"] == "task_ppo":
+    if adbench_config.needs_expert(adbench_config.for_family(config, wildcards.family)):
         return f"results/experts/{wildcards.family}.pt"
     return []
 

@@ -74,9 +74,8 @@ def run_noise_distill(
                 f"source.noise_distill.expert 'task_ppo' needs the trained {family} expert (the `expert` "
                 f"stage's output, passed as --expert)"
             )
-        true_features = np.stack([task_features(family, t) for t in env.tasks]).astype(np.float32)
-        told = {"features": true_features}
-        expert = lambda obs: task_expert.mean_action(obs, told["features"])  # noqa: E731
+        true_features = told_features = np.stack([task_features(family, t) for t in env.tasks]).astype(np.float32)
+        expert = lambda obs: task_expert.mean_action(obs, told_features)  # noqa: E731  (the task told this episode)
     else:
         raise ValueError(f"unknown source.noise_distill.expert {cfg.expert!r}; use 'oracle', 'ppo' or 'task_ppo'")
     rng = np.random.default_rng(seed)
@@ -90,7 +89,7 @@ def run_noise_distill(
             drawn = get_family(family).sample(rng, env.num_tasks)
             drawn_features = np.stack([task_features(family, t) for t in drawn]).astype(np.float32)
             w = cfg.task_noise * eps
-            told["features"] = (1 - w) * true_features + w * drawn_features
+            told_features = (1 - w) * true_features + w * drawn_features
         obs = env.reset(seed=int(rng.integers(2**31)))
         for _ in range(env.horizon):
             action = np.clip(expert(obs), -1.0, 1.0)

@@ -57,8 +57,8 @@ class TaskExpert:
             "actor": a.actor.state_dict(),
             "critic": a.critic.state_dict(),
             "log_std": a.log_std.detach().clone(),
-            "obs_mean": a.obs_rms.mean,
-            "obs_var": a.obs_rms.var,
+            "obs_mean": torch.from_numpy(a.obs_rms.mean),
+            "obs_var": torch.from_numpy(a.obs_rms.var),
         }
 
     @classmethod
@@ -69,7 +69,7 @@ class TaskExpert:
         a.critic.load_state_dict(state["critic"])
         with torch.no_grad():
             a.log_std.copy_(state["log_std"])
-        a.obs_rms.mean, a.obs_rms.var = np.asarray(state["obs_mean"]), np.asarray(state["obs_var"])
+        a.obs_rms.mean, a.obs_rms.var = state["obs_mean"].numpy(), state["obs_var"].numpy()
         return expert
 
 

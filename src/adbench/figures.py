@@ -88,6 +88,18 @@ def run_scores(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([first, last], axis=1).reset_index()
 
 
+def final_episodes(df: pd.DataFrame, by) -> pd.DataFrame:
+    """The rows in the last 10% of episodes (at least one) of each group `by`: what "final" means here."""
+    n = df.groupby(by)["episode"].transform("max") + 1
+    return df[df["episode"] >= n - np.maximum(1, np.ceil(0.1 * n))]
+
+
+def colours(names) -> dict:
+    """One colour per name, the same in every panel of a figure."""
+    names = list(names)
+    return dict(zip(names, sns.color_palette("colorblind", len(names))))
+
+
 def held_out(refs: pd.DataFrame) -> pd.DataFrame:
     """Reference rows on test tasks only (the source's train-task curves are for the learning-curve figure)."""
     return refs[refs["task"].str.startswith("test-")]
@@ -145,9 +157,7 @@ def task_levels(refs: pd.DataFrame) -> pd.DataFrame:
     refs = held_out(refs)
     rnd = refs[refs["arch"] == "random"].groupby(["family", "task"])["return"].mean().rename("random")
     src = refs[refs["arch"] == "source"]
-    n = src.groupby("family")["episode"].transform("max") + 1
-    final = src[src["episode"] >= n - np.maximum(1, np.ceil(0.1 * n))]
-    src_final = final.groupby(["family", "task"])["return"].mean().rename("source_final")
+    src_final = final_episodes(src, "family").groupby(["family", "task"])["return"].mean().rename("source_final")
     levels = pd.concat([rnd, src_final], axis=1).reset_index()
     gap = levels["source_final"] - levels["random"]
     floor = MIN_GAP_FRACTION * gap.groupby(levels["family"]).transform(lambda g: np.median(np.abs(g)))
@@ -247,7 +257,7 @@ def plot_in_context(models: pd.DataFrame, refs: pd.DataFrame, strides: dict, pat
     rnd = rnd[rnd["arch"] == "random"].assign(label="random")
     labels = sorted(models["label"].unique())
     palette = {
-        **dict(zip(labels, sns.color_palette("colorblind", len(labels)))),
+        **colours(labels),
         "source (history episode / stride)": "black",
         "random": "0.6",
     }
@@ -305,7 +315,7 @@ def plot_context_scaling(summary: pd.DataFrame, path: Path) -> None:
     without an AD context (RL^2) is a horizontal line with its CI as a band."""
     families = sorted(summary["family"].unique())
     archs = sorted(summary.loc[summary["context_episodes"] != NO_CONTEXT, "arch"].unique())
-    colours = dict(zip(archs, sns.color_palette("colorblind", len(archs))))
+    arch_colours = colours(archs)
     fig, axes = plt.subplots(1, len(families), figsize=(3.8 * len(families) + 1.5, 3.4), squeeze=False)
     for ax, family in zip(axes[0], families):
         fam = summary[summary["family"] == family]
@@ -317,13 +327,13 @@ def plot_context_scaling(summary: pd.DataFrame, path: Path) -> None:
             g = g.sort_values("context_episodes")
             y = g["normalized_final_iqm"].to_numpy()
             err = np.vstack([y - g["normalized_ci_low"].to_numpy(), g["normalized_ci_high"].to_numpy() - y])
-            ax.errorbar(g["context_episodes"], y, yerr=err, marker="o", capsize=3, color=colours[arch])
+            ax.errorbar(g["context_episodes"], y, yerr=err, marker="o", capsize=3, color=arch_colours[arch])
         ax.axhline(0.0, color="grey", lw=0.8, ls=":")
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         if len(ad):
             _context_axis(ax, ad["context_episodes"])
         ax.set(title=family, xlabel="context (episodes, log2)", ylabel="normalised final return (IQM)")
-    handles = [plt.Line2D([], [], color=colours[a], marker="o", label=a) for a in archs]
+    handles = [plt.Line2D([], [], color=arch_colours[a], marker="o", label=a) for a in archs]
     handles += [
         plt.Line2D([], [], color="tab:purple", ls="-.", label="RL^2 (whole trial)"),
         plt.Line2D([], [], color="grey", ls="--", label="source final (1)"),
@@ -352,7 +362,7 @@ def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path) -> None:
     ]
     families = sorted(trained["family"].unique())
     archs = sorted(set(trained["arch"]) | set(costs["arch"]))
-    colours = dict(zip(archs, sns.color_palette("colorblind", len(archs))))
+    arch_colours = colours(archs)
     fig, axes = plt.subplots(3, len(families), figsize=(3.6 * len(families) + 1.5, 8), squeeze=False)
     for col, family in enumerate(families):
         for row, (data, column, name) in enumerate(panels):
@@ -360,7 +370,7 @@ def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path) -> None:
             fam = data[data["family"] == family]
             for arch, g in fam.groupby("arch"):
                 g = g.groupby("context_episodes")[column].mean()
-                ax.plot(g.index, g.to_numpy(), marker="o", color=colours[arch])
+                ax.plot(g.index, g.to_numpy(), marker="o", color=arch_colours[arch])
             if len(fam):
                 _context_axis(ax, fam["context_episodes"])
             ax.set_ylim(bottom=0)
@@ -369,7 +379,7 @@ def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path) -> None:
                 ylabel=name if col == 0 else "",
                 xlabel="context (episodes, log2)" if row == 2 else "",
             )
-    handles = [plt.Line2D([], [], color=colours[a], marker="o", label=a) for a in archs]
+    handles = [plt.Line2D([], [], color=arch_colours[a], marker="o", label=a) for a in archs]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.tight_layout()
     _save(fig, path)
@@ -399,8 +409,7 @@ def final_inference(inference: pd.DataFrame) -> pd.DataFrame:
     df = held_out(inference)
     df = df[df["control"] == "none"]
     df = df.assign(model=[label(a, c) for a, c in zip(df["arch"], df["context_episodes"])])
-    n = df.groupby(["family", "model"])["episode"].transform("max") + 1
-    final = df[df["episode"] >= n - np.maximum(1, np.ceil(0.1 * n))]
+    final = final_episodes(df, ["family", "model"])
     keys = ["family", "model", "quantity", "seed", "eval_seed", "task"]
     circular = final["quantity"] == "direction_of_travel"
     final = final.assign(
@@ -456,7 +465,7 @@ def plot_task_inference(inference: pd.DataFrame, path: Path) -> None:
     final = final.assign(achieved=np.where(circular, final["target"] + offset, final["achieved"]))
     models = sorted(final["model"].unique(), key=lambda m: (m in ("source", "random"), m))
     learned = [m for m in models if m not in ("source", "random")]
-    palette = {**dict(zip(learned, sns.color_palette("colorblind", len(learned)))), "source": "black", "random": "0.65"}
+    palette = {**colours(learned), "source": "black", "random": "0.65"}
     families = sorted(final["family"].unique())
     fig, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families) + 1.5, 3.8), squeeze=False)
     for ax, family in zip(axes[0], families):

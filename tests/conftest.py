@@ -1,6 +1,9 @@
 """Shared fixtures: the repository's configs and one small real dataset built once per session."""
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,13 @@ from adbench import config as cfglib
 from adbench.histories import merge_shards, num_shards, run_shard
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake_cli(workdir, *args, timeout=1200) -> subprocess.CompletedProcess:
+    """`python -m snakemake` on this repository's Snakefile in `workdir`, this interpreter's tools on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from adbench import config as cfglib
 from adbench.models import ARCHITECTURES
 from adbench.tasks import FAMILIES
 
-from .conftest import REPO
+from .conftest import REPO, snakemake_cli
 
 
 def test_default_and_smoke_configs_are_valid():
@@ -147,24 +147,7 @@ def test_text_that_is_not_a_number_is_left_for_validation_to_reject():
 
 @pytest.mark.slow
 def test_snakemake_plans_contexts_and_seeds_given_on_the_command_line(tmp_path):
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "-n",
-            "--config",
-            "context_episodes=[2,4,8]",
-            "seeds=[0,1]",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = snakemake_cli(tmp_path, "-n", "--config", "context_episodes=[2,4,8]", "seeds=[0,1]", timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     jobs = dict(re.findall(r"^(train|evaluate)\s+(\d+)$", run.stdout, re.M))
     families = len(cfglib.load([REPO / "config.yaml"])["families"])

@@ -1,15 +1,13 @@
 """Scheduler requests: estimated from the config and the job's context, fixed values checked before submission."""
 
 import re
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from adbench import resources
 
-from .conftest import REPO
+from .conftest import REPO, snakemake_cli
 
 
 def test_training_memory_and_time_grow_with_the_context(cfg):
@@ -42,23 +40,7 @@ def test_workflow_stops_before_submitting_a_job_that_asks_too_little(tmp_path):
     smoke = yaml.safe_load((REPO / "workflow/configs/smoke.yaml").read_text())
     smoke["resources"] = {"mem_mb": {"train": 100}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(smoke))
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "--configfile",
-            str(tmp_path / "c.yaml"),
-            "-n",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = snakemake_cli(tmp_path, "--configfile", str(tmp_path / "c.yaml"), "-n", timeout=300)
     assert run.returncode != 0
     line = [x for x in run.stderr.splitlines() if x.startswith("adbench:")]
     assert line and "resources.mem_mb.train = 100 MB is below" in line[0] and "train PointNav" in line[0], run.stderr[
@@ -69,25 +51,8 @@ def test_workflow_stops_before_submitting_a_job_that_asks_too_little(tmp_path):
 def test_paper_config_plans_the_full_experiment_with_per_job_requests(tmp_path):
     """`snakemake -n --profile workflow/profiles/slurm --configfile workflow/configs/paper.yaml`."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "--profile",
-            str(REPO / "workflow/profiles/slurm"),
-            "--configfile",
-            str(REPO / "workflow/configs/paper.yaml"),
-            "-n",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    profile, paper = str(REPO / "workflow/profiles/slurm"), str(REPO / "workflow/configs/paper.yaml")
+    run = snakemake_cli(tmp_path, "--profile", profile, "--configfile", paper, "-n", timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", run.stdout.split("Job stats:")[1], re.M))
     assert {k: int(v) for k, v in stats.items()} == {

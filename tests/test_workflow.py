@@ -14,31 +14,13 @@ from PIL import Image
 from adbench.data import validate_file
 from adbench.figures import SUMMARY_COLUMNS
 
-from .conftest import REPO
+from .conftest import REPO, snakemake_cli
 
 pytestmark = pytest.mark.slow
 
 
 def snakemake(workdir: Path, *args, check=True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(workdir),
-            "--configfile",
-            str(REPO / "workflow/configs/smoke.yaml"),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1200,
-    )
+    run = snakemake_cli(workdir, "--configfile", str(REPO / "workflow/configs/smoke.yaml"), *args)
     if check and run.returncode != 0:
         raise AssertionError(f"snakemake {args} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     return run

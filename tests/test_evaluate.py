@@ -129,7 +129,7 @@ class RewardHillClimber:
 
 def _gains(returns):
     """(controls, seeds, tasks, episodes) -> in-context gain per control and the reward-driven gain."""
-    from adbench.figures import bootstrap_ci
+    from adbench.statistics import bootstrap_ci
 
     final = returns[..., -3:].mean(-1)
     driven = (final[0] - final[2]).ravel()

@@ -2,8 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import stats
 
-from adbench.figures import edge, inference_summary, iqm, make_all, source_improvement, summarize
+from adbench.figures import compare, edge, inference_summary, make_all, source_improvement, summarize
 
 
 def _table(arch, ctx, slope, episodes=10, tasks=6, seeds=(0, 1), level=-50.0, control="none"):
@@ -33,9 +34,8 @@ def _refs():
     return pd.concat([rnd, src])
 
 
-def test_iqm_is_the_mean_of_the_middle_half():
-    assert iqm(np.array([0, 1, 2, 3, 4, 5, 6, 100.0])) == pytest.approx(3.5)
-    assert edge(24) == 3 and edge(5) == 1
+def test_edges_are_a_tenth_of_the_episodes_at_least_one():
+    assert edge(24) == 3 and edge(5) == 1 and edge(10) == 1 and edge(11) == 2
 
 
 def test_summary_gain_and_normalisation():
@@ -127,8 +127,18 @@ def test_make_all_writes_a_figure_and_tables(tmp_path):
         [tmp_path / "metrics.csv"],
         [tmp_path / "costs.csv"],
     )
-    for name in ("in_context_return", "source_learning_curves", "context_scaling", "cost"):
+    for name in (
+        "in_context_return",
+        "source_learning_curves",
+        "context_scaling",
+        "cost",
+        "aggregate_scores",
+        "probability_of_improvement",
+    ):
         assert Image.open(tmp_path / f"figures/{name}.png").size[0] > 100
+        assert (tmp_path / f"figures/{name}.pdf").read_bytes().startswith(b"%PDF")
+    comparison = pd.read_csv(tmp_path / "tables/comparison.csv")
+    assert comparison[["x", "y"]].values.tolist() == [["mamba", "rl2"]]  # the one AD model against the baseline
     summary = pd.read_csv(tmp_path / "tables/summary.csv")
     assert list(summary.columns)[:5] == ["family", "arch", "context_episodes", "source", "train_env_steps"]
     summary = summary.set_index("arch")
@@ -267,7 +277,8 @@ def test_normalised_score_uses_each_tasks_own_random_and_source_levels():
     )
     s = summarize(models, refs).iloc[0]
     scores = np.array([(-160 + 300) / 280, (-80 + 100) / 20, (-150 + 200) / 100])  # 0.5, 1.0, 0.5
-    assert s["normalized_final_iqm"] == pytest.approx(iqm(scores))
+    assert s["normalized_final_iqm"] == pytest.approx(stats.trim_mean(scores, 0.25))
+    assert s["optimality_gap"] == pytest.approx(1 - np.minimum(scores, 1).mean())
     assert s["random_return"] == pytest.approx(-200.0) and s["source_final_return"] == pytest.approx(
         np.mean([-20, -80, -100])
     )
@@ -292,3 +303,30 @@ def test_a_rows_confidence_intervals_do_not_depend_on_the_other_rows():
     together = summarize(pd.concat([_table("mamba", 4, 2.0), _table("transformer", 4, 0.5)]), _refs()).set_index("arch")
     cols = ["gain_ci_low", "gain_ci_high", "normalized_ci_low", "normalized_ci_high"]
     assert alone.loc["mamba", cols].tolist() == together.loc["mamba", cols].tolist()
+
+
+def _two_family_models(mamba_final, transformer_final):
+    """PointNav and a copy named F2: mamba and transformer at context 4, flat curves at the given finals."""
+    frames = []
+    for family in ("PointNav", "F2"):
+        for arch, final in (("mamba", mamba_final), ("transformer", transformer_final)):
+            frames.append(_table(arch, 4, 0.0, level=final).assign(family=family))
+    return pd.concat(frames)
+
+
+def test_compare_gives_p_mamba_beats_transformer_per_family_and_over_families():
+    refs = pd.concat([_refs(), _refs().assign(family="F2")])
+    table = compare(_two_family_models(-10.0, -40.0), refs).set_index("family")
+    assert sorted(table.index) == ["F2", "PointNav", "all"]
+    assert (table["x"] == "mamba").all() and (table["y"] == "transformer").all()
+    assert table.loc["all", "tasks"] == 12 and table.loc["PointNav", "tasks"] == 6 and table.loc["all", "runs"] == 2
+    assert table["probability"].tolist() == [1.0, 1.0, 1.0]  # every mamba run above every transformer run
+    even = compare(_two_family_models(-25.0, -25.0), refs)
+    assert even["probability"].tolist() == [0.5, 0.5, 0.5] and (even["ci_low"] == 0.5).all()
+
+
+def test_compare_needs_every_task_to_have_every_run():
+    models = _two_family_models(-10.0, -40.0)
+    models = models[~((models["task"] == "test-0003") & (models["seed"] == 1) & (models["arch"] == "mamba"))]
+    with pytest.raises(ValueError, match=r"tasks \['test-0003'\] lack some"):
+        compare(models, pd.concat([_refs(), _refs().assign(family="F2")]))

@@ -1,7 +1,6 @@
 """Result tables -> the benchmark's figures and summary tables (reads only the tidy CSVs)."""
 
 import math
-import zlib
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from . import statistics  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
 
 SUMMARY_COLUMNS = [
@@ -31,6 +31,9 @@ SUMMARY_COLUMNS = [
     "normalized_final_iqm",
     "normalized_ci_low",
     "normalized_ci_high",
+    "optimality_gap",
+    "optimality_gap_ci_low",
+    "optimality_gap_ci_high",
     "zero_reward_gain",
     "zero_reward_gain_ci_low",
     "zero_reward_gain_ci_high",
@@ -42,7 +45,6 @@ SUMMARY_COLUMNS = [
     "reward_driven_ci_high",
 ]
 RUN = ["seed", "eval_seed", "task"]
-BOOTSTRAP = 2000
 # Models without an AD context (online meta-RL baselines) carry context_episodes = 0 in the tables.
 NO_CONTEXT = 0
 
@@ -54,20 +56,6 @@ def label(arch: str, ctx: int) -> str:
 def edge(episodes: int) -> int:
     """How many episodes make the first / last 10% of a run (at least one)."""
     return max(1, math.ceil(0.1 * episodes))
-
-
-def bootstrap_ci(values: np.ndarray, stat, rng: np.random.Generator) -> tuple[float, float]:
-    """95% percentile bootstrap CI of stat over the units in `values`."""
-    idx = rng.integers(len(values), size=(BOOTSTRAP, len(values)))
-    stats = np.array([stat(values[i]) for i in idx])
-    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
-
-
-def iqm(x: np.ndarray) -> float:
-    """Interquartile mean (Agarwal et al. 2021, rliable): the mean of the middle 50%."""
-    x = np.sort(x)
-    lo, hi = int(np.floor(0.25 * len(x))), int(np.ceil(0.75 * len(x)))
-    return float(x[lo : max(hi, lo + 1)].mean())
 
 
 def load(paths: list) -> pd.DataFrame:
@@ -164,11 +152,28 @@ def task_levels(refs: pd.DataFrame) -> pd.DataFrame:
     return levels.assign(gap=np.maximum(gap, floor))
 
 
+def normalized_units(models: pd.DataFrame, refs: pd.DataFrame) -> pd.DataFrame:
+    """run_scores with each unit's normalised final return: (final - random) / gap, with its task's levels."""
+    levels = task_levels(refs)[["family", "task", "random", "gap"]]
+    units = run_scores(models).merge(levels, on=["family", "task"], how="left", validate="many_to_one")
+    if units["gap"].isna().any():
+        missing = sorted(units.loc[units["gap"].isna(), "task"].unique())
+        raise ValueError(f"no random or source reference for tasks {missing}; rerun the reference rule")
+    return units.assign(normalized=(units["final"] - units["random"]) / units["gap"]).drop(columns=["random", "gap"])
+
+
+def _with_ci(name: str, estimate: tuple, ci: str | None = None) -> dict:
+    """(point, low, high) -> the summary's columns name, <ci>_ci_low, <ci>_ci_high (ci defaults to name)."""
+    ci = ci or name
+    return {name: estimate[0], f"{ci}_ci_low": estimate[1], f"{ci}_ci_high": estimate[2]}
+
+
 def summarize(
     models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0, costs: pd.DataFrame | None = None
 ) -> pd.DataFrame:
-    """One row per (family, arch, context): returns, gains and control gains with 95% bootstrap CIs, and
-    (given the evaluate stage's cost tables) the environment steps each model's training consumed."""
+    """One row per (family, arch, context): returns, gains and control gains, the normalised final return's
+    IQM and optimality gap, each with a 95% CI (`statistics`), and (given the evaluate stage's cost tables)
+    the source and the environment steps each model's training consumed."""
     budget = (
         {}
         if costs is None or "train_env_steps" not in costs
@@ -179,24 +184,20 @@ def summarize(
         if costs is None or "source" not in costs
         else (costs.groupby(["family", "arch", "context_episodes"])["source"].first().to_dict())
     )
-    scores = run_scores(models)
-    levels = task_levels(refs).set_index(["family", "task"])
+    units = normalized_units(models, refs)
+    units = units.assign(gain=units["final"] - units["first"])
     refs = held_out(refs)
     rows = []
-    for family, fam in scores.groupby("family"):
+    for family, fam in units.groupby("family"):
         ref = refs[refs["family"] == family]
         random_level = ref[ref["arch"] == "random"]["return"].mean()
         src = ref[ref["arch"] == "source"]
-        src_final = src[src["episode"] >= src["episode"].max() + 1 - edge(int(src["episode"].max()) + 1)][
-            "return"
-        ].mean()
+        src_final = final_episodes(src, "family")["return"].mean()
         for (arch, ctx), runs in fam.groupby(["arch", "context_episodes"]):
             # a row's resamples depend on the row alone, not on which other models are in the table
-            rng = np.random.default_rng([seed, zlib.crc32(f"{family}/{arch}/{ctx}".encode())])
+            row_seed = statistics.row_seed(seed, family, arch, ctx)
             g = runs[runs["control"] == "none"]
-            gain = (g["final"] - g["first"]).to_numpy()
-            lv = levels.loc[[(family, t) for t in g["task"]]]
-            norm = (g["final"].to_numpy() - lv["random"].to_numpy()) / lv["gap"].to_numpy()
+            norm = statistics.score_matrix(g, "normalized")
             row = {
                 "family": family,
                 "arch": arch,
@@ -208,36 +209,72 @@ def summarize(
                 "final_return": g["final"].mean(),
                 "source_final_return": src_final,
                 "random_return": random_level,
-                "gain": gain.mean(),
-                **dict(zip(["gain_ci_low", "gain_ci_high"], bootstrap_ci(gain, np.mean, rng))),
-                "normalized_final_iqm": iqm(norm),
-                **dict(zip(["normalized_ci_low", "normalized_ci_high"], bootstrap_ci(norm, iqm, rng))),
+                **_with_ci("gain", statistics.interval(statistics.score_matrix(g, "gain"), "mean", row_seed)),
+                **_with_ci("normalized_final_iqm", statistics.interval(norm, "iqm", row_seed), "normalized"),
+                **_with_ci("optimality_gap", statistics.interval(norm, "optimality_gap", row_seed)),
             }
             for control, name in (("zero_reward", "zero_reward_gain"), ("other_task_reward", "other_task_gain")):
                 c = runs[runs["control"] == control]
                 if len(c):
-                    cgain = (c["final"] - c["first"]).to_numpy()
                     row.update(
-                        {
-                            name: cgain.mean(),
-                            **dict(zip([f"{name}_ci_low", f"{name}_ci_high"], bootstrap_ci(cgain, np.mean, rng))),
-                        }
+                        _with_ci(name, statistics.interval(statistics.score_matrix(c, "gain"), "mean", row_seed))
                     )
             other = runs[runs["control"] == "other_task_reward"]
             if len(other):
                 # final return seeing the true rewards minus seeing another task's, run by run
                 paired = g.set_index(RUN)["final"] - other.set_index(RUN)["final"]
                 driven = paired.dropna().to_numpy()
-                row.update(
-                    {
-                        "reward_driven_gain": driven.mean(),
-                        **dict(
-                            zip(["reward_driven_ci_low", "reward_driven_ci_high"], bootstrap_ci(driven, np.mean, rng))
-                        ),
-                    }
-                )
+                ci = statistics.bootstrap_ci(driven, np.mean, np.random.default_rng(row_seed))
+                row.update(_with_ci("reward_driven_gain", (driven.mean(), *ci), "reward_driven"))
             rows.append(row)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+COMPARISON_COLUMNS = ["family", "context_episodes", "x", "y", "runs", "tasks", "probability", "ci_low", "ci_high"]
+ALL_FAMILIES = "all"
+
+
+def compare(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """P(X > Y) on the normalised final return (`statistics.probability_of_improvement`), seeing the true
+    rewards: for each family and context, between the AD architectures (alphabetically, so P(mamba >
+    transformer)) and of each AD model over each baseline without a context (RL^2); and per context over
+    all families together (their tasks side by side), where every family has the same runs per task."""
+    units = normalized_units(models, refs)
+    units = units[units["control"] == "none"]
+    matrices = {
+        key: statistics.score_matrix(g, "normalized")
+        for key, g in units.groupby(["family", "arch", "context_episodes"])
+    }
+    families = sorted(units["family"].unique())
+    contexts = sorted(c for c in units["context_episodes"].unique() if c != NO_CONTEXT)
+    ad = sorted(units.loc[units["context_episodes"] != NO_CONTEXT, "arch"].unique())
+    baselines = sorted(units.loc[units["context_episodes"] == NO_CONTEXT, "arch"].unique())
+    pairs = [((x, c), (y, c)) for c in contexts for i, x in enumerate(ad) for y in ad[i + 1 :]]
+    pairs += [((x, c), (b, NO_CONTEXT)) for c in contexts for x in ad for b in baselines]
+    rows = []
+    for (x, cx), (y, cy) in pairs:
+        per_family = [(f, matrices.get((f, x, cx)), matrices.get((f, y, cy))) for f in families]
+        per_family = [(f, mx, my) for f, mx, my in per_family if mx is not None and my is not None]
+        groups = [(f, [mx], [my]) for f, mx, my in per_family]
+        if len(per_family) > 1 and len({m.shape[0] for _, mx, my in per_family for m in (mx, my)}) == 1:
+            groups.append((ALL_FAMILIES, [mx for _, mx, _ in per_family], [my for _, _, my in per_family]))
+        for family, xs, ys in groups:
+            mx, my = np.hstack(xs), np.hstack(ys)
+            estimate = statistics.probability_of_improvement(mx, my, statistics.row_seed(seed, family, x, cx, y, cy))
+            rows.append(
+                {
+                    "family": family,
+                    "context_episodes": cx,
+                    "x": x,
+                    "y": y,
+                    "runs": min(mx.shape[0], my.shape[0]),
+                    "tasks": mx.shape[1],
+                    "probability": estimate[0],
+                    "ci_low": estimate[1],
+                    "ci_high": estimate[2],
+                }
+            )
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
 CONTROL_STYLES = {"none": "-", "other_task_reward": "--", "zero_reward": ":"}
@@ -385,6 +422,52 @@ def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+def _intervals(ax, points, lows, highs, names, colors) -> None:
+    """One horizontal 95% interval per name, top to bottom, the point estimate as a tick."""
+    for i, (p, lo, hi, c) in enumerate(zip(points, lows, highs, colors)):
+        ax.plot([lo, hi], [i, i], color=c, lw=6, alpha=0.65, solid_capstyle="butt")
+        ax.plot([p], [i], marker="|", ms=12, mew=1.5, color="black")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+
+
+def plot_aggregates(summary: pd.DataFrame, path: Path) -> None:
+    """rliable's aggregates of the normalised final return with their 95% CIs, a row per family: the IQM
+    (0 the random policy, 1 the source's final episodes) and the optimality gap (distance below 1)."""
+    summary = summary.assign(model=[label(a, c) for a, c in zip(summary["arch"], summary["context_episodes"])])
+    families = sorted(summary["family"].unique())
+    palette = colours(sorted(summary["model"].unique()))
+    height = max(1.0, 0.3 * summary.groupby("family").size().max() + 0.6)
+    fig, axes = plt.subplots(len(families), 2, figsize=(7, height * len(families) + 0.4), squeeze=False)
+    panels = [("normalized_final_iqm", "normalized", "IQM"), ("optimality_gap", "optimality_gap", "optimality gap")]
+    for row, family in enumerate(families):
+        fam = summary[summary["family"] == family].sort_values("model")
+        for col, (column, ci, name) in enumerate(panels):
+            ax = axes[row, col]
+            names = fam["model"].tolist()
+            _intervals(ax, fam[column], fam[f"{ci}_ci_low"], fam[f"{ci}_ci_high"], names, [palette[m] for m in names])
+            ax.axvline(0.0 if col == 1 else 1.0, color="grey", ls="--", lw=0.8)
+            if col == 1:
+                ax.set_yticklabels([])
+            ax.set(title=f"{family}: {name}" if col == 0 else name)
+            if row == len(families) - 1:
+                ax.set_xlabel("normalised final return" if col == 0 else "1 - mean(min(score, 1))")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_improvement(comparison: pd.DataFrame, path: Path) -> None:
+    """P(X > Y) on the normalised final return with its 95% CI, per family (and all together) and context."""
+    names = [f"{r.family}, ctx {r.context_episodes}: {r.x} > {r.y}" for r in comparison.itertuples()]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * max(len(names), 2) + 0.9))
+    tone = ["black" if f == ALL_FAMILIES else "tab:blue" for f in comparison["family"]]
+    _intervals(ax, comparison["probability"], comparison["ci_low"], comparison["ci_high"], names, tone)
+    ax.axvline(0.5, color="grey", ls="--", lw=0.8)
+    ax.set(xlim=(0, 1), xlabel="probability of improvement P(X > Y)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
 INFERENCE_SUMMARY_COLUMNS = [
     "family",
     "model",
@@ -512,9 +595,11 @@ def plot_task_inference(inference: pd.DataFrame, path: Path) -> None:
 
 
 def _save(fig, path) -> None:
+    """The figure as PNG at `path` and as PDF beside it (same name, .pdf)."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip("."))
+    for target in (path, path.with_suffix(".pdf")):
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, dpi=150, bbox_inches="tight", format=target.suffix.lstrip("."))
     plt.close(fig)
 
 
@@ -556,7 +641,11 @@ def make_all(
     costs = pd.concat([pd.read_csv(p) for p in inference_costs]) if inference_costs else None
     summary = summarize(models, refs, costs=costs)
     _write_table(summary, out / "tables/summary.csv", out / "tables/summary.md")
+    comparison = compare(models, refs)
+    _write_table(comparison, out / "tables/comparison.csv", out / "tables/comparison.md")
     plot_context_scaling(summary, out / "figures/context_scaling.png")
+    plot_aggregates(summary, out / "figures/aggregate_scores.png")
+    plot_improvement(comparison, out / "figures/probability_of_improvement.png")
     if inference_csvs:
         inference = pd.concat([pd.read_csv(p) for p in inference_csvs], ignore_index=True)
         _write_table(inference_summary(inference), out / "tables/task_inference.csv", out / "tables/task_inference.md")

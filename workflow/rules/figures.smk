@@ -1,3 +1,15 @@
+# Every figure is written as PNG and as PDF (figures._save)
+FIGURES = [
+    "in_context_return",
+    "context_scaling",
+    "cost",
+    "task_inference",
+    "source_learning_curves",
+    "aggregate_scores",
+    "probability_of_improvement",
+]
+
+
 rule figures:
     input:
         models=model_tables(),
@@ -26,6 +38,23 @@ rule figures:
             caption="../report/task_inference.rst",
             category="In-context RL",
         ),
+        aggregates=report(
+            "results/figures/aggregate_scores.png",
+            caption="../report/aggregate_scores.rst",
+            category="Statistics",
+        ),
+        improvement=report(
+            "results/figures/probability_of_improvement.png",
+            caption="../report/probability_of_improvement.rst",
+            category="Statistics",
+        ),
+        pdfs=expand("results/figures/{name}.pdf", name=FIGURES),
+        comparison=report(
+            "results/tables/comparison.csv",
+            caption="../report/comparison.rst",
+            category="Tables",
+        ),
+        comparison_md="results/tables/comparison.md",
         task_inference_table="results/tables/task_inference.csv",
         task_inference_md="results/tables/task_inference.md",
         source_curves=report(

@@ -1,10 +1,6 @@
-import os
 import shutil
-import subprocess
-import sys
 from contextlib import contextmanager
 
-import numpy as np
 import pytest
 import torch
 
@@ -37,7 +33,7 @@ def _torch_threads(n: int):
 def _needs_native(impl: str) -> None:
     """The native kernel is built with the system's C compiler; where there is none it cannot be tested."""
     if impl == "native" and not HAS_COMPILER:
-        pytest.skip("no C compiler: the native scan kernel cannot be built (the numba kernel runs instead)")
+        pytest.skip("no C compiler: the native scan kernel cannot be built (the PyTorch scan runs instead)")
 
 
 def _scan_inputs(b, d, n, length, variable_bc=True, grouped=False, dtype=torch.float64, seed=0):
@@ -57,7 +53,7 @@ def _scan_inputs(b, d, n, length, variable_bc=True, grouped=False, dtype=torch.f
     return u, delta, A, B, C, r(d), r(b, d, length), r(d)
 
 
-@pytest.mark.parametrize("impl", ["torch", "fused", "native"])
+@pytest.mark.parametrize("impl", ["torch", "native"])
 @pytest.mark.parametrize("length, chunk", [(37, 8), (64, 64), (5, 16), (130, 32)])
 @pytest.mark.parametrize("use_z, use_d, use_bias", [(True, True, True), (False, False, False), (True, False, True)])
 def test_scan_equals_reference_outputs_and_gradients(impl, length, chunk, use_z, use_d, use_bias):
@@ -76,7 +72,7 @@ def test_scan_equals_reference_outputs_and_gradients(impl, length, chunk, use_z,
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(last, ref_last, rtol=1e-10, atol=1e-10)
     w = torch.randn_like(out)
-    through_last = last.sum() if impl == "torch" else 0.0  # the fused kernel's last state is inference-only
+    through_last = last.sum() if impl == "torch" else 0.0  # the native kernel's last state is inference-only
     grads = torch.autograd.grad((out * w).sum() + through_last, leaves, allow_unused=True)
     ref_grads = torch.autograd.grad(
         (ref * w).sum() + (ref_last.sum() if impl == "torch" else 0.0), leaves, allow_unused=True
@@ -97,14 +93,14 @@ def test_scan_accepts_fixed_and_grouped_b_c(kind):
     )
 
 
-@pytest.mark.parametrize("impl, d", [("fused", 4), ("native", 4), ("native", 16)])
+@pytest.mark.parametrize("impl, d", [("torch", 4), ("native", 4), ("native", 16)])
 def test_kernel_gradients_with_grouped_b_c_and_long_odd_lengths(impl, d):
     _needs_native(impl)
     if impl == "native" and d % 16:  # channel groups that are not whole vector blocks: not native
         from adbench.models.scan import scan_implementation
 
         u, _, _, B, C, *_ = _scan_inputs(2, d, 3, 5, grouped=True)
-        assert scan_implementation(u, B, C) == "fused"
+        assert scan_implementation(u, B, C) == "torch"
         return
     u, delta, A, B, C, D, z, bias = _scan_inputs(2, d, 3, 201, grouped=True)
     leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
@@ -114,7 +110,7 @@ def test_kernel_gradients_with_grouped_b_c_and_long_odd_lengths(impl, d):
         torch.testing.assert_close(g, rg, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("impl", ["torch", "fused", "native"])
+@pytest.mark.parametrize("impl", ["torch", "native"])
 def test_scan_passes_gradcheck(impl):
     _needs_native(impl)
     u, delta, A, B, C, D, z, bias = _scan_inputs(1, 2, 2, 7)
@@ -122,7 +118,7 @@ def test_scan_passes_gradcheck(impl):
     assert torch.autograd.gradcheck(lambda *x: selective_scan(*x, delta_softplus=True, chunk=3, impl=impl), inputs)
 
 
-@pytest.mark.parametrize("impl", ["torch", "fused", "native"])
+@pytest.mark.parametrize("impl", ["torch", "native"])
 def test_scan_float32_matches_float64_reference(impl):
     _needs_native(impl)
     args = _scan_inputs(2, 8, 16, 300)
@@ -147,12 +143,14 @@ def test_scan_picks_the_native_kernel_on_cpu_and_honours_the_override(monkeypatc
 
     u, _, _, B, C, *_ = _scan_inputs(1, 2, 2, 5)
     assert scan_implementation(u, B, C) == "native"
-    assert scan_implementation(u, torch.randn(2, 2), C) == "torch"  # fixed B is not fused
-    for choice in ("fused", "torch", "native"):
+    assert scan_implementation(u, torch.randn(2, 2), C) == "torch"  # the C kernel takes variable B only
+    assert scan_implementation(u.half(), B.half(), C.half()) == "torch"  # and float32 or float64
+    assert scan_implementation(u, torch.randn(1, 65, 5), C) == "torch"  # and states of at most 64
+    for choice in ("torch", "native"):
         monkeypatch.setenv("ADBENCH_SCAN", choice)
         assert scan_implementation(u, B, C) == choice
     monkeypatch.setenv("ADBENCH_SCAN", "fast")
-    with pytest.raises(ValueError, match="ADBENCH_SCAN='fast' is not one of auto, native, fused, torch"):
+    with pytest.raises(ValueError, match="ADBENCH_SCAN='fast' is not one of auto, native, torch"):
         scan_implementation(u, B, C)
 
 
@@ -162,7 +160,10 @@ def test_native_conv_silu_equals_torchs_conv1d(monkeypatch, dtype, width, thread
     """On 4 threads the 3 sequences are too few to go one per thread, so the kernels split the steps
     (each unit's last dx reaches K - 1 steps into the next unit's range); width 3 is the generic path."""
     _needs_native("native")
-    from adbench.models.scan import conv_silu
+    from adbench.models import kernels
+
+    def conv_silu(x, w, b):
+        return kernels.conv_silu(x, w, b, kernels.choose(x))
 
     g = torch.Generator().manual_seed(0)
     xz = torch.randn(3, 50, 40, generator=g, dtype=dtype)  # x is a strided slice, as Mamba's in_proj makes it
@@ -210,7 +211,10 @@ def test_native_rms_norm_equals_torchs_ops(monkeypatch, dtype, threads):
     """RMSNorm by the C kernel against torch's ops: output and the input's and weight's gradients; width
     21 (a whole vector block of floats and a partial one), rows split over threads."""
     _needs_native("native")
-    from adbench.models.scan import rms_norm
+    from adbench.models import kernels
+
+    def rms_norm(x, w, eps):
+        return kernels.rms_norm(x, w, eps, kernels.choose(x))
 
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(3, 7, 21, generator=g, dtype=dtype) * 3, torch.randn(21, generator=g, dtype=dtype)
@@ -222,28 +226,6 @@ def test_native_rms_norm_equals_torchs_ops(monkeypatch, dtype, threads):
             outs.append(rms_norm(x, w, 1e-5))
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(*outs, rtol=tol, atol=tol)
-
-
-def test_fused_scan_keeps_torchs_thread_count():
-    """numba's first parallel launch resets the process's OpenMP thread count; a job's `threads` must
-    survive it. In a fresh process, since the reset happens once per process."""
-    code = (
-        "import torch; torch.set_num_threads(1)\n"
-        "from adbench.models import selective_scan\n"
-        "u = torch.randn(2, 8, 40, requires_grad=True)\n"
-        "B, C = torch.randn(2, 4, 40), torch.randn(2, 4, 40)\n"
-        "out = selective_scan(u, torch.rand(2, 8, 40), -torch.rand(8, 4), B, C, delta_softplus=True, impl='fused')\n"
-        "out.sum().backward()\n"
-        "print(torch.get_num_threads())\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "NUMBA_NUM_THREADS": "2"},
-    )
-    assert out.stdout.split() == ["1"]
 
 
 def _tokens(b, length, d, seed=0):
@@ -351,17 +333,6 @@ def test_unknown_architecture_names_the_known_ones():
         build("lstm", 2, 2)
 
 
-def test_fused_float32_decay_is_exp_to_float32_precision():
-    from adbench.models.scan_fused import _decay
-
-    x = np.concatenate([-np.geomspace(1e-8, 87.0, 2000), np.linspace(-87.0, 5.0, 2000)])
-    fast = np.array([_decay(np.float32(v), True) for v in x], dtype=np.float64)
-    exact = np.exp(x.astype(np.float32).astype(np.float64))
-    assert np.max(np.abs(fast - exact) / exact) < 2e-6
-    assert _decay(np.float32(-1e4), True) < 1e-37  # clamped far below float32's smallest normal: no NaN or inf
-    assert _decay(-0.3, False) == np.exp(-0.3)  # float64: the exact exp
-
-
 @pytest.mark.parametrize("scan", ["auto", "torch"])  # the native block where it runs; autograd's checkpointing
 def test_mamba_layer_checkpointing_in_batch_slices_keeps_outputs_and_gradients(monkeypatch, scan):
     arch = "mamba"
@@ -387,14 +358,14 @@ def test_mamba_layer_checkpointing_in_batch_slices_keeps_outputs_and_gradients(m
 def test_the_mamba_ssm_branch_returns_the_true_last_state_of_a_fixed_b(monkeypatch):
     """mamba_ssm's kernel returns a fixed B's last state without its factor B (seen on an H100 in
     tests/test_cuda.py); `selective_scan` multiplies it back. Here a stand-in kernel with that quirk."""
-    from adbench.models import scan
+    from adbench.models import kernels, scan
 
     def quirky(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
         out, last = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True)
         return out, last / B
 
     monkeypatch.setattr(scan, "scan_implementation", lambda *a: "mamba_ssm")
-    monkeypatch.setattr(scan, "_mamba_ssm", lambda: quirky)
+    monkeypatch.setattr(kernels, "mamba_ssm_scan", lambda: quirky)
     u, delta, A, B, C, D, z, bias = _scan_inputs(2, 4, 3, 21, variable_bc=False)
     _, last = selective_scan(u, delta, A, B, C, D, z, bias, True, return_last_state=True)
     _, ref_last = selective_scan_ref(u, delta, A, B, C, D, z, bias, True, return_last_state=True)
@@ -493,7 +464,7 @@ def test_native_scan_results_do_not_depend_on_the_thread_count():
             assert torch.equal(a, b)
 
 
-def test_without_a_compiler_the_scan_warns_and_falls_back_to_numba(monkeypatch, tmp_path):
+def test_without_a_compiler_the_scan_warns_and_falls_back_to_pytorch(monkeypatch, tmp_path):
     from adbench.models import scan_native
     from adbench.models.scan import scan_implementation
 
@@ -502,7 +473,7 @@ def test_without_a_compiler_the_scan_warns_and_falls_back_to_numba(monkeypatch, 
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     u, _, _, B, C, *_ = _scan_inputs(1, 2, 2, 5)
     with pytest.warns(UserWarning, match="building the native scan kernel .* failed"):
-        assert scan_implementation(u, B, C) == "fused"
+        assert scan_implementation(u, B, C) == "torch"
     assert not list(tmp_path.glob("*.so"))
 
 
@@ -515,3 +486,87 @@ def test_native_scan_splits_channels_across_threads_for_a_single_sequence():
     for a, b, c in zip(*runs):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
         assert torch.equal(b, c)
+
+
+def _scan_kernel_args():
+    """Arguments of scan_native.scan_forward as Mamba passes them: float32, channel-last (b, d, l) views."""
+    u, delta, A, B, C, D, z, bias = (a.float() for a in _scan_inputs(2, 16, 4, 20))
+    last = lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731
+    return dict(
+        u=last(u), delta=last(delta), At=A.t().contiguous(), Bg=B[:, None], Cg=C[:, None], D=D, z=last(z), bias=bias
+    )
+
+
+@pytest.mark.parametrize(
+    "name, change, message",
+    [
+        ("delta", lambda t: t.double(), r"delta: dtype torch.float64 \(not torch.float32\)"),
+        ("D", lambda t: t[:15], r"D: shape \(15,\) \(not \(16,\)\)"),
+        ("z", lambda t: t.to("meta"), r"z: device meta \(not cpu\)"),
+        ("u", lambda t: t.contiguous(), r"u: strides \(320, 20, 1\) \(dimension 1 must have stride 1\)"),
+        ("At", lambda t: t.t(), r"At: shape \(16, 4\) \(not \(4, 16\)\)"),
+        ("bias", lambda t: t.half(), r"bias: dtype torch.float16"),
+        ("Bg", lambda t: t[..., :-1], r"B: shape \(2, 1, 4, 19\) \(not \(2, 1, 4, 20\)\)"),
+    ],
+)
+def test_native_scan_refuses_a_wrong_argument_with_a_python_error(name, change, message):
+    _needs_native("native")
+    from adbench.models import scan_native
+
+    args = _scan_kernel_args()
+    scan_native.scan_forward(**args, softplus=True)  # as given: accepted
+    args[name] = change(args[name])
+    with pytest.raises(ValueError, match="native kernel argument " + message):
+        scan_native.scan_forward(**args, softplus=True)
+
+
+def test_native_conv_norm_and_backward_refuse_wrong_arguments():
+    _needs_native("native")
+    from adbench.models import scan_native
+
+    x, wT, bias = torch.randn(2, 9, 16), torch.randn(4, 16), torch.randn(16)
+    with pytest.raises(ValueError, match=r"native kernel argument wT: dtype torch.float64"):
+        scan_native.conv_forward(x, wT.double(), bias)
+    with pytest.raises(ValueError, match=r"native kernel argument x: strides .* \(dimension 2 must have stride 1\)"):
+        scan_native.conv_forward(x.transpose(1, 2).contiguous().transpose(1, 2), wT, bias)
+    with pytest.raises(ValueError, match=r"native kernel argument gout: shape \(2, 9, 15\)"):
+        scan_native.conv_backward(x, wT, bias, torch.randn(2, 9, 15))
+    with pytest.raises(ValueError, match=r"native kernel argument weight: shape \(15,\) \(not \(16,\)\)"):
+        scan_native.rms_norm_forward(x, torch.ones(15), 1e-5)
+    with pytest.raises(ValueError, match=r"native kernel argument x: strides .* \(not contiguous\)"):
+        scan_native.rms_norm_forward(x.transpose(0, 1), torch.ones(16), 1e-5)
+    h, rs = scan_native.rms_norm_forward(x, torch.ones(16), 1e-5)
+    with pytest.raises(ValueError, match=r"native kernel argument rs: shape \(2, 8\) \(not \(2, 9\)\)"):
+        scan_native.rms_norm_backward(x, torch.ones(16), rs[:, :8], h, None, torch.empty_like(x))
+    args = _scan_kernel_args()
+    _, ckpt, _ = scan_native.scan_forward(**args, softplus=True)
+    with pytest.raises(ValueError, match=r"native kernel argument dout: shape \(2, 16, 20\) \(not \(2, 20, 16\)\)"):
+        scan_native.scan_backward(**args, softplus=True, ckpt=ckpt, dout=torch.randn(2, 16, 20))
+
+
+def test_native_kernel_symbols_are_declared_with_their_argument_count():
+    """A call with an argument missing is refused by ctypes (TypeError), not run on garbage."""
+    _needs_native("native")
+    from adbench.models import scan_native
+
+    for dtype in (torch.float32, torch.float64):
+        for name, types in scan_native.SIGNATURES.items():
+            fn = scan_native._kernel(dtype, name)
+            assert len(fn.argtypes) == len(types)
+            with pytest.raises(TypeError):
+                fn(*([0] * (len(types) - 1)))
+
+
+def test_the_kernel_choice_is_logged_once_per_device_and_dtype(monkeypatch, caplog):
+    from adbench.models import kernels
+
+    monkeypatch.setattr(kernels, "_said", set())
+    monkeypatch.setenv("ADBENCH_SCAN", "torch")
+    with caplog.at_level("INFO", logger="adbench.models.kernels"):
+        for _ in range(3):
+            assert kernels.choose(torch.zeros(2), d_state=16) == "torch"
+        kernels.choose(torch.zeros(2, dtype=torch.float64))
+    assert [r.getMessage() for r in caplog.records] == [
+        "Mamba kernels for cpu float32: torch",
+        "Mamba kernels for cpu float64: torch",
+    ]

@@ -7,6 +7,7 @@ in order and validated against the schema) or as the JSON of the config sections
 
 import argparse
 import json
+import logging
 import sys
 
 from . import config as cfglib
@@ -203,13 +204,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from .data import DatasetError
-    from .models import ModelError
-    from .tasks import TaskError
-
+    # the package's own messages (e.g. which Mamba kernels run) go to stderr: the rule's log
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("adbench").addHandler(handler)
+    logging.getLogger("adbench").setLevel(logging.INFO)
     try:
         args.func(args)
-    except (cfglib.ConfigError, DatasetError, ModelError, TaskError, ValueError, FloatingPointError, RuntimeError) as e:
+    except (ValueError, FloatingPointError, RuntimeError) as e:  # the package's errors are ValueErrors
         print(f"adbench {args.stage}: error: {e}", file=sys.stderr)
         return 2
     return 0

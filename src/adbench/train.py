@@ -20,18 +20,11 @@ from .atomic import atomic_path, write_csv
 from .data import WindowSampler, input_statistics, validate_file
 from .devices import pick_device
 from .models import build, count_parameters, save_checkpoint
-from .models.scan import scan_implementation
 from .progress import say
 from .seeding import derive_seed
 
 SECTIONS = ["dataset", "model", "train"]
 METRICS = ["family", "arch", "context_episodes", "seed", "step", "loss", "lr", "tokens_per_s", "peak_mem_mib"]
-
-
-def scan_on(device: torch.device) -> str:
-    """Which selective-scan implementation Mamba will use on this device (said in the log)."""
-    probe = torch.zeros(1, 1, 1, device=device)
-    return scan_implementation(probe, probe, probe)
 
 
 def lr_at(step: int, cfg: dict) -> float:
@@ -99,7 +92,7 @@ def run(
             say(f"resuming from {ckpt_path} at step {step}", progress)
     say(
         f"{arch}: {count_parameters(model)} parameters, context {context_episodes} episodes = {window} tokens, "
-        f"device {device}" + (f", selective scan: {scan_on(device)}" if arch == "mamba" else ""),
+        f"device {device}",
         progress,
     )
     bar = tqdm(

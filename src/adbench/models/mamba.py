@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import mamba_native
+from . import kernels, mamba_native
 from .recompute import checkpointed
-from .scan import conv_silu, rms_norm, selective_scan
+from .scan import selective_scan
 
 
 class RMSNorm(nn.Module):
@@ -23,7 +23,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x):
-        return rms_norm(x, self.weight, self.eps)
+        return kernels.rms_norm(x, self.weight, self.eps, kernels.choose(x))
 
 
 class Mamba(nn.Module):
@@ -64,8 +64,9 @@ class Mamba(nn.Module):
         """hidden (b, l, d_model) -> (b, l, d_model), over the whole sequence. Activations stay
         channel-last, (b, l, d_inner), as the projections make them; the scan takes (b, d_inner, l)
         views of them (mamba_ssm's layout, transposed without copying)."""
+        impl = kernels.choose(hidden, self.d_state)
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (b, l, d_inner) each
-        x = conv_silu(x, self.conv1d.weight, self.conv1d.bias)
+        x = kernels.conv_silu(x, self.conv1d.weight, self.conv1d.bias, impl)
         dt, B, C = self._ssm_inputs(x)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, l, d_inner); the bias is added in the scan
         y = selective_scan(
@@ -139,7 +140,7 @@ class MambaBackbone(nn.Module):
         for layer in self.layers:
             if not (self.checkpoint_layers and torch.is_grad_enabled()):
                 x = layer(x)
-            elif mamba_native.supported(layer, x):  # a backward that reruns only what it needs
+            elif mamba_native.supported(layer, x):  # the fast path: a backward that reruns only what it needs
                 x = mamba_native.checkpointed_block(layer, x)
             else:
                 x = checkpointed(layer, x)

@@ -5,7 +5,7 @@ What autograd's checkpointing of a block recomputes in backward is the whole for
 recomputes only what the gradients need: the input projection, the convolution and the step sizes.
 The scan's chunk states are kept from the forward (n * d / 64 numbers per token, half a block input's
 worth at d_state 16), and so is x_proj's output (dt_rank + 2 n per token, a third of a block input's
-worth; rerunning it took 7 ms of a 16k-token slice's ~250 ms backward on one thread), so the backward
+worth, cheaper to keep than to rerun), so the backward
 kernel starts from them and gives back the scan's output as it goes, which the output projection's
 weight gradient takes; the output projection is not rerun, and the gradients of the two halves of the
 input projection are written side by side, not concatenated. Both passes run over slices of the batch of at most
@@ -17,9 +17,8 @@ checkpointed by autograd.
 import torch
 import torch.nn.functional as F
 
-from . import scan_native
+from . import kernels, scan_native
 from .recompute import batch_slices
-from .scan import native_kernels
 
 
 def _inputs(mixer, h: torch.Tensor, wT, xz_buffer: torch.Tensor, x_dbl: torch.Tensor, kept: bool):
@@ -123,15 +122,9 @@ class _Block(torch.autograd.Function):
 
 
 def supported(block, x: torch.Tensor) -> bool:
-    """Whether the native block runs for this input: the native kernels are chosen (ADBENCH_SCAN) and
-    run on x, the block's state size is one the scan kernel holds and its parameters are of x's dtype."""
-    native = native_kernels()
-    return (
-        native is not None
-        and block.mixer.d_state <= native.MAX_STATE
-        and all(p.dtype == x.dtype for p in block.parameters())
-        and native.runs_on(x)
-    )
+    """Whether the native block runs for this input: `kernels.choose` picks the native kernels for it
+    and the block's parameters are of x's dtype."""
+    return kernels.choose(x, block.mixer.d_state) == "native" and all(p.dtype == x.dtype for p in block.parameters())
 
 
 def checkpointed_block(block, x: torch.Tensor) -> torch.Tensor:

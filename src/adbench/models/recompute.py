@@ -1,14 +1,12 @@
 """Layer checkpointing for long contexts: keep only each layer's input, recompute the layer in backward.
 
 The recompute runs over slices of the batch of at most RECOMPUTE_TOKENS tokens each, so the peak of a
-layer's activations (and their gradients) is that of a slice, not of the whole batch: at 16k-token
-contexts a Mamba layer's intermediate (batch, length, d_inner) tensors are what fills memory
-(benchmarks/backbones.py, d_model 128, batch 8: 2.3 -> 1.4 GiB, and faster). Small slices are also
-faster: glibc serves each allocation over 32 MB with a fresh mmap, page-faulted on first touch and
-unmapped when freed, and a slice of 16k tokens keeps d_inner = 256 tensors at 16 MB, reused from the
-heap instead (Mamba at 16k tokens: 19.6 s with 32k-token slices, 14.9 s with 16k). The transformer
-keeps whole-batch checkpointing: sliced, its attention at 16k took twice the memory. Where the native
-kernels run, a Mamba block is checkpointed by `mamba_native` instead, over the same slices.
+layer's activations (and their gradients) is that of a slice, not of the whole batch: at long contexts a
+Mamba layer's intermediate (batch, length, d_inner) tensors are what fills memory. Slices also keep
+each tensor below glibc's mmap threshold (see `process`), so it is reused from the heap rather than
+mapped and faulted in afresh. The transformer keeps whole-batch checkpointing (sliced, its attention
+took more memory). Where the native kernels run, a Mamba block is checkpointed by `mamba_native`
+instead, over the same slices. Measurements: docs/performance.md.
 """
 
 import math

@@ -2,22 +2,18 @@
 
 h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,   y_t = C_t h_t + D u_t,   out = y * silu(z)
 
-`selective_scan_ref` is the plain sequential definition (the test oracle). `selective_scan` picks
-an implementation: on CPU, the C kernel of `scan_native` (channel-last, built with the system's C
-compiler on first use) or, where it cannot be built, the numba kernel of `scan_fused` (both keep
-the state local and recompute it per chunk in backward); elsewhere the chunked PyTorch scan below,
-where under autograd each chunk is checkpointed (its states are recomputed in backward), so at most
-one chunk of the (batch, d_inner, length, d_state) state exists at a time and memory grows
-linearly, and modestly, with length. On CUDA, with mamba_ssm installed (an optional extra),
-mamba_ssm's own kernels run instead; mamba_ssm is imported only then.
-ADBENCH_SCAN=native|fused|torch forces one implementation (torch also on CUDA), for benchmarks.
+`selective_scan_ref` is the plain sequential definition (the test oracle). `selective_scan` runs the
+implementation `kernels.choose` picks: mamba_ssm's CUDA kernel, the C kernel of `scan_native`, or the
+chunked PyTorch scan below, where under autograd each chunk is checkpointed (its states are recomputed
+in backward), so at most one chunk of the (batch, d_inner, length, d_state) state exists at a time and
+memory grows linearly, and modestly, with length.
 """
-
-import os
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from . import kernels, scan_native
 
 CHUNK = 64
 
@@ -93,78 +89,13 @@ def _scan_chunk(u, delta, A, B, C, h):
     return y.permute(1, 2, 0), hs[-1]
 
 
-SCAN_CHOICES = ("auto", "native", "fused", "torch")
-
-
-def _choice() -> str:
-    """ADBENCH_SCAN: 'auto' (the default), or one implementation forced: 'native', 'fused' or 'torch'."""
-    choice = os.environ.get("ADBENCH_SCAN", "auto")
-    if choice not in SCAN_CHOICES:
-        raise ValueError(f"ADBENCH_SCAN={choice!r} is not one of {', '.join(SCAN_CHOICES)}; unset it for 'auto'")
-    return choice
-
-
-def native_kernels():
-    """The C kernels' module (`scan_native`, built on first use), or None where ADBENCH_SCAN rules it out."""
-    if _choice() not in ("auto", "native"):
-        return None
-    from . import scan_native
-
-    return scan_native
-
-
-def _fused():
-    """The numba kernel's entry point, or None where it cannot run (no numba, or another choice)."""
-    if _choice() not in ("auto", "fused"):
-        return None
-    try:
-        from .scan_fused import fused_selective_scan
-    except ImportError:
-        return None
-    return fused_selective_scan
-
-
-def conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Mamba's silu(causal depthwise conv1d(x)) on channel-last x (b, l, d) -> (b, l, d): the C kernel
-    where the native scan runs, else torch's conv1d (on a transposed view)."""
-    native = native_kernels()
-    if native is not None and native.runs_on(x):
-        return native.NativeConvSilu.apply(x, weight, bias)
-    conv = F.conv1d(x.transpose(1, 2), weight, bias, padding=weight.shape[-1] - 1, groups=x.shape[2])
-    return F.silu(conv[..., : x.shape[1]]).transpose(1, 2)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x * (mean(x^2 over the last dimension) + eps)^-1/2 * weight: the C kernel where the native scan
-    runs (one pass over each row, where torch's ops take five), else torch's ops."""
-    native = native_kernels()
-    if native is not None and native.runs_on(x) and weight.dtype == x.dtype:
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-            return native.NativeRMSNorm.apply(x, weight, eps)
-        return native.rms_norm_forward(x.contiguous(), weight, eps)[0]  # (inference steps: no autograd Function)
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
-
-
-def _mamba_ssm():
-    """mamba_ssm's CUDA `selective_scan_fn`, imported only when asked for on a CUDA tensor."""
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except ImportError:
-        return None
-    return selective_scan_fn
-
-
 def scan_implementation(u, B, C) -> str:
-    """'mamba_ssm', 'native', 'fused' or 'torch': what `selective_scan` will run for these inputs."""
-    if _choice() == "torch":
+    """What `selective_scan` runs for these inputs: `kernels.choose`'s pick, or 'torch' where the C
+    kernel does not take them (a fixed B or C, channel groups that are not whole vector blocks)."""
+    name = kernels.choose(u, B.shape[-2] if B.dim() >= 3 else B.shape[-1])
+    if name == "native" and not scan_native.supports(u, B, C):
         return "torch"
-    if u.device.type == "cuda":
-        return "mamba_ssm" if _mamba_ssm() is not None else "torch"
-    native = native_kernels()
-    if native is not None and native.supports(u, B, C):
-        return "native"
-    fusable = u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64) and B.dim() >= 3 and C.dim() >= 3
-    return "fused" if fusable and _fused() is not None else "torch"
+    return name
 
 
 def selective_scan(
@@ -183,10 +114,12 @@ def selective_scan(
 ):
     """Memory-lean selective scan. Shapes as in mamba_ssm: u, delta, z (b, d, l); A (d, n);
     B, C (d, n) | (b, n, l) | (b, g, n, l); D, delta_bias (d,). Returns out (b, d, l) [, last_state (b, d, n)].
-    `impl`: 'auto' (the fastest that can run), 'native' (C), 'fused' (numba) or 'torch'."""
+    `impl`: 'auto' (`scan_implementation`'s pick) or one of kernels.IMPLEMENTATIONS."""
     chosen = scan_implementation(u, B, C) if impl == "auto" else impl
+    if chosen not in kernels.IMPLEMENTATIONS:
+        raise ValueError(f"impl={impl!r} is not 'auto' or one of {', '.join(kernels.IMPLEMENTATIONS)}")
     if chosen == "mamba_ssm":  # CUDA kernels (tests/test_cuda.py; not exercised by the CPU suite)
-        result = _mamba_ssm()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        result = kernels.mamba_ssm_scan()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
         if return_last_state and B.dim() == 2:
             # mamba_ssm's kernel keeps a fixed B's state without its factor B (B multiplies in at the
             # readout) and returns it so; the state of the recurrence above is that times B
@@ -194,12 +127,7 @@ def selective_scan(
             return out, last * B.to(last.dtype)
         return result
     if chosen == "native":
-        from .scan_native import native_selective_scan  # (not native_kernels(): an explicit impl ignores ADBENCH_SCAN)
-
-        out, last = native_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        return (out, last) if return_last_state else out
-    if chosen == "fused":
-        out, last = _fused()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        out, last = scan_native.native_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         return (out, last) if return_last_state else out
     return _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk)
 

@@ -10,9 +10,12 @@ The library is compiled with the system's C compiler (gcc or cc, -O3 -march=nati
 -fopenmp) into a cache folder keyed by the source, the flags and the CPU, and loaded with ctypes.
 Work is split over torch's thread count (batch elements, or channel blocks) and run on OpenMP
 threads: the loader gives the library the libgomp.so.1 that torch has already loaded, so the kernels
-share torch's warm thread pool instead of competing with its spinning workers (Python threads had
-made a 16k-token conv forward slower on two threads than on one). Where no compiler is found or the
-build fails, `library()` returns None and the scan falls back to the numba kernel.
+share torch's warm thread pool instead of competing with its spinning workers. Where no compiler is found or the
+build fails, `library()` returns None and `kernels.choose` picks the PyTorch implementations.
+
+Each kernel symbol is declared with its C argument types (`SIGNATURES`), and every entry point checks
+its tensors' dtype, device, shape and layout first, so that a wrong argument raises a ValueError
+naming it instead of corrupting memory.
 """
 
 import ctypes
@@ -57,8 +60,8 @@ def _build(dtype) -> Path | None:
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         warnings.warn(
-            "no C compiler (gcc or cc) found: Mamba's scan uses the numba kernel; install gcc for the "
-            "faster native one",
+            "no C compiler (gcc or cc) found: Mamba runs on the PyTorch scan; install gcc for the "
+            "faster native kernels",
             stacklevel=3,
         )
         return None
@@ -68,7 +71,7 @@ def _build(dtype) -> Path | None:
         source = SOURCE.read_bytes()
     except OSError:
         warnings.warn(
-            f"{SOURCE} is missing (an install without package data?): Mamba's scan uses the numba kernel", stacklevel=3
+            f"{SOURCE} is missing (an install without package data?): Mamba runs on the PyTorch scan", stacklevel=3
         )
         return None
     key = hashlib.sha256(source + " ".join([compiler] + flags).encode() + _cpu_key().encode())
@@ -89,7 +92,7 @@ def _build(dtype) -> Path | None:
         warnings.warn(
             f"building the native scan kernel with {compiler} in {path.parent} failed "
             f"({detail[0] if detail else e}); set ADBENCH_CACHE to a writable folder or install gcc. "
-            "Mamba's scan uses the numba kernel meanwhile",
+            "Mamba runs on the PyTorch scan meanwhile",
             stacklevel=3,
         )
         return None
@@ -97,6 +100,32 @@ def _build(dtype) -> Path | None:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+_I, _P, _IP = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
+_REAL = object()  # the variant's float type
+_UNITS = [_I, _IP]  # (nunits, units): every kernel's head
+SIGNATURES = {
+    "scan_forward_": _UNITS
+    + [_I, _I, _I, _I, _P, _I, _I, _P, _I, _I, _P, ctypes.c_int, _P, _P, _IP, _P, _IP, _P, _P, _I, _I]
+    + [_P, _P, _P, _I],
+    "scan_backward_": _UNITS
+    + [_I, _I, _I, _I, _P, _I, _I, _P, _I, _I, _P, ctypes.c_int, _P, _P, _IP, _P, _IP, _P, _P, _I, _I]
+    + [_P, _P, _P, _P, _P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _I],
+    "conv_silu_forward_": _UNITS + [_I, _I, _I, _P, _I, _I, _P, _P, _P],
+    "conv_silu_backward_": _UNITS + [_I, _I, _I, _P, _I, _I, _P, _P, _P, _P, _I, _I, _P, _P],
+    "rms_norm_forward_": _UNITS + [_I, _P, _P, _REAL, _P, _P],
+    "rms_norm_backward_": _UNITS + [_I, _P, _P, _P, _P, _P, _P, _P],
+}
+
+
+def _declare(lib, dtype) -> None:
+    """Give every kernel symbol its argument types (ctypes then refuses a call with the wrong count)."""
+    real = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
+    for name, types in SIGNATURES.items():
+        fn = getattr(lib, name + VARIANTS[dtype][1])
+        fn.argtypes = [real if t is _REAL else t for t in types]
+        fn.restype = None
 
 
 def library(dtype):
@@ -109,10 +138,32 @@ def library(dtype):
         if path is not None:
             try:
                 lib = ctypes.CDLL(str(path))
-            except OSError:
+                _declare(lib, dtype)
+            except (OSError, AttributeError):
                 lib = None
         _libs[dtype] = lib
     return _libs[dtype]
+
+
+def _check(name: str, t, dtype, shape, unit_stride: int | None = None, any_strides: bool = False) -> None:
+    """Raise a ValueError naming `name` unless t is a CPU tensor of `dtype` and `shape` that is contiguous
+    or, where `unit_stride` is given, has stride 1 along that dimension (the kernels read it so), or
+    has any strides (`any_strides`: the kernel is given them)."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"native kernel argument {name}: expected a tensor, got {type(t).__name__}")
+    problems = []
+    if t.device.type != "cpu":
+        problems.append(f"device {t.device} (not cpu)")
+    if t.dtype != dtype or dtype not in VARIANTS:
+        problems.append(f"dtype {t.dtype} (not {dtype if dtype in VARIANTS else 'float32 or float64'})")
+    if tuple(t.shape) != tuple(shape):
+        problems.append(f"shape {tuple(t.shape)} (not {tuple(shape)})")
+    elif unit_stride is None and not any_strides and not t.is_contiguous():
+        problems.append(f"strides {t.stride()} (not contiguous)")
+    elif unit_stride is not None and t.shape[unit_stride] > 1 and t.stride(unit_stride) != 1:
+        problems.append(f"strides {t.stride()} (dimension {unit_stride} must have stride 1)")
+    if problems:
+        raise ValueError(f"native kernel argument {name}: " + ", ".join(problems))
 
 
 def runs_on(x: torch.Tensor) -> bool:
@@ -130,6 +181,34 @@ def supports(u, B, C) -> bool:
         if x.dim() == 4 and x.shape[1] > 1 and (u.shape[1] // x.shape[1]) % lanes:
             return False
     return runs_on(u)
+
+
+def _check_optional(name: str, t, dtype, shape, unit_stride: int | None = None) -> None:
+    if t is not None:
+        _check(name, t, dtype, shape, unit_stride)
+
+
+def _check_scan(u, delta, At, Bg, Cg, D, z, bias) -> None:
+    """The arguments the scan kernels share: u, delta, z (b, d, l) with channel stride 1; At (n, d); Bg, Cg
+    (b, g, n, l) with any strides, one grouping g that divides d; D, bias (d,)."""
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:
+        raise ValueError("native kernel argument u: expected a (batch, channels, length) tensor")
+    dtype, (b, d, length) = u.dtype, u.shape
+    if not isinstance(Bg, torch.Tensor) or Bg.dim() != 4:
+        raise ValueError("native kernel argument B: expected a (batch, groups, state, length) tensor")
+    g, n = Bg.shape[1], Bg.shape[2]
+    if n > MAX_STATE or g == 0 or d % g:
+        raise ValueError(
+            f"native kernel arguments: state size {n} (at most {MAX_STATE}) and {g} groups of {d} channels"
+        )
+    _check("u", u, dtype, (b, d, length), unit_stride=1)
+    _check("delta", delta, dtype, (b, d, length), unit_stride=1)
+    _check("At", At, dtype, (n, d))
+    _check("B", Bg, dtype, (b, g, n, length), any_strides=True)
+    _check("C", Cg, dtype, (b, g, n, length), any_strides=True)
+    _check("D", D, dtype, (d,))
+    _check_optional("z", z, dtype, (b, d, length), unit_stride=1)
+    _check_optional("bias", bias, dtype, (d,))
 
 
 def _channel_last(t: torch.Tensor) -> torch.Tensor:
@@ -211,10 +290,12 @@ def scan_forward(u, delta, At, Bg, Cg, D, z, bias, softplus: bool, ckpt=None):
     """The forward kernel. u, delta, z: (b, d, l) with channel stride 1; At: (n, d); Bg, Cg: (b, g, n, l);
     D, bias: (d,) (bias and z may be None). Returns out (b, l, d), the chunk states ckpt (b, chunks, n, d)
     (written into `ckpt` where given) and the last state (b, n, d)."""
+    _check_scan(u, delta, At, Bg, Cg, D, z, bias)
     dtype, (b, d, length), n = u.dtype, u.shape, Bg.shape[2]
     out, last = u.new_empty(b, length, d), u.new_empty(b, n, d)
     if ckpt is None:
         ckpt = u.new_empty(b, (length + CHUNK - 1) // CHUNK, n, d)
+    _check("ckpt", ckpt, dtype, (b, (length + CHUNK - 1) // CHUNK, n, d))
     _kernel(dtype, "scan_forward_")(
         *_unit_args(_units(b, d, VARIANTS[dtype][0])),
         *_scan_head(u, delta, bias, softplus, At, Bg, Cg, D, z),
@@ -231,7 +312,12 @@ def scan_backward(u, delta, At, Bg, Cg, D, z, bias, softplus: bool, ckpt, dout, 
     Returns du, ddelta (b, l, d), dz (written into `dz` where given: (b, l, d), channel stride 1, else
     new; None without z), dA (n, d), dB, dC (b, g, l, n), dD and dbias (d,). Where `y` (b, l, d) is
     given, the forward's output is recomputed into it."""
+    _check_scan(u, delta, At, Bg, Cg, D, z, bias)
     dtype, (b, d, length), n, g = u.dtype, u.shape, Bg.shape[2], Bg.shape[1]
+    _check("ckpt", ckpt, dtype, (b, (length + CHUNK - 1) // CHUNK, n, d))
+    _check("dout", dout, dtype, (b, length, d))
+    _check_optional("dz", dz, dtype, (b, length, d), unit_stride=2)
+    _check_optional("y", y, dtype, (b, length, d))
     du, ddelta = u.new_empty(b, length, d), u.new_empty(b, length, d)
     if z is not None and dz is None:
         dz = u.new_empty(b, length, d)
@@ -336,8 +422,17 @@ def _conv_units(batch: int, length: int) -> list:
     return [(0, batch, t_lo, t_hi) for t_lo, t_hi in _split(length, threads)]
 
 
+def _check_conv(x, wT, bias) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or not isinstance(wT, torch.Tensor) or wT.dim() != 2:
+        raise ValueError("native kernel arguments x, wT: expected (batch, length, channels) and (width, channels)")
+    _check("x", x, x.dtype, x.shape, unit_stride=2)
+    _check("wT", wT, x.dtype, (wT.shape[0], x.shape[2]))
+    _check("bias", bias, x.dtype, (x.shape[2],))
+
+
 def conv_forward(x, wT, bias):
     """silu(causal depthwise conv(x) + bias): x (b, l, d) with channel stride 1, wT (K, d) -> (b, l, d)."""
+    _check_conv(x, wT, bias)
     dtype, (b, length, d), k = x.dtype, x.shape, wT.shape[0]
     out = x.new_empty(b, length, d)
     _kernel(dtype, "conv_silu_forward_")(
@@ -355,7 +450,10 @@ def conv_forward(x, wT, bias):
 def conv_backward(x, wT, bias, gout, dx=None):
     """Gradients of conv_forward for gout (b, l, d) contiguous: dx (written into `dx` where given:
     (b, l, d), channel stride 1), dwT (K, d) and dbias (d,)."""
+    _check_conv(x, wT, bias)
     dtype, (b, length, d), k = x.dtype, x.shape, wT.shape[0]
+    _check("gout", gout, dtype, (b, length, d))
+    _check_optional("dx", dx, dtype, (b, length, d), unit_stride=2)
     dx = x.new_empty(b, length, d) if dx is None else dx
     units = _conv_units(b, length)
     dwT, dbias = x.new_empty(len(units), k, d), x.new_empty(len(units), d)
@@ -384,8 +482,16 @@ def _real(dtype, value: float):
     return (ctypes.c_float if dtype == torch.float32 else ctypes.c_double)(value)
 
 
+def _check_norm(x, weight) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        raise ValueError("native kernel argument x: expected a tensor of rows (..., width)")
+    _check("x", x, x.dtype, x.shape)
+    _check("weight", weight, x.dtype, (x.shape[-1],))
+
+
 def rms_norm_forward(x, weight, eps: float):
     """RMSNorm of x (..., m) contiguous: h = x rs weight and rs = (mean(x^2) + eps)^-1/2 (x.shape[:-1])."""
+    _check_norm(x, weight)
     h, rs = torch.empty_like(x), x.new_empty(x.shape[:-1])
     rows = rs.numel()
     _kernel(x.dtype, "rms_norm_forward_")(
@@ -404,6 +510,11 @@ def rms_norm_backward(x, weight, rs, dh, gin, gx):
     """RMSNorm's backward for dh (the gradient of h, contiguous like x): writes gin + dx into gx (contiguous;
     gin, the gradient arriving by the residual, may be gx itself, or None for none) and returns weight's
     gradient."""
+    _check_norm(x, weight)
+    _check("rs", rs, x.dtype, x.shape[:-1])
+    _check("dh", dh, x.dtype, x.shape)
+    _check_optional("gin", gin, x.dtype, x.shape)
+    _check("gx", gx, x.dtype, x.shape)
     units = _row_units(rs.numel())
     dw = x.new_empty(len(units), x.shape[-1])
     _kernel(x.dtype, "rms_norm_backward_")(

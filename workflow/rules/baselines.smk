@@ -13,7 +13,7 @@ rule rl2_train:
         out_dir=lambda wildcards, output: Path(output.model).parent,
     conda:
         "../../envs/train.yaml"
-    threads: config["rl2"]["threads"]
+    threads: family_threads("rl2")
     resources:
         mem_mb=mem_mb("rl2_train", 3000),
         runtime=runtime("rl2_train", 240),

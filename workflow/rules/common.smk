@@ -52,6 +52,16 @@ def settings(*sections):
     return for_job
 
 
+def family_threads(section):
+    """A threads function: `<section>.threads` for the job's family, with its overrides (so that a
+    family given more cores for its stage is scheduled with them)."""
+
+    def for_job(wildcards):
+        return adbench_config.for_family(config, wildcards.family)[section]["threads"]
+
+    return for_job
+
+
 def num_shards(family):
     cfg = adbench_config.for_family(config, family)
     return math.ceil((cfg["tasks"]["n_train"] + cfg["tasks"]["n_test"]) / cfg["source"]["tasks_per_shard"])

@@ -14,7 +14,7 @@ rule evaluate:
         settings=settings("evaluate"),
     conda:
         TRAIN_ENV
-    threads: config["evaluate"]["threads"]
+    threads: family_threads("evaluate")
     resources:
         mem_mb=mem_mb("evaluate", 2000),
         runtime=runtime("evaluate", 60),

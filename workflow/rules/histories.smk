@@ -9,7 +9,7 @@ rule expert:
         settings=settings("tasks", "source"),
     conda:
         "../../envs/sim.yaml"
-    threads: config["source"]["threads"]
+    threads: family_threads("source")
     resources:
         mem_mb=mem_mb("expert", 2000),
         runtime=runtime("expert", 120),
@@ -32,7 +32,7 @@ rule histories:
         expert=lambda wildcards, input: f"--expert {input.expert}" if input.expert else "",
     conda:
         "../../envs/sim.yaml"
-    threads: config["source"]["threads"]
+    threads: family_threads("source")
     resources:
         mem_mb=mem_mb("histories", 2000),
         runtime=runtime("histories", 120),

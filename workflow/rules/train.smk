@@ -13,7 +13,7 @@ rule train:
         out_dir=lambda wildcards, output: Path(output.model).parent,
     conda:
         TRAIN_ENV
-    threads: config["train"]["threads"]
+    threads: family_threads("train")
     resources:
         mem_mb=train_mem_mb,
         runtime=train_runtime,

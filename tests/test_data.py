@@ -161,3 +161,20 @@ def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("new")
     assert target.read_text() == "new" and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_final_observations_are_where_each_episode_ended(dataset):
+    """PointNav moves by 0.1 x the clipped action and rewards -distance after the move: the final
+    observation of each episode is the last observation moved by the last action, and the last reward
+    is minus its distance to the goal."""
+
+    with h5py.File(dataset) as f:
+        horizon = int(f.attrs["horizon"])
+        for g in f["tasks"].values():
+            goal = np.asarray(json.loads(g.attrs["task"])["goal"])
+            obs, act, rew = g["observations"][...], g["actions"][...], g["rewards"][...]
+            final = g["final_observations"][...]
+            last = slice(horizon - 1, None, horizon)
+            np.testing.assert_allclose(final, obs[:, last] + 0.1 * np.clip(act[:, last], -1, 1), atol=1e-5)
+            np.testing.assert_allclose(rew[:, last], -np.linalg.norm(final - goal, axis=-1), atol=1e-4)
+            assert not np.allclose(final[:, :-1], obs[:, horizon::horizon])  # not the next episode's reset

@@ -18,7 +18,7 @@ def _pins(requirements) -> dict:
     return out
 
 
-def _project_pins(extras=("workflow", "test", "cuda")) -> dict:
+def _project_pins(extras=("workflow", "test", "cuda", "minari")) -> dict:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     pins = _pins(project["dependencies"])
     for extra in extras:

@@ -77,6 +77,14 @@ def cmd_validate(args):
         print(f"{path}: OK {json.dumps(validate_file(path))}")
 
 
+def cmd_export_minari(args):
+    from .export import export_minari
+
+    dataset = export_minari(args.dataset, args.name, args.root)
+    where = args.root or "Minari's default folder (~/.minari/datasets or $MINARI_DATASETS_PATH)"
+    print(f"{args.name}: {dataset.total_episodes} episodes, {dataset.total_steps} steps, under {where}")
+
+
 def cmd_train(args):
     from .train import SECTIONS, run
 
@@ -139,9 +147,9 @@ def parser() -> argparse.ArgumentParser:
     def stage(name, func, help_):
         s = sub.add_parser(name, help=help_)
         s.set_defaults(func=func)
-        if name not in ("validate", "figures"):
+        if name not in ("validate", "figures", "export-minari"):
             s.add_argument("--config", nargs="+", metavar="FILE", help="config files, merged in order")
-        if name not in ("validate", "check-config", "figures"):
+        if name not in ("validate", "check-config", "figures", "export-minari"):
             s.add_argument("--settings", help="JSON of the config sections this stage needs")
         return s
 
@@ -154,6 +162,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--shard", type=int, required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--expert", help="the trained task-conditioned expert (source.noise_distill.expert task_ppo)")
+    s = stage("export-minari", cmd_export_minari, "write a history file as a Minari dataset")
+    s.add_argument("dataset", help="a history file (results/datasets/<family>.h5)")
+    s.add_argument("--name", required=True, help="the Minari dataset id, e.g. adbench/HalfCheetahVel/histories-v0")
+    s.add_argument("--root", help="folder of Minari datasets (default: Minari's own)")
     s = stage("dataset", cmd_dataset, "merge history shards into one validated dataset")
     s.add_argument("--family", required=True)
     s.add_argument("--out", required=True)

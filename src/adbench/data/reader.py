@@ -83,7 +83,11 @@ def _validate(f: h5py.File, path: Path) -> dict:
                 f"{where}: T={t} and episode_returns {g['episode_returns'].shape} do not match horizon {horizon} "
                 f"x episodes {episodes}"
             )
-        for name in ("observations", "actions", "rewards", "episode_returns"):
+        if g["final_observations"].shape != (h, episodes, this[2]):
+            raise DatasetError(
+                f"{where}/final_observations: shape {g['final_observations'].shape}, expected {(h, episodes, this[2])}"
+            )
+        for name in ("observations", "actions", "rewards", "episode_returns", "final_observations"):
             data = g[name][...]
             if not np.all(np.isfinite(data)):
                 raise DatasetError(f"{where}/{name}: contains NaN or inf")

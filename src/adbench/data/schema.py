@@ -1,8 +1,8 @@
 """The learning-history HDF5 contract (ARCHITECTURE.md): names, dtypes and ranks of every dataset."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: final_observations
 
-# name -> (dtype, rank); shapes are (H, T, dim), (H, T) or (H, E)
+# name -> (dtype, rank); shapes are (H, T, dim), (H, T), (H, E) or (H, E, dim)
 DATASETS = {
     "observations": ("float32", 3),
     "actions": ("float32", 3),
@@ -10,6 +10,7 @@ DATASETS = {
     "terminated": ("bool", 2),
     "truncated": ("bool", 2),
     "episode_returns": ("float32", 2),
+    "final_observations": ("float32", 3),  # the observation each episode ended in (after its last step)
 }
 SPLITS = ("train", "test")
 ROOT_ATTRS = (

@@ -3,15 +3,28 @@
 import numpy as np
 
 
-def empty_history(learners: int, steps: int, obs_dim: int, act_dim: int) -> dict:
-    """observations (K,T,obs), actions (K,T,act) (executed, clipped), rewards, terminated, truncated (K,T)."""
+def empty_history(learners: int, episodes: int, horizon: int, obs_dim: int, act_dim: int) -> dict:
+    """observations (K,T,obs), actions (K,T,act) (executed, clipped), rewards, terminated, truncated (K,T)
+    with T = episodes x horizon, and final_observations (K,E,obs): the observation each episode ended in."""
+    steps = episodes * horizon
     return {
         "observations": np.zeros((learners, steps, obs_dim), np.float32),
         "actions": np.zeros((learners, steps, act_dim), np.float32),
         "rewards": np.zeros((learners, steps), np.float32),
         "terminated": np.zeros((learners, steps), bool),
         "truncated": np.zeros((learners, steps), bool),
+        "final_observations": np.zeros((learners, episodes, obs_dim), np.float32),
     }
+
+
+def record_step(hist: dict, t: int, obs, action, reward, terminated, truncated, next_obs) -> None:
+    """Step t of every learner's history; at an episode's last step also the observation it ended in
+    (the one the time limit cut off, before the reset)."""
+    hist["observations"][:, t], hist["actions"][:, t] = obs, action
+    hist["rewards"][:, t], hist["terminated"][:, t], hist["truncated"][:, t] = reward, terminated, truncated
+    horizon = hist["observations"].shape[1] // hist["final_observations"].shape[1]
+    if (t + 1) % horizon == 0:
+        hist["final_observations"][:, t // horizon] = next_obs
 
 
 def finish_history(hist: dict, episodes: int) -> dict:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..tasks import BatchedTasks, get_family
 from ..tasks.inference import task_features
-from .history import empty_history, finish_history
+from .history import empty_history, finish_history, record_step
 from .ppo import PPOConfig, train_ppo
 from .task_expert import TaskExpert
 
@@ -79,7 +79,7 @@ def run_noise_distill(
     else:
         raise ValueError(f"unknown source.noise_distill.expert {cfg.expert!r}; use 'oracle', 'ppo' or 'task_ppo'")
     rng = np.random.default_rng(seed)
-    hist = empty_history(env.num_tasks, episodes * env.horizon, env.obs_dim, env.act_dim)
+    hist = empty_history(env.num_tasks, episodes, env.horizon, env.obs_dim, env.act_dim)
     t = 0
     for episode in tqdm(
         range(episodes), desc=f"noise distillation {family}", file=progress, mininterval=5, disable=not progress
@@ -99,7 +99,6 @@ def run_noise_distill(
                 noisy = rng.random(env.num_tasks) < eps
                 action[noisy] = rng.uniform(-1.0, 1.0, size=(int(noisy.sum()), env.act_dim))
             next_obs, reward, term, trunc = env.step(action)
-            hist["observations"][:, t], hist["actions"][:, t] = obs, action
-            hist["rewards"][:, t], hist["terminated"][:, t], hist["truncated"][:, t] = reward, term, trunc
+            record_step(hist, t, obs, action, reward, term, trunc, next_obs)
             obs, t = next_obs, t + 1
     return finish_history(hist, episodes)

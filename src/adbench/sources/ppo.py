@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..tasks import BatchedTasks
 from .batched_nets import BatchedMLP, RunningMeanStd, clip_grad_norm_per_learner
-from .history import empty_history, finish_history
+from .history import empty_history, finish_history, record_step
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -213,7 +213,7 @@ def train_ppo(
     env = BatchedTasks(family, tasks, horizon, threads)
     k, steps_per_rollout = env.num_tasks, cfg.rollout_episodes * env.horizon
     agent = BatchedPPO(k, env.obs_dim, env.act_dim, cfg, seed)
-    hist = empty_history(k, episodes * env.horizon, env.obs_dim, env.act_dim)
+    hist = empty_history(k, episodes, env.horizon, env.obs_dim, env.act_dim)
     num_updates = episodes // cfg.rollout_episodes
     obs = env.reset(seed=seed % (2**31))
     bar = tqdm(range(num_updates), desc=f"ppo {family} x{k}", file=progress, mininterval=5, disable=not progress)
@@ -225,8 +225,7 @@ def train_ppo(
             action, logp, value = agent.act(obs)
             executed = np.clip(action, -1.0, 1.0)
             next_obs, reward, term, trunc = env.step(executed)
-            hist["observations"][:, t], hist["actions"][:, t] = obs, executed
-            hist["rewards"][:, t], hist["terminated"][:, t], hist["truncated"][:, t] = reward, term, trunc
+            record_step(hist, t, obs, executed, reward, term, trunc, next_obs)
             end = term | trunc
             if trunc.any():
                 final_values[i] = torch.from_numpy(agent.value(next_obs) * trunc)

@@ -25,9 +25,11 @@ def get_family(name: str) -> Family:
 
 
 def register_all() -> None:
+    """Register every family as adbench/<Family>-v0 (a string entry point, so that its spec serialises)."""
     for fam in FAMILIES.values():
         if fam.env_id not in gym.registry:
-            gym.register(id=fam.env_id, entry_point=fam.env_class, kwargs={"horizon": fam.horizon})
+            entry_point = f"{fam.env_class.__module__}:{fam.env_class.__qualname__}"
+            gym.register(id=fam.env_id, entry_point=entry_point, kwargs={"horizon": fam.horizon})
 
 
 def make_env(family: str, task: dict, horizon: int | None = None):

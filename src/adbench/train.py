@@ -21,6 +21,7 @@ from .data import WindowSampler, input_statistics, validate_file
 from .devices import pick_device
 from .models import build, count_parameters, save_checkpoint
 from .progress import say
+from .resume import load_progress, save_progress
 from .seeding import derive_seed
 
 SECTIONS = ["dataset", "model", "train"]
@@ -39,11 +40,6 @@ def peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _atomic_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def run(
@@ -81,15 +77,14 @@ def run(
     )
     settings_digest = cfglib.digest({"cfg": {s: cfg[s] for s in SECTIONS}, "run": list(run_key)})
     ckpt_path, step, rows = out_dir / "checkpoint.pt", 0, []
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if ckpt.get("settings_digest") == settings_digest:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            sampler.rng.bit_generator.state = ckpt["sampler_rng"]
-            torch.set_rng_state(ckpt["torch_rng"])
-            step, rows = ckpt["step"], ckpt["metrics"]
-            say(f"resuming from {ckpt_path} at step {step}", progress)
+    saved = load_progress(ckpt_path, settings_digest, progress)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        sampler.rng.bit_generator.state = saved["sampler_rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        step, rows = saved["step"], saved["metrics"]
+        say(f"resuming from {ckpt_path} at step {step}", progress)
     say(
         f"{arch}: {count_parameters(model)} parameters, context {context_episodes} episodes = {window} tokens, "
         f"device {device}",
@@ -137,9 +132,10 @@ def run(
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             tokens, t0 = 0, time.perf_counter()
         if step % tcfg["checkpoint_every"] == 0 and step < tcfg["steps"]:
-            _atomic_save(
+            save_progress(
+                ckpt_path,
+                settings_digest,
                 {
-                    "settings_digest": settings_digest,
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "sampler_rng": sampler.rng.bit_generator.state,
@@ -147,7 +143,6 @@ def run(
                     "step": step,
                     "metrics": rows,
                 },
-                ckpt_path,
             )
         if stop_after is not None and step >= stop_after:
             raise KeyboardInterrupt(f"stopped after step {step} (stop_after)")

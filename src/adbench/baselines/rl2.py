@@ -28,6 +28,7 @@ from ..atomic import atomic_path, write_csv
 from ..data import open_histories, task_table, validate_file
 from ..models import checkpoint
 from ..progress import say
+from ..resume import load_progress, save_progress
 from ..seeding import derive_seed
 from ..sources.batched_nets import RunningMeanStd
 from ..sources.ppo import PPOSettings, RewardScaler, clipped_losses, gae, next_values
@@ -286,10 +287,10 @@ def meta_train(
             f"({cfg.trial_episodes} episodes x {env.horizon} steps)"
         )
     trainer = RL2Trainer(env.obs_dim, env.act_dim, env.num_tasks, cfg, seed)
-    if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=True)
-        if saved.get("settings_digest") == settings_digest:
-            trainer.load_state(saved["trainer"])
+    saved = load_progress(checkpoint, settings_digest, progress) if checkpoint is not None else None
+    if saved is not None:
+        trainer.load_state(saved)
+        say(f"resuming from {checkpoint} at update {trainer.update_index}", progress)
     bar = tqdm(
         total=cfg.updates,
         initial=trainer.update_index,
@@ -325,8 +326,7 @@ def meta_train(
         )
         done = trainer.update_index
         if checkpoint is not None and done % cfg.checkpoint_every == 0 and done < cfg.updates:
-            with atomic_path(checkpoint) as tmp:
-                torch.save({"settings_digest": settings_digest, "trainer": trainer.state()}, tmp)
+            save_progress(checkpoint, settings_digest, trainer.state())
         if stop_after is not None and done >= stop_after:
             raise KeyboardInterrupt(f"stopped after update {done} (stop_after)")
     bar.close()

@@ -19,6 +19,10 @@ def _feed(h, value) -> None:
         for key in sorted(value, key=str):
             h.update(str(key).encode())
             _feed(h, value[key])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"[{len(value)}".encode())
+        for item in value:
+            _feed(h, item)
     else:
         h.update(json.dumps(value, sort_keys=True, default=repr).encode())
 

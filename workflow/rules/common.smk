@@ -16,7 +16,8 @@ try:
     adbench_config.validate(config)
     # a fixed memory request below what a training job needs stops here, before any submission
     adbench_resources.check_train_requests(
-        config, [(f, a, c) for f in config["families"] for a in config["architectures"] for c in config["context_episodes"]]
+        config,
+        [(f, a, c) for f in config["families"] for a in config["architectures"] for c in config["context_episodes"]],
     )
 except adbench_config.ConfigError as error:
     sys.exit(f"adbench: invalid config: {error}")
@@ -24,7 +25,11 @@ except adbench_resources.ResourceError as error:
     sys.exit(f"adbench: resource request too small: {error}")
 
 # Training and evaluation on CUDA run in the env that pins a CUDA torch and mamba-ssm.
-TRAIN_ENV = "../../envs/train-cuda.yaml" if "cuda" in (config["train"]["device"], config["evaluate"]["device"]) else "../../envs/train.yaml"
+TRAIN_ENV = (
+    "../../envs/train-cuda.yaml"
+    if "cuda" in (config["train"]["device"], config["evaluate"]["device"])
+    else "../../envs/train.yaml"
+)
 
 # Rules call the package through its CLI (`python -m adbench`) with this checkout's src/ first on the
 # path, in whichever environment runs them (the project venv or an envs/ conda env). Snakemake formats
@@ -75,19 +80,29 @@ def expert_input(wildcards):
 
 
 def shard_paths(wildcards):
-    return expand("results/histories/{family}/shard-{shard}.h5", family=wildcards.family, shard=range(num_shards(wildcards.family)))
+    return expand(
+        "results/histories/{family}/shard-{shard}.h5",
+        family=wildcards.family,
+        shard=range(num_shards(wildcards.family)),
+    )
 
 
 def ad_runs():
     """{family}/{arch}-ctx{ctx}-seed{seed} of every AD training run."""
-    return expand("{family}/{arch}-ctx{ctx}-seed{seed}", family=config["families"], arch=config["architectures"],
-                  ctx=config["context_episodes"], seed=config["seeds"])
+    return expand(
+        "{family}/{arch}-ctx{ctx}-seed{seed}",
+        family=config["families"],
+        arch=config["architectures"],
+        ctx=config["context_episodes"],
+        seed=config["seeds"],
+    )
 
 
 def model_runs():
     """Every trained model: the AD runs, then each baseline's {family}/{baseline}-seed{seed}."""
-    return ad_runs() + expand("{family}/{baseline}-seed{seed}", family=config["families"], baseline=config["baselines"],
-                              seed=config["seeds"])
+    return ad_runs() + expand(
+        "{family}/{baseline}-seed{seed}", family=config["families"], baseline=config["baselines"], seed=config["seeds"]
+    )
 
 
 def model_tables():
@@ -131,7 +146,9 @@ def final_targets():
 
 def episode_strides():
     """`Family=k` for every family: figures place the source's history episode e at e / k."""
-    return " ".join(f"{f}={adbench_config.for_family(config, f)['dataset']['episode_stride']}" for f in config["families"])
+    return " ".join(
+        f"{f}={adbench_config.for_family(config, f)['dataset']['episode_stride']}" for f in config["families"]
+    )
 
 
 def mem_mb(rule, estimate):
@@ -150,7 +167,9 @@ def train_mem_mb(wildcards):
 
 
 def train_runtime(wildcards):
-    return runtime("train", adbench_resources.train_runtime_min(config, wildcards.family, wildcards.arch, int(wildcards.ctx)))
+    return runtime(
+        "train", adbench_resources.train_runtime_min(config, wildcards.family, wildcards.arch, int(wildcards.ctx))
+    )
 
 
 def gpus(section):

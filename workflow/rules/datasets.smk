@@ -5,14 +5,14 @@ rule dataset:
         "results/datasets/{family}.h5",
     log:
         "results/logs/datasets/{family}.log",
-    params:
-        settings=settings("tasks", "source"),
     conda:
         "../../envs/sim.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb("dataset", 2000),
         runtime=runtime("dataset", 30),
+    params:
+        settings=settings("tasks", "source"),
     shell:
         "python -m adbench dataset --settings {params.settings} --family {wildcards.family} "
         "--out {output} {input.shards} > {log} 2>&1"
@@ -27,14 +27,14 @@ rule minari:
         directory("results/minari"),
     log:
         "results/logs/minari.log",
-    params:
-        families=config["families"],
     conda:
         "../../envs/export.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb("minari", 4000),
         runtime=runtime("minari", 30),
+    params:
+        families=config["families"],
     shell:
         "for family in {params.families}; do python -m adbench export-minari results/datasets/$family.h5 "
         "--name adbench/$family/histories-v0 --root {output}; done > {log} 2>&1"

@@ -10,8 +10,6 @@ rule evaluate:
         "results/logs/evaluate/{family}/{run}.log",
     benchmark:
         "results/benchmarks/evaluate/{family}/{run}.tsv"
-    params:
-        settings=settings("evaluate"),
     conda:
         TRAIN_ENV
     threads: family_threads("evaluate")
@@ -19,6 +17,8 @@ rule evaluate:
         mem_mb=mem_mb("evaluate", 2000),
         runtime=runtime("evaluate", 60),
         gpu=gpus("evaluate"),
+    params:
+        settings=settings("evaluate"),
     shell:
         "OMP_NUM_THREADS={threads} python -m adbench evaluate --settings {params.settings} --dataset {input.dataset} "
         "--model {input.model} --out {output.returns} --cost-out {output.cost} --inference-out {output.inference} 2> {log}"
@@ -32,14 +32,14 @@ rule reference:
         inference="results/eval/{family}/reference.inference.csv",
     log:
         "results/logs/evaluate/{family}/reference.log",
-    params:
-        settings=settings("evaluate"),
     conda:
         "../../envs/sim.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb("reference", 2000),
         runtime=runtime("reference", 30),
+    params:
+        settings=settings("evaluate"),
     shell:
         "OMP_NUM_THREADS={threads} python -m adbench reference --settings {params.settings} --dataset {input.dataset} "
         "--out {output.returns} --inference-out {output.inference} 2> {log}"

@@ -76,14 +76,14 @@ rule figures:
         source_improvement_md="results/tables/source_improvement.md",
     log:
         "results/logs/figures.log",
-    params:
-        strides=episode_strides(),
     conda:
         "../../envs/figures.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb("figures", 2000),
         runtime=runtime("figures", 15),
+    params:
+        strides=episode_strides(),
     shell:
         "python -m adbench figures --episode-strides {params.strides} --models {input.models} "
         "--references {input.references} --train-metrics {input.train_metrics} "

@@ -8,9 +8,6 @@ rule train:
         "results/logs/train/{family}/{arch}-ctx{ctx}-seed{seed}.log",
     benchmark:
         "results/benchmarks/train/{family}/{arch}-ctx{ctx}-seed{seed}.tsv"
-    params:
-        settings=settings("dataset", "model", "train"),
-        out_dir=lambda wildcards, output: Path(output.model).parent,
     conda:
         TRAIN_ENV
     threads: family_threads("train")
@@ -18,6 +15,9 @@ rule train:
         mem_mb=train_mem_mb,
         runtime=train_runtime,
         gpu=gpus("train"),
+    params:
+        settings=settings("dataset", "model", "train"),
+        out_dir=lambda wildcards, output: Path(output.model).parent,
     shell:
         "OMP_NUM_THREADS={threads} python -m adbench train --settings {params.settings} --dataset {input.dataset} "
         "--arch {wildcards.arch} --ctx {wildcards.ctx} --seed {wildcards.seed} --out-dir {params.out_dir} 2> {log}"

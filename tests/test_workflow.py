@@ -49,10 +49,27 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     info = validate_file(results / "datasets/HalfCheetahVel.h5")
     assert info["source"] == "noise_distill(task_ppo)" and info["horizon"] == 20
     assert info["expert_env_steps"] == 8 * 4 * 20  # training tasks x expert episodes x horizon
-    for name in ("in_context_return", "source_learning_curves", "context_scaling", "cost", "task_inference"):
+    for name in (
+        "in_context_return",
+        "source_learning_curves",
+        "context_scaling",
+        "cost",
+        "task_inference",
+        "aggregate_scores",
+        "probability_of_improvement",
+    ):
         image = Image.open(results / f"figures/{name}.png")
         image.load()
         assert image.size[0] > 300
+        assert (results / f"figures/{name}.pdf").read_bytes().startswith(b"%PDF")
+    comparison = pd.read_csv(results / "tables/comparison.csv")
+    ad_vs_ad = comparison[comparison["y"] == "transformer"]
+    assert ad_vs_ad[["family", "context_episodes", "x"]].values.tolist() == [
+        ["HalfCheetahVel", 2, "mamba"],
+        ["PointNav", 2, "mamba"],
+        ["all", 2, "mamba"],
+    ]
+    assert comparison["probability"].between(0, 1).all()
     improvement = pd.read_csv(results / "tables/source_improvement.csv").set_index(["family", "split"])
     assert improvement.loc[("PointNav", "train"), "histories"] == 8
     assert improvement.loc[("PointNav", "test"), "histories"] == 4
@@ -61,14 +78,15 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     assert set(summary["arch"]) == {"mamba", "transformer", "rl2"}
     assert set(summary["family"]) == {"PointNav", "HalfCheetahVel"}
     assert (summary["train_env_steps"] > 0).all()
-    sources = summary.set_index(["family", "arch"])["source"]
+    sources = summary[summary["context_episodes"] != 3].set_index(["family", "arch"])["source"]
     assert sources[("PointNav", "mamba")] == "ppo" and sources[("HalfCheetahVel", "mamba")] == "noise_distill(task_ppo)"
     assert sources[("HalfCheetahVel", "rl2")] == "online"
-    hcv = summary[summary["family"] == "HalfCheetahVel"].set_index("arch")
+    hcv = summary[(summary["family"] == "HalfCheetahVel") & (summary["context_episodes"] != 3)].set_index("arch")
     assert hcv.loc["mamba", "train_env_steps"] == 8 * 16 * 20 + 8 * 4 * 20  # histories + the expert's training
     inference = pd.read_csv(results / "tables/task_inference.csv")
     assert set(inference[inference["family"] == "HalfCheetahVel"]["model"]) == {
         "mamba ctx 2",
+        "mamba ctx 3",
         "transformer ctx 2",
         "rl2",
         "source",
@@ -93,6 +111,11 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
         assert "parameters" in log and "60/60" in log
         cost = pd.read_csv(results / f"eval/PointNav/{arch}-ctx2-seed0.cost.csv")
         assert cost["ms_per_step"].iloc[0] > 0
+    assert not (results / "train/PointNav/transformer-ctx3-seed0").exists()  # beyond max_context: probed
+    probe = pd.read_csv(results / "costs/PointNav/transformer-ctx3.csv").iloc[0]
+    assert probe["context_episodes"] == 3 and probe["train_seconds_per_step"] > 0 and probe["ms_per_step"] > 0
+    assert probe["tokens_per_s"] == pytest.approx(probe["batch"] * 3 * 50 / probe["train_seconds_per_step"])
+    assert summary[summary["arch"] == "transformer"]["context_episodes"].tolist() == [2]
 
 
 def test_rerun_after_success_does_nothing(smoke_run):
@@ -103,7 +126,16 @@ def test_deleting_a_dataset_reruns_only_what_depends_on_it(smoke_run):
     (smoke_run / "results/datasets/PointNav.h5").unlink()
     try:
         jobs = planned_jobs(smoke_run)
-        assert jobs == {"dataset": 1, "train": 2, "rl2_train": 1, "evaluate": 3, "reference": 1, "figures": 1, "all": 1}
+        assert jobs == {
+            "dataset": 1,
+            "train": 3,
+            "cost_probe": 1,
+            "rl2_train": 1,
+            "evaluate": 4,
+            "reference": 1,
+            "figures": 1,
+            "all": 1,
+        }
     finally:
         snakemake(smoke_run, "--cores", "2")
     assert planned_jobs(smoke_run) == {}
@@ -115,9 +147,10 @@ def test_a_retrained_expert_reruns_its_familys_histories_and_what_follows(smoke_
         "expert": 1,
         "histories": 1,
         "dataset": 1,
-        "train": 2,
+        "train": 3,
+        "cost_probe": 1,
         "rl2_train": 1,
-        "evaluate": 3,
+        "evaluate": 4,
         "reference": 1,
         "figures": 1,
         "all": 1,

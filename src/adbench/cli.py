@@ -77,6 +77,12 @@ def cmd_validate(args):
         print(f"{path}: OK {json.dumps(validate_file(path))}")
 
 
+def cmd_cost_probe(args):
+    from .cost_probe import SECTIONS, probe
+
+    probe(_settings(args, SECTIONS), args.dataset, args.arch, args.ctx, args.out, progress=sys.stderr)
+
+
 def cmd_export_minari(args):
     from .export import export_minari
 
@@ -136,6 +142,7 @@ def cmd_figures(args):
         args.train_metrics,
         args.inference_costs,
         args.task_inference,
+        args.cost_probes,
     )
     print(summary.to_string(index=False))
 
@@ -162,6 +169,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--shard", type=int, required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--expert", help="the trained task-conditioned expert (source.noise_distill.expert task_ppo)")
+    s = stage("cost-probe", cmd_cost_probe, "measure training and inference cost at a context not trained at")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--arch", required=True)
+    s.add_argument("--ctx", type=int, required=True)
+    s.add_argument("--out", required=True, help="CSV of the measured costs")
     s = stage("export-minari", cmd_export_minari, "write a history file as a Minari dataset")
     s.add_argument("dataset", help="a history file (results/datasets/<family>.h5)")
     s.add_argument("--name", required=True, help="the Minari dataset id, e.g. adbench/HalfCheetahVel/histories-v0")
@@ -210,6 +222,7 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         help="task-inference diagnostic CSVs of the evaluate and reference stages",
     )
+    s.add_argument("--cost-probes", nargs="*", default=[], help="cost-probe CSVs (contexts not trained at)")
     s.add_argument("--out-dir", required=True, help="writes figures/ and tables/ under it")
     return p
 

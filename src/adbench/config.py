@@ -115,6 +115,18 @@ def validate(cfg: dict, sections: list | None = None, _whole: bool = True) -> di
     return cfg
 
 
+def trained_contexts(cfg: dict, arch: str) -> list:
+    """The contexts `arch` is trained at: context_episodes up to max_context[arch]."""
+    limit = cfg.get("max_context", {}).get(arch)
+    return [c for c in cfg["context_episodes"] if limit is None or c <= limit]
+
+
+def probed_contexts(cfg: dict, arch: str) -> list:
+    """The contexts beyond max_context[arch]: not trained, their cost measured (cost_probe)."""
+    trained = trained_contexts(cfg, arch)
+    return [c for c in cfg["context_episodes"] if c not in trained]
+
+
 def needs_expert(cfg: dict) -> bool:
     """Whether a family's histories are rolled out by a trained task-conditioned expert (the `expert` rule)."""
     src = cfg["source"]

@@ -381,35 +381,44 @@ def plot_context_scaling(summary: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path) -> None:
-    """(c) Training tokens/s and peak memory, and inference ms per step, against context length: a row per
-    quantity, a column per family, axes from zero."""
+def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path, probes: pd.DataFrame | None = None) -> None:
+    """(c) Training seconds per step and peak memory, and inference ms per batched step, against context
+    length: a row per quantity, a column per family, axes from zero. Filled markers: trained models;
+    hollow ones: contexts an architecture was not trained at, measured by the cost probe."""
     keys = ["family", "arch", "context_episodes", "seed"]
     trained = (
         metrics[metrics["step"] > metrics.groupby(keys)["step"].transform("min")]
         .groupby(keys)
-        .agg(tokens_per_s=("tokens_per_s", "mean"), peak_mem_mib=("peak_mem_mib", "max"))
+        .agg(seconds_per_step=("seconds_per_step", "mean"), peak_mem_mib=("peak_mem_mib", "max"))
         .reset_index()
     )
     costs = costs[costs["context_episodes"] != NO_CONTEXT]  # against context length: AD models only
+    probes = probes.rename(columns={"train_seconds_per_step": "seconds_per_step"}) if probes is not None else None
     panels = [
-        (trained, "tokens_per_s", "training tokens / s"),
-        (trained, "peak_mem_mib", "training peak memory (MiB)"),
-        (costs, "ms_per_step", "inference ms per batched step"),
+        ("trained", "seconds_per_step", "training seconds / step"),
+        ("trained", "peak_mem_mib", "training peak memory (MiB)"),
+        ("costs", "ms_per_step", "inference ms per batched step"),
     ]
+    sources = {"trained": trained, "costs": costs}
     families = sorted(trained["family"].unique())
-    archs = sorted(set(trained["arch"]) | set(costs["arch"]))
+    archs = sorted(set(trained["arch"]) | set(costs["arch"]) | (set(probes["arch"]) if probes is not None else set()))
     arch_colours = colours(archs)
     fig, axes = plt.subplots(3, len(families), figsize=(3.6 * len(families) + 1.5, 8), squeeze=False)
     for col, family in enumerate(families):
-        for row, (data, column, name) in enumerate(panels):
+        for row, (source, column, name) in enumerate(panels):
             ax = axes[row, col]
-            fam = data[data["family"] == family]
+            fam = sources[source][sources[source]["family"] == family]
+            contexts = set(fam["context_episodes"])
             for arch, g in fam.groupby("arch"):
                 g = g.groupby("context_episodes")[column].mean()
                 ax.plot(g.index, g.to_numpy(), marker="o", color=arch_colours[arch])
-            if len(fam):
-                _context_axis(ax, fam["context_episodes"])
+            if probes is not None:
+                for arch, g in probes[probes["family"] == family].groupby("arch"):
+                    g = g.groupby("context_episodes")[column].mean()
+                    ax.plot(g.index, g.to_numpy(), marker="o", mfc="none", ls="--", color=arch_colours[arch])
+                    contexts |= set(g.index)
+            if contexts:
+                _context_axis(ax, contexts)
             ax.set_ylim(bottom=0)
             ax.set(
                 title=family if row == 0 else "",
@@ -417,6 +426,10 @@ def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path) -> None:
                 xlabel="context (episodes, log2)" if row == 2 else "",
             )
     handles = [plt.Line2D([], [], color=arch_colours[a], marker="o", label=a) for a in archs]
+    if probes is not None and len(probes):
+        handles.append(
+            plt.Line2D([], [], color="0.4", marker="o", mfc="none", ls="--", label="not trained: cost probe")
+        )
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.tight_layout()
     _save(fig, path)
@@ -626,10 +639,12 @@ def make_all(
     train_metrics=(),
     inference_costs=(),
     inference_csvs=(),
+    cost_probes=(),
 ) -> pd.DataFrame:
     """Every figure and table under out_dir/{figures,tables}/. `strides`: {family: dataset.episode_stride},
     to place the source's history episodes on the in-context x-axis; the cost figure needs the training
-    metrics and inference costs; the task-inference figure and table the evaluations' diagnostics."""
+    metrics and inference costs (and draws the cost probes' measurements, where given); the
+    task-inference figure and table the evaluations' diagnostics."""
     out = Path(out_dir)
     models, refs = load(model_csvs), load(reference_csvs)
     missing = sorted(set(refs["family"]) - set(strides))
@@ -651,5 +666,6 @@ def make_all(
         _write_table(inference_summary(inference), out / "tables/task_inference.csv", out / "tables/task_inference.md")
         plot_task_inference(inference, out / "figures/task_inference.png")
     if train_metrics and inference_costs:
-        plot_cost(pd.concat([pd.read_csv(p) for p in train_metrics]), costs, out / "figures/cost.png")
+        probes = pd.concat([pd.read_csv(p) for p in cost_probes]) if cost_probes else None
+        plot_cost(pd.concat([pd.read_csv(p) for p in train_metrics]), costs, out / "figures/cost.png", probes)
     return summary

@@ -25,7 +25,18 @@ from .resume import load_progress, save_progress
 from .seeding import derive_seed
 
 SECTIONS = ["dataset", "model", "train"]
-METRICS = ["family", "arch", "context_episodes", "seed", "step", "loss", "lr", "tokens_per_s", "peak_mem_mib"]
+METRICS = [
+    "family",
+    "arch",
+    "context_episodes",
+    "seed",
+    "step",
+    "loss",
+    "lr",
+    "tokens_per_s",
+    "seconds_per_step",
+    "peak_mem_mib",
+]
 
 
 def lr_at(step: int, cfg: dict) -> float:
@@ -98,7 +109,7 @@ def run(
         mininterval=10,
         disable=not progress,
     )
-    tokens, t0 = 0, time.perf_counter()
+    tokens, steps, t0 = 0, 0, time.perf_counter()
     while step < tcfg["steps"]:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, tcfg)
@@ -110,7 +121,7 @@ def run(
         torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
         optimizer.step()
         step += 1
-        tokens += batch["action"].shape[0] * batch["action"].shape[1]
+        tokens, steps = tokens + batch["action"].shape[0] * batch["action"].shape[1], steps + 1
         bar.update(1)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower train.learning_rate")
@@ -126,11 +137,12 @@ def run(
                     "loss": loss.item(),
                     "lr": optimizer.param_groups[0]["lr"],
                     "tokens_per_s": tokens / elapsed,
+                    "seconds_per_step": elapsed / steps,
                     "peak_mem_mib": peak_memory_mib(device),
                 }
             )
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-            tokens, t0 = 0, time.perf_counter()
+            tokens, steps, t0 = 0, 0, time.perf_counter()
         if step % tcfg["checkpoint_every"] == 0 and step < tcfg["steps"]:
             save_progress(
                 ckpt_path,

@@ -17,7 +17,12 @@ try:
     # a fixed memory request below what a training job needs stops here, before any submission
     adbench_resources.check_train_requests(
         config,
-        [(f, a, c) for f in config["families"] for a in config["architectures"] for c in config["context_episodes"]],
+        [
+            (f, a, c)
+            for f in config["families"]
+            for a in config["architectures"]
+            for c in adbench_config.trained_contexts(config, a)
+        ],
     )
 except adbench_config.ConfigError as error:
     sys.exit(f"adbench: invalid config: {error}")
@@ -88,14 +93,24 @@ def shard_paths(wildcards):
 
 
 def ad_runs():
-    """{family}/{arch}-ctx{ctx}-seed{seed} of every AD training run."""
-    return expand(
-        "{family}/{arch}-ctx{ctx}-seed{seed}",
-        family=config["families"],
-        arch=config["architectures"],
-        ctx=config["context_episodes"],
-        seed=config["seeds"],
-    )
+    """{family}/{arch}-ctx{ctx}-seed{seed} of every AD training run (each arch up to its max_context)."""
+    return [
+        f"{family}/{arch}-ctx{ctx}-seed{seed}"
+        for family in config["families"]
+        for arch in config["architectures"]
+        for ctx in adbench_config.trained_contexts(config, arch)
+        for seed in config["seeds"]
+    ]
+
+
+def cost_probes():
+    """The cost measurements of the contexts an architecture is not trained at (beyond max_context)."""
+    return [
+        f"results/costs/{family}/{arch}-ctx{ctx}.csv"
+        for family in config["families"]
+        for arch in config["architectures"]
+        for ctx in adbench_config.probed_contexts(config, arch)
+    ]
 
 
 def model_runs():

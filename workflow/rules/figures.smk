@@ -17,6 +17,7 @@ rule figures:
         train_metrics=train_metrics(),
         inference_costs=inference_costs(),
         task_inference=task_inference_tables(),
+        cost_probes=cost_probes(),
     output:
         in_context=report(
             "results/figures/in_context_return.png",
@@ -87,4 +88,5 @@ rule figures:
     shell:
         "python -m adbench figures --episode-strides {params.strides} --models {input.models} "
         "--references {input.references} --train-metrics {input.train_metrics} "
-        "--inference-costs {input.inference_costs} --task-inference {input.task_inference} --out-dir results > {log} 2>&1"
+        "--inference-costs {input.inference_costs} --task-inference {input.task_inference} "
+        "--cost-probes {input.cost_probes} --out-dir results > {log} 2>&1"

@@ -1,0 +1,111 @@
+"""The cost of an AD model at a context it is not trained at (`max_context`): measured, not assumed.
+
+In a process of its own (so that its peak memory is the model's): the model built at that context's
+window, a few training steps on real windows of the dataset (seconds per step after one warm-up
+step, tokens per second, peak memory), and batched inference steps with the recurrent state or the
+cache filled to the whole context (milliseconds per step, over the last steps). The cost figure
+draws these beside the trained models' costs, marked as probes.
+"""
+
+import time
+
+import numpy as np
+import torch
+
+from . import process
+from .atomic import write_csv
+from .data import WindowSampler, input_statistics, validate_file
+from .devices import pick_device
+from .models import build
+from .progress import say
+from .seeding import derive_seed
+from .train import peak_memory_mib
+
+SECTIONS = ["dataset", "model", "train", "evaluate", "tasks"]
+COLUMNS = [
+    "family",
+    "arch",
+    "context_episodes",
+    "batch",
+    "train_seconds_per_step",
+    "tokens_per_s",
+    "peak_mem_mib",
+    "inference_batch",
+    "ms_per_step",
+]
+TIMED_STEPS = 3
+TIMED_INFERENCE = 200
+
+
+def probe(cfg: dict, dataset, arch: str, context_episodes: int, out, progress=None) -> dict:
+    tcfg = cfg["train"]
+    info = validate_file(dataset)
+    process.setup(tcfg["threads"])
+    device = pick_device(tcfg["device"])
+    key = (info["family"], arch, context_episodes)
+    torch.manual_seed(derive_seed(0, "cost-probe", *key))
+    sampler = WindowSampler(
+        dataset,
+        context_episodes,
+        cfg["dataset"]["episode_stride"],
+        tcfg["batch_size"],
+        derive_seed(0, "cost-probe-sampler", *key),
+    )
+    window = sampler.tokens_per_window
+    model = build(arch, info["obs_dim"], info["act_dim"], **{**cfg["model"], "window": window}).to(device)
+    model.set_input_statistics(input_statistics(dataset))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["learning_rate"])
+    seconds = []
+    for i in range(TIMED_STEPS + 1):  # the first step warms up (allocations, kernel builds)
+        batch = {k: v.to(device) for k, v in sampler.sample().items()}
+        t0 = time.perf_counter()
+        loss = model.loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            seconds.append(time.perf_counter() - t0)
+        say(
+            f"{arch} ctx {context_episodes} ({window} tokens): training step {i} {time.perf_counter() - t0:.2f} s",
+            progress,
+        )
+    per_step = float(np.median(seconds))
+    inference_batch = 3 * info["n_test"] * len(cfg["evaluate"]["seeds"])  # as evaluate batches the controls
+    ms = _inference_ms(model, info, window, inference_batch, device)
+    row = {
+        "family": info["family"],
+        "arch": arch,
+        "context_episodes": context_episodes,
+        "batch": tcfg["batch_size"],
+        "train_seconds_per_step": per_step,
+        "tokens_per_s": tcfg["batch_size"] * window / per_step,
+        "peak_mem_mib": peak_memory_mib(device),
+        "inference_batch": inference_batch,
+        "ms_per_step": ms,
+    }
+    write_csv(out, [row], COLUMNS)
+    say(f"{arch} ctx {context_episodes}: {per_step:.2f} s per training step, {ms:.2f} ms per inference step", progress)
+    return row
+
+
+@torch.no_grad()
+def _inference_ms(model, info: dict, window: int, batch: int, device) -> float:
+    """Milliseconds per batched recurrent step once the state (or the cache) holds a whole context."""
+    model.eval()
+    state = model.init_state(batch, device)
+    g = torch.Generator().manual_seed(0)
+    obs, act = torch.randn(batch, info["obs_dim"], generator=g), torch.zeros(batch, info["act_dim"])
+    reward, start = torch.zeros(batch), torch.zeros(batch)
+    obs, act, reward, start = (x.to(device) for x in (obs, act, reward, start))
+    timed = min(TIMED_INFERENCE, window)
+    for t in range(window):
+        if t == window - timed:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+        mean, _, state = model.step(obs, act, reward, start, state)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 1000 * (time.perf_counter() - t0) / timed

@@ -82,6 +82,7 @@ def test_make_all_writes_a_figure_and_tables(tmp_path):
                 "loss": 0.1,
                 "lr": 1e-3,
                 "tokens_per_s": 1000.0 / c,
+                "seconds_per_step": 0.01 * c,
                 "peak_mem_mib": 300.0 * c,
             }
             for a in ("mamba", "transformer")

@@ -128,9 +128,23 @@ def probed_contexts(cfg: dict, arch: str) -> list:
 
 
 def needs_expert(cfg: dict) -> bool:
-    """Whether a family's histories are rolled out by a trained task-conditioned expert (the `expert` rule)."""
+    """Whether a family trains a task-conditioned expert of its own (the `expert` rule) for its histories."""
     src = cfg["source"]
     return src["algorithm"] == "noise_distill" and src["noise_distill"]["expert"] == "task_ppo"
+
+
+# Families whose expert steers another family's task-conditioned expert (`expert: steer`): AntGoal's
+# goal reached by telling AntDir's expert, at every step, the direction from the ant to the goal.
+STEERED_BY = {"AntGoal": "AntDir"}
+
+
+def expert_family(cfg: dict, family: str) -> str | None:
+    """The family whose trained expert (results/experts/<it>.pt) rolls out `family`'s histories, or None."""
+    src = cfg["source"]
+    if src["algorithm"] != "noise_distill":
+        return None
+    expert = src["noise_distill"]["expert"]
+    return family if expert == "task_ppo" else STEERED_BY.get(family) if expert == "steer" else None
 
 
 # Families with an analytic expert (tasks.Family.oracle); tests check this against the registry, which
@@ -150,6 +164,11 @@ def _check_source(cfg: dict, family: str) -> None:
     if src["algorithm"] != "noise_distill":
         return
     expert = src["noise_distill"]["expert"]
+    if expert == "steer" and family not in STEERED_BY:
+        raise ConfigError(
+            f"{family}: source.noise_distill.expert 'steer' exists only for {list(STEERED_BY)}; "
+            f"use 'task_ppo' (a task-conditioned expert) or 'ppo'"
+        )
     if expert == "oracle" and family not in ORACLE_FAMILIES:
         raise ConfigError(
             f"{family}: source.noise_distill.expert 'oracle' exists only for {list(ORACLE_FAMILIES)}; "

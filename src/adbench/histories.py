@@ -92,11 +92,14 @@ def train_expert(cfg: dict, family: str, out_path, progress=None) -> None:
         )
 
 
-def load_expert(path, cfg: dict, family: str) -> TaskExpert:
+def load_expert(path, cfg: dict, family: str) -> tuple[TaskExpert, int]:
+    """The trained expert that rolls out `family`'s histories (its own, or the one it steers) and the
+    environment steps its training took."""
     state = checkpoint.load(path)  # ModelError in one line if damaged
-    if state.get("family") != family or state.get("config_digest") != expert_digest(cfg):
-        raise ValueError(f"{path}: an expert of another family or config; delete it and rerun the workflow")
-    return TaskExpert.from_state_dict(state)
+    owner = cfglib.expert_family(cfg, family)
+    if state.get("family") != owner or (owner == family and state.get("config_digest") != expert_digest(cfg)):
+        raise ValueError(f"{path}: not the {owner} expert of this config; delete it and rerun the workflow")
+    return TaskExpert.from_state_dict(state), int(state["env_steps"])
 
 
 def root_attrs(cfg: dict, family: str) -> dict:
@@ -130,11 +133,15 @@ def run_shard(cfg: dict, family: str, shard: int, out_path, progress=None, exper
     h = src["histories_per_task"]
     learners = [task for _, _, task in chunk for _ in range(h)]  # H independent learners per task
     attrs = root_attrs(cfg, family)
-    if cfglib.needs_expert(cfg) and expert_path is None:
+    owner = cfglib.expert_family(cfg, family)
+    if owner is not None and expert_path is None:
         raise ValueError(
-            "source.noise_distill.expert task_ppo: give the trained expert (--expert, the expert stage's output)"
+            f"source.noise_distill.expert {cfg['source']['noise_distill']['expert']}: give the trained "
+            f"{owner} expert (--expert, the expert stage's output)"
         )
-    expert = load_expert(expert_path, cfg, family) if cfglib.needs_expert(cfg) else None
+    expert = None
+    if owner is not None:
+        expert, attrs["expert_env_steps"] = load_expert(expert_path, cfg, family)
     hist = generate_histories(
         src,
         family,
@@ -160,6 +167,7 @@ def merge_shards(cfg: dict, family: str, shard_paths: list, out_path) -> dict:
             with open_histories(path) as shard:
                 if shard.attrs["family"] != family or shard.attrs["config_digest"] != f.attrs["config_digest"]:
                     raise ValueError(f"{path}: shard of another family or config; delete it and rerun the workflow")
+                f.attrs["expert_env_steps"] = shard.attrs["expert_env_steps"]  # as the expert file said
                 for tid in shard["tasks"]:
                     shard.copy(shard["tasks"][tid], dst, name=tid)
         got = list(dst)

@@ -42,8 +42,14 @@ TRAIN_ENV = (
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(str(SRC))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
+# the families run, and those whose experts they steer (AntGoal's histories use AntDir's expert)
+EXPERT_FAMILIES = sorted(
+    {adbench_config.expert_family(adbench_config.for_family(config, f), f) for f in config["families"]} - {None}
+)
+
+
 wildcard_constraints:
-    family="|".join(config["families"]),
+    family="|".join(sorted(set(config["families"]) | set(EXPERT_FAMILIES))),
     arch="|".join(config["architectures"]),
     run=r"[a-z0-9]+(-ctx\d+)?-seed\d+",
     ctx=r"\d+",
@@ -78,10 +84,9 @@ def num_shards(family):
 
 
 def expert_input(wildcards):
-    """The task-conditioned expert a family's histories are rolled out by, where its source has one."""
-    if adbench_config.needs_expert(adbench_config.for_family(config, wildcards.family)):
-        return f"results/experts/{wildcards.family}.pt"
-    return []
+    """The trained expert a family's histories are rolled out by (its own, or the one it steers), if any."""
+    owner = adbench_config.expert_family(adbench_config.for_family(config, wildcards.family), wildcards.family)
+    return f"results/experts/{owner}.pt" if owner else []
 
 
 def shard_paths(wildcards):

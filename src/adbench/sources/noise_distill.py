@@ -26,7 +26,8 @@ from .task_expert import TaskExpert
 class NoiseDistillConfig:
     expert: str = "oracle"
     """'oracle' (the family's analytic expert, where it has one), 'ppo' (a PPO learner per task, trained
-    first) or 'task_ppo' (one task-conditioned PPO learner over all training tasks, see `task_expert`)."""
+    first), 'task_ppo' (one task-conditioned PPO learner over all training tasks, see `task_expert`) or
+    'steer' (AntGoal: AntDir's task-conditioned expert told the direction to the goal, see `steering`)."""
     expert_episodes: int = 200
     """PPO training episodes per task for the 'ppo' and 'task_ppo' experts (not part of the history)."""
     clean_fraction: float = 0.1
@@ -37,9 +38,24 @@ class NoiseDistillConfig:
     noise_std: float = 1.0
     """the Gaussian noise's standard deviation at epsilon = 1."""
     task_noise: float = 0.0
-    """'task_ppo' only: the expert is told a task between the true one and a task drawn afresh each episode,
+    """'task_ppo' and 'steer': the expert is told a task between the true one and a task drawn afresh each episode,
     (1 - w) f_true + w f_drawn with w = task_noise * epsilon in feature space, so that early episodes pursue
     other tasks and the histories show behaviour being corrected towards the true task (0: always the true task)."""
+
+
+def steering(walker: TaskExpert, goals: np.ndarray):
+    """AntGoal's expert from AntDir's: at every step, AntDir's expert told the direction from the ant's
+    x, y (AntGoal's observations 0-1; the rest is AntDir's observation) to the goal. `goals`: (K, 2),
+    or a callable returning them (the goals told this episode)."""
+
+    def expert(obs: np.ndarray) -> np.ndarray:
+        told = goals() if callable(goals) else goals
+        to_goal = told - obs[:, :2]
+        angles = np.arctan2(to_goal[:, 1], to_goal[:, 0]) % (2 * np.pi)
+        features = np.stack([task_features(walker.family, {"angle": float(a)}) for a in angles]).astype(np.float32)
+        return walker.mean_action(obs[:, 2:], features)
+
+    return expert
 
 
 def epsilon(episode: int, episodes: int, clean_fraction: float) -> float:
@@ -76,8 +92,15 @@ def run_noise_distill(
             )
         true_features = told_features = np.stack([task_features(family, t) for t in env.tasks]).astype(np.float32)
         expert = lambda obs: task_expert.mean_action(obs, told_features)  # noqa: E731  (the task told this episode)
+    elif cfg.expert == "steer":
+        if task_expert is None or family != "AntGoal" or task_expert.family != "AntDir":
+            raise ValueError("source.noise_distill.expert 'steer' steers AntDir's trained expert on AntGoal (--expert)")
+        true_features = told_features = np.stack([task_features(family, t) for t in env.tasks]).astype(np.float32)
+        expert = steering(task_expert, lambda: told_features)  # the goals told this episode
     else:
-        raise ValueError(f"unknown source.noise_distill.expert {cfg.expert!r}; use 'oracle', 'ppo' or 'task_ppo'")
+        raise ValueError(
+            f"unknown source.noise_distill.expert {cfg.expert!r}; use 'oracle', 'ppo', 'task_ppo' or 'steer'"
+        )
     rng = np.random.default_rng(seed)
     hist = empty_history(env.num_tasks, episodes, env.horizon, env.obs_dim, env.act_dim)
     t = 0
@@ -85,7 +108,7 @@ def run_noise_distill(
         range(episodes), desc=f"noise distillation {family}", file=progress, mininterval=5, disable=not progress
     ):
         eps = epsilon(episode, episodes, cfg.clean_fraction)
-        if cfg.expert == "task_ppo" and cfg.task_noise > 0:
+        if cfg.expert in ("task_ppo", "steer") and cfg.task_noise > 0:
             drawn = get_family(family).sample(rng, env.num_tasks)
             drawn_features = np.stack([task_features(family, t) for t in drawn]).astype(np.float32)
             w = cfg.task_noise * eps

@@ -220,3 +220,21 @@ def test_cli_with_config_files_applies_the_family_flags_overrides():
     args = argparse.Namespace(settings=None, config=[REPO / "config.yaml"], family="AntDir")
     source = cli._settings(args, ["tasks", "source"])["source"]
     assert source["algorithm"] == "noise_distill" and source["noise_distill"]["expert_episodes"] == 300
+
+
+def test_only_antgoal_steers_another_familys_expert():
+    cfg = cfglib.load([REPO / "config.yaml"])
+    assert cfglib.expert_family(cfglib.for_family(cfg, "AntGoal"), "AntGoal") == "AntDir"
+    assert cfglib.expert_family(cfglib.for_family(cfg, "AntDir"), "AntDir") == "AntDir"
+    assert cfglib.expert_family(cfglib.for_family(cfg, "PointNav"), "PointNav") is None  # PPO histories
+    bad = cfglib.deep_merge(
+        cfg,
+        {
+            "families": ["HalfCheetahVel"],
+            "overrides": {"HalfCheetahVel": {"source": {"noise_distill": {"expert": "steer"}}}},
+        },
+    )
+    with pytest.raises(
+        cfglib.ConfigError, match=r"HalfCheetahVel: source.noise_distill.expert 'steer' exists only for"
+    ):
+        cfglib.validate(bad)

@@ -226,3 +226,23 @@ def test_task_noise_tells_the_expert_other_tasks_early_and_the_true_task_late(po
         task_expert=expert,
     )
     np.testing.assert_array_equal(plain["actions"], again["actions"])  # 0 draws nothing: histories unchanged
+
+
+def test_the_steering_expert_tells_antdirs_expert_the_direction_to_the_goal():
+    """AntGoal's observation is x, y followed by AntDir's; the steered expert sees AntDir's part and the
+    direction from x, y to the goal, as AntDir's task features (cos, sin)."""
+    from adbench.sources.noise_distill import steering
+
+    class Told:  # stands in for AntDir's expert: acts out what it was told
+        family = "AntDir"
+
+        def mean_action(self, obs, features):
+            self.obs = obs
+            return np.concatenate([features, np.zeros((len(obs), 6))], axis=1)
+
+    walker = Told()
+    goals = np.array([[3.0, 0.0], [0.0, 2.0], [-1.0, -1.0]])
+    obs = np.concatenate([np.array([[1.0, 0.0], [0.0, 3.0], [0.0, 0.0]]), np.arange(81.0).reshape(3, 27)], axis=1)
+    action = steering(walker, goals)(obs)
+    np.testing.assert_allclose(action[:, :2], [[1.0, 0.0], [0.0, -1.0], [-(0.5**0.5), -(0.5**0.5)]], atol=1e-6)
+    np.testing.assert_array_equal(walker.obs, obs[:, 2:])

@@ -111,6 +111,7 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
         assert "parameters" in log and "60/60" in log
         cost = pd.read_csv(results / f"eval/PointNav/{arch}-ctx2-seed0.cost.csv")
         assert cost["ms_per_step"].iloc[0] > 0
+        assert cost["ms_per_step_first_episode"].iloc[0] > 0 and cost["ms_per_step_last_episode"].iloc[0] > 0
     assert not (results / "train/PointNav/transformer-ctx3-seed0").exists()  # beyond max_context: probed
     probe = pd.read_csv(results / "costs/PointNav/transformer-ctx3.csv").iloc[0]
     assert probe["context_episodes"] == 3 and probe["train_seconds_per_step"] > 0 and probe["ms_per_step"] > 0

@@ -117,6 +117,7 @@ class ModelPolicy:
         self.model, self.sample, self.device = model.eval().to(device), sample, device
         self.state = model.init_state(batch, device)
         self.step_seconds, self.steps = 0.0, 0
+        self.episode_seconds: list = []  # per in-context episode: the model's seconds over its steps
 
     @torch.no_grad()
     def __call__(self, obs, prev_action, prev_reward, start, generator):
@@ -128,9 +129,18 @@ class ModelPolicy:
         ).numpy()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.step_seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        if start[0]:
+            self.episode_seconds.append(0.0)
+        self.episode_seconds[-1] += seconds
+        self.step_seconds += seconds
         self.steps += 1
         return action
+
+    def ms_per_step_in_episode(self, episode: int, horizon: int) -> float:
+        """Milliseconds per batched step over one in-context episode (Mamba's are flat; a transformer's
+        grow until its cache holds a whole context)."""
+        return self.episode_seconds[episode] / horizon * 1e3
 
 
 def random_policy(obs, prev_action, prev_reward, start, generator):
@@ -190,7 +200,18 @@ def inference_rows(family, arch, ctx, seed, eval_seeds, tasks, obs_mean, obs_las
     ]
 
 
-COST_COLUMNS = ["family", "arch", "context_episodes", "seed", "batch", "ms_per_step", "train_env_steps", "source"]
+COST_COLUMNS = [
+    "family",
+    "arch",
+    "context_episodes",
+    "seed",
+    "batch",
+    "ms_per_step",
+    "ms_per_step_first_episode",
+    "ms_per_step_last_episode",
+    "train_env_steps",
+    "source",
+]
 
 
 def load_policy(path):
@@ -286,6 +307,8 @@ def evaluate_model(
                     "seed": meta["seed"],
                     "batch": batch,
                     "ms_per_step": ms,
+                    "ms_per_step_first_episode": policy.ms_per_step_in_episode(0, meta["horizon"]),
+                    "ms_per_step_last_episode": policy.ms_per_step_in_episode(-1, meta["horizon"]),
                     "train_env_steps": train_env_steps(info, ckpt),
                     "source": "online" if ckpt["arch"] in BASELINES else info["source"],
                 }

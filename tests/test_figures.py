@@ -4,7 +4,8 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from adbench.figures import compare, edge, inference_summary, make_all, source_improvement, summarize
+from adbench.figures import make_all
+from adbench.tables import compare, edge, inference_summary, source_improvement, summarize
 
 
 def _table(arch, ctx, slope, episodes=10, tasks=6, seeds=(0, 1), level=-50.0, control="none"):
@@ -286,7 +287,7 @@ def test_normalised_score_uses_each_tasks_own_random_and_source_levels():
 
 
 def test_a_task_the_source_did_not_learn_is_divided_by_the_floor():
-    from adbench.figures import MIN_GAP_FRACTION, task_levels
+    from adbench.tables import MIN_GAP_FRACTION, task_levels
 
     refs = _levels_refs(
         {"test-0000": -300.0, "test-0001": -100.0, "test-0002": -200.0},

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adbench.figures import SUMMARY_COLUMNS
+from adbench.tables import SUMMARY_COLUMNS
 
 from .conftest import REPO
 from .test_workflow import planned_jobs, snakemake

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from adbench.data import validate_file
-from adbench.figures import SUMMARY_COLUMNS
+from adbench.tables import SUMMARY_COLUMNS
 
 from .conftest import REPO, snakemake_cli
 

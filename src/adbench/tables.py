@@ -1,0 +1,338 @@
+"""Result tables -> the benchmark's summary tables: per-model returns, gains and controls, the normalised
+score, the comparisons between models, the task-inference summary (reads only the tidy CSVs)."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import statistics
+from .atomic import atomic_path
+
+SUMMARY_COLUMNS = [
+    "family",
+    "arch",
+    "context_episodes",
+    "source",
+    "train_env_steps",
+    "runs",
+    "first_return",
+    "final_return",
+    "source_final_return",
+    "random_return",
+    "gain",
+    "gain_ci_low",
+    "gain_ci_high",
+    "normalized_final_iqm",
+    "normalized_ci_low",
+    "normalized_ci_high",
+    "optimality_gap",
+    "optimality_gap_ci_low",
+    "optimality_gap_ci_high",
+    "zero_reward_gain",
+    "zero_reward_gain_ci_low",
+    "zero_reward_gain_ci_high",
+    "other_task_gain",
+    "other_task_gain_ci_low",
+    "other_task_gain_ci_high",
+    "reward_driven_gain",
+    "reward_driven_ci_low",
+    "reward_driven_ci_high",
+]
+
+
+RUN = ["seed", "eval_seed", "task"]
+# Models without an AD context (online meta-RL baselines) carry context_episodes = 0 in the tables.
+
+
+NO_CONTEXT = 0
+
+
+def label(arch: str, ctx: int) -> str:
+    return arch if ctx == NO_CONTEXT else f"{arch} ctx {ctx}"
+
+
+def edge(episodes: int) -> int:
+    """How many episodes make the first / last 10% of a run (at least one)."""
+    return max(1, math.ceil(0.1 * episodes))
+
+
+def load(paths: list) -> pd.DataFrame:
+    frames = [pd.read_csv(p) for p in paths]
+    df = pd.concat(frames, ignore_index=True)
+    if not np.all(np.isfinite(df["return"])):
+        raise ValueError("evaluation tables contain non-finite returns; rerun the evaluate rules")
+    return df
+
+
+def run_scores(df: pd.DataFrame) -> pd.DataFrame:
+    """Per evaluation run (control, seed, eval_seed, task): mean return of the first and last 10% of episodes."""
+    n = int(df["episode"].max()) + 1
+    k = edge(n)
+    keys = ["family", "arch", "context_episodes", "control", "seed", "eval_seed", "task"]
+    first = df[df["episode"] < k].groupby(keys)["return"].mean().rename("first")
+    last = df[df["episode"] >= n - k].groupby(keys)["return"].mean().rename("final")
+    return pd.concat([first, last], axis=1).reset_index()
+
+
+def final_episodes(df: pd.DataFrame, by) -> pd.DataFrame:
+    """The rows in the last 10% of episodes (at least one) of each group `by`: what "final" means here."""
+    n = df.groupby(by)["episode"].transform("max") + 1
+    return df[df["episode"] >= n - np.maximum(1, np.ceil(0.1 * n))]
+
+
+def held_out(refs: pd.DataFrame) -> pd.DataFrame:
+    """Reference rows on test tasks only (the source's train-task curves are for the learning-curve figure)."""
+    return refs[refs["task"].str.startswith("test-")]
+
+
+def source_improvement(refs: pd.DataFrame) -> pd.DataFrame:
+    """Per family and split: on how many histories the last 10% of episodes beat the first 10%."""
+    src = refs[refs["arch"] == "source"].assign(split=lambda d: d["task"].str.split("-").str[0])
+    n = src.groupby("family")["episode"].transform("max") + 1
+    k = np.maximum(1, np.ceil(0.1 * n))
+    first = src[src["episode"] < k].groupby(["family", "split", "task", "seed"])["return"].mean()
+    last = src[src["episode"] >= n - k].groupby(["family", "split", "task", "seed"])["return"].mean()
+    both = pd.concat([first.rename("first"), last.rename("last")], axis=1).reset_index()
+    return (
+        both.assign(improved=both["last"] > both["first"])
+        .groupby(["family", "split"])
+        .agg(
+            histories=("improved", "size"),
+            improved=("improved", "sum"),
+            first_return=("first", "mean"),
+            last_return=("last", "mean"),
+        )
+        .reset_index()
+    )
+
+
+MIN_GAP_FRACTION = 0.1
+
+
+def task_levels(refs: pd.DataFrame) -> pd.DataFrame:
+    """Per held-out task: the random policy's mean return, the source's final (last 10% of its history
+    episodes) and the gap the normalised score divides by. A task whose source-random gap is below
+    MIN_GAP_FRACTION of the family's median gap (the source barely learned it, or did worse than random)
+    is divided by that floor instead, so that it neither explodes nor flips the score's sign."""
+    refs = held_out(refs)
+    rnd = refs[refs["arch"] == "random"].groupby(["family", "task"])["return"].mean().rename("random")
+    src = refs[refs["arch"] == "source"]
+    src_final = final_episodes(src, "family").groupby(["family", "task"])["return"].mean().rename("source_final")
+    levels = pd.concat([rnd, src_final], axis=1).reset_index()
+    gap = levels["source_final"] - levels["random"]
+    floor = MIN_GAP_FRACTION * gap.groupby(levels["family"]).transform(lambda g: np.median(np.abs(g)))
+    return levels.assign(gap=np.maximum(gap, floor))
+
+
+def normalized_units(models: pd.DataFrame, refs: pd.DataFrame) -> pd.DataFrame:
+    """run_scores with each unit's normalised final return: (final - random) / gap, with its task's levels."""
+    levels = task_levels(refs)[["family", "task", "random", "gap"]]
+    units = run_scores(models).merge(levels, on=["family", "task"], how="left", validate="many_to_one")
+    if units["gap"].isna().any():
+        missing = sorted(units.loc[units["gap"].isna(), "task"].unique())
+        raise ValueError(f"no random or source reference for tasks {missing}; rerun the reference rule")
+    return units.assign(normalized=(units["final"] - units["random"]) / units["gap"]).drop(columns=["random", "gap"])
+
+
+def _with_ci(name: str, estimate: tuple, ci: str | None = None) -> dict:
+    """(point, low, high) -> the summary's columns name, <ci>_ci_low, <ci>_ci_high (ci defaults to name)."""
+    ci = ci or name
+    return {name: estimate[0], f"{ci}_ci_low": estimate[1], f"{ci}_ci_high": estimate[2]}
+
+
+def summarize(
+    models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0, costs: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """One row per (family, arch, context): returns, gains and control gains, the normalised final return's
+    IQM and optimality gap, each with a 95% CI (`statistics`), and (given the evaluate stage's cost tables)
+    the source and the environment steps each model's training consumed."""
+    budget = (
+        {}
+        if costs is None or "train_env_steps" not in costs
+        else (costs.groupby(["family", "arch", "context_episodes"])["train_env_steps"].mean().to_dict())
+    )
+    sources = (
+        {}
+        if costs is None or "source" not in costs
+        else (costs.groupby(["family", "arch", "context_episodes"])["source"].first().to_dict())
+    )
+    units = normalized_units(models, refs)
+    units = units.assign(gain=units["final"] - units["first"])
+    refs = held_out(refs)
+    rows = []
+    for family, fam in units.groupby("family"):
+        ref = refs[refs["family"] == family]
+        random_level = ref[ref["arch"] == "random"]["return"].mean()
+        src = ref[ref["arch"] == "source"]
+        src_final = final_episodes(src, "family")["return"].mean()
+        for (arch, ctx), runs in fam.groupby(["arch", "context_episodes"]):
+            # a row's resamples depend on the row alone, not on which other models are in the table
+            row_seed = statistics.row_seed(seed, family, arch, ctx)
+            g = runs[runs["control"] == "none"]
+            norm = statistics.score_matrix(g, "normalized")
+            row = {
+                "family": family,
+                "arch": arch,
+                "context_episodes": ctx,
+                "source": sources.get((family, arch, ctx), ""),
+                "train_env_steps": budget.get((family, arch, ctx), np.nan),
+                "runs": len(g),
+                "first_return": g["first"].mean(),
+                "final_return": g["final"].mean(),
+                "source_final_return": src_final,
+                "random_return": random_level,
+                **_with_ci("gain", statistics.interval(statistics.score_matrix(g, "gain"), "mean", row_seed)),
+                **_with_ci("normalized_final_iqm", statistics.interval(norm, "iqm", row_seed), "normalized"),
+                **_with_ci("optimality_gap", statistics.interval(norm, "optimality_gap", row_seed)),
+            }
+            for control, name in (("zero_reward", "zero_reward_gain"), ("other_task_reward", "other_task_gain")):
+                c = runs[runs["control"] == control]
+                if len(c):
+                    row.update(
+                        _with_ci(name, statistics.interval(statistics.score_matrix(c, "gain"), "mean", row_seed))
+                    )
+            other = runs[runs["control"] == "other_task_reward"]
+            if len(other):
+                # final return seeing the true rewards minus seeing another task's, run by run
+                paired = g.set_index(RUN)["final"] - other.set_index(RUN)["final"]
+                driven = paired.dropna().to_numpy()
+                ci = statistics.bootstrap_ci(driven, np.mean, np.random.default_rng(row_seed))
+                row.update(_with_ci("reward_driven_gain", (driven.mean(), *ci), "reward_driven"))
+            rows.append(row)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+COMPARISON_COLUMNS = ["family", "context_episodes", "x", "y", "runs", "tasks", "probability", "ci_low", "ci_high"]
+
+
+ALL_FAMILIES = "all"
+
+
+def compare(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """P(X > Y) on the normalised final return (`statistics.probability_of_improvement`), seeing the true
+    rewards: for each family and context, between the AD architectures (alphabetically, so P(mamba >
+    transformer)) and of each AD model over each baseline without a context (RL^2); and per context over
+    all families together (their tasks side by side), where every family has the same runs per task."""
+    units = normalized_units(models, refs)
+    units = units[units["control"] == "none"]
+    matrices = {
+        key: statistics.score_matrix(g, "normalized")
+        for key, g in units.groupby(["family", "arch", "context_episodes"])
+    }
+    families = sorted(units["family"].unique())
+    contexts = sorted(c for c in units["context_episodes"].unique() if c != NO_CONTEXT)
+    ad = sorted(units.loc[units["context_episodes"] != NO_CONTEXT, "arch"].unique())
+    baselines = sorted(units.loc[units["context_episodes"] == NO_CONTEXT, "arch"].unique())
+    pairs = [((x, c), (y, c)) for c in contexts for i, x in enumerate(ad) for y in ad[i + 1 :]]
+    pairs += [((x, c), (b, NO_CONTEXT)) for c in contexts for x in ad for b in baselines]
+    rows = []
+    for (x, cx), (y, cy) in pairs:
+        per_family = [(f, matrices.get((f, x, cx)), matrices.get((f, y, cy))) for f in families]
+        per_family = [(f, mx, my) for f, mx, my in per_family if mx is not None and my is not None]
+        groups = [(f, [mx], [my]) for f, mx, my in per_family]
+        if len(per_family) > 1 and len({m.shape[0] for _, mx, my in per_family for m in (mx, my)}) == 1:
+            groups.append((ALL_FAMILIES, [mx for _, mx, _ in per_family], [my for _, _, my in per_family]))
+        for family, xs, ys in groups:
+            mx, my = np.hstack(xs), np.hstack(ys)
+            estimate = statistics.probability_of_improvement(mx, my, statistics.row_seed(seed, family, x, cx, y, cy))
+            rows.append(
+                {
+                    "family": family,
+                    "context_episodes": cx,
+                    "x": x,
+                    "y": y,
+                    "runs": min(mx.shape[0], my.shape[0]),
+                    "tasks": mx.shape[1],
+                    "probability": estimate[0],
+                    "ci_low": estimate[1],
+                    "ci_high": estimate[2],
+                }
+            )
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+INFERENCE_SUMMARY_COLUMNS = [
+    "family",
+    "model",
+    "quantity",
+    "units",
+    "final_achieved",
+    "final_error",
+    "target_correlation",
+]
+
+
+def _circular_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Jammalamadaka and SenGupta's correlation of two angles (radians)."""
+    da = np.sin(a - np.angle(np.exp(1j * a).mean()))
+    db = np.sin(b - np.angle(np.exp(1j * b).mean()))
+    return float((da * db).sum() / np.sqrt((da**2).sum() * (db**2).sum()))
+
+
+def final_inference(inference: pd.DataFrame) -> pd.DataFrame:
+    """Per unit (model, seed, eval_seed, task) on the held-out tasks: target and the mean achieved and error
+    over the last 10% of its episodes (the source's: of its history), seeing the true rewards."""
+    df = held_out(inference)
+    df = df[df["control"] == "none"]
+    df = df.assign(model=[label(a, c) for a, c in zip(df["arch"], df["context_episodes"])])
+    final = final_episodes(df, ["family", "model"])
+    keys = ["family", "model", "quantity", "seed", "eval_seed", "task"]
+    circular = final["quantity"] == "direction_of_travel"
+    final = final.assign(
+        achieved_x=np.where(circular, np.cos(final["achieved"]), final["achieved"]),
+        achieved_y=np.where(circular, np.sin(final["achieved"]), 0.0),
+    )
+    out = (
+        final.groupby(keys)
+        .agg(target=("target", "first"), x=("achieved_x", "mean"), y=("achieved_y", "mean"), error=("error", "mean"))
+        .reset_index()
+    )
+    achieved = np.where(
+        out["quantity"] == "direction_of_travel", np.arctan2(out["y"], out["x"]) % (2 * np.pi), out["x"]
+    )
+    return out.assign(achieved=achieved).drop(columns=["x", "y"])
+
+
+def inference_summary(inference: pd.DataFrame) -> pd.DataFrame:
+    """Per family and model: the final episodes' mean achieved and error, and how closely the achieved
+    tracks the target across held-out tasks (Pearson r; circular r for directions)."""
+    rows = []
+    for (family, model, quantity), g in final_inference(inference).groupby(["family", "model", "quantity"]):
+        corr = np.nan
+        if g["target"].notna().all() and g["target"].nunique() > 1:
+            corr = (
+                _circular_correlation(g["target"].to_numpy(), g["achieved"].to_numpy())
+                if quantity == "direction_of_travel"
+                else float(np.corrcoef(g["target"], g["achieved"])[0, 1])
+            )
+        # a mean of angles says nothing: directions are summarised by their error and correlation only
+        achieved = np.nan if quantity == "direction_of_travel" else g["achieved"].mean()
+        rows.append(
+            {
+                "family": family,
+                "model": model,
+                "quantity": quantity,
+                "units": len(g),
+                "final_achieved": achieved,
+                "final_error": g["error"].mean(),
+                "target_correlation": corr,
+            }
+        )
+    return pd.DataFrame(rows, columns=INFERENCE_SUMMARY_COLUMNS)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float) and v.is_integer() and abs(v) >= 1000:
+        return f"{v:,.0f}"  # step counts
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def write_table(df: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
+    with atomic_path(csv_path) as tmp:
+        df.to_csv(tmp, index=False)
+    header = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
+    body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in df.itertuples(index=False))
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(header + body)

@@ -178,3 +178,35 @@ def test_final_observations_are_where_each_episode_ended(dataset):
             np.testing.assert_allclose(final, obs[:, last] + 0.1 * np.clip(act[:, last], -1, 1), atol=1e-5)
             np.testing.assert_allclose(rew[:, last], -np.linalg.norm(final - goal, axis=-1), atol=1e-4)
             assert not np.allclose(final[:, :-1], obs[:, horizon::horizon])  # not the next episode's reset
+
+
+def test_input_statistics_are_the_train_splits_mean_and_std_whatever_the_order(tmp_path):
+    """Observations and rewards of the train tasks only (a test task written first, between and last),
+    against numpy over their concatenation."""
+    from adbench.data import input_statistics
+    from adbench.data.writer import atomic_h5, write_root_attrs, write_task
+
+    rng = np.random.default_rng(0)
+    path, train = tmp_path / "interleaved.h5", []
+    with atomic_h5(path) as f:
+        write_root_attrs(f, {"family": "PointNav", "horizon": 5, "episodes": 2})
+        for i, split in enumerate(["test", "train", "test", "train", "test"]):
+            arrays = {
+                "observations": rng.normal(i, 1 + i, (1, 10, 2)),
+                "actions": rng.uniform(-1, 1, (1, 10, 2)),
+                "rewards": rng.normal(-i, 2, (1, 10)),
+                "terminated": np.zeros((1, 10), bool),
+                "truncated": np.tile([False] * 4 + [True], (1, 2)),
+                "final_observations": rng.normal(size=(1, 2, 2)),
+            }
+            arrays["episode_returns"] = arrays["rewards"].reshape(1, 2, 5).sum(-1)
+            write_task(f, f"{split}-{i:04d}", {"goal": [0.0, 1.0]}, split, arrays)
+            if split == "train":
+                train.append(arrays)
+    stats = input_statistics(path)
+    obs = np.concatenate([a["observations"].reshape(-1, 2) for a in train])
+    rew = np.concatenate([a["rewards"].ravel() for a in train])
+    np.testing.assert_allclose(stats["obs_mean"], obs.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(stats["obs_std"], obs.std(0) + 1e-6, rtol=1e-5)
+    assert stats["reward_mean"] == pytest.approx(rew.mean(), rel=1e-5)
+    assert stats["reward_std"] == pytest.approx(rew.std() + 1e-6, rel=1e-5)

@@ -332,3 +332,31 @@ def test_compare_needs_every_task_to_have_every_run():
     models = models[~((models["task"] == "test-0003") & (models["seed"] == 1) & (models["arch"] == "mamba"))]
     with pytest.raises(ValueError, match=r"tasks \['test-0003'\] lack some"):
         compare(models, pd.concat([_refs(), _refs().assign(family="F2")]))
+
+
+def test_task_inference_numbers_against_a_direct_computation():
+    """Achieved values with spread: Pearson r, the mean achieved and the error of the final episodes
+    computed directly; the circular r by Jammalamadaka and SenGupta's formula, written out here."""
+    rng = np.random.default_rng(5)
+    targets = [0.3, 2.1, 1.2, 2.8, 0.9, 1.7]
+    noise = {t: rng.normal(0, 0.4) for t in targets}
+    df = _inference_rows("mamba", 4, targets, lambda t, e, c: 0.7 * t + noise[t] + 0.01 * e)
+    row = inference_summary(df).iloc[0]
+    achieved = np.array([0.7 * t + noise[t] + 0.09 for t in targets])  # episode 9, the final 10% of 10
+    assert row["target_correlation"] == pytest.approx(np.corrcoef(targets, achieved)[0, 1])
+    assert 0.3 < row["target_correlation"] < 0.99
+    assert row["final_achieved"] == pytest.approx(achieved.mean())
+    assert row["final_error"] == pytest.approx(np.abs(achieved - np.array(targets)).mean())
+    angles = [0.2, 6.1, 3.0, 4.5, 1.4]
+    offsets = {a: rng.normal(0, 0.5) for a in angles}
+    df = _inference_rows(
+        "mamba", 4, angles, lambda t, e, c: (t + offsets[t]) % (2 * np.pi), quantity="direction_of_travel"
+    )
+    got = inference_summary(df)["target_correlation"].iloc[0]
+    a, b = np.array(angles), np.array([(t + offsets[t]) % (2 * np.pi) for t in angles])
+    sa = np.sin(a - np.arctan2(np.sin(a).mean(), np.cos(a).mean()))
+    sb = np.sin(b - np.arctan2(np.sin(b).mean(), np.cos(b).mean()))
+    assert got == pytest.approx((sa * sb).sum() / np.sqrt((sa**2).sum() * (sb**2).sum()))
+    assert 0.3 < got < 0.999
+    constant = inference_summary(_inference_rows("mamba", 4, [1.0, 1.0], lambda t, e, c: t + e))
+    assert np.isnan(constant["target_correlation"].iloc[0])  # one target: no correlation to speak of

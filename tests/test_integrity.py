@@ -80,3 +80,26 @@ def test_history_datasets_carry_chunk_checksums(dataset):
     with h5py.File(dataset, "r") as f:
         g = next(iter(f["tasks"].values()))
         assert all(d.fletcher32 for d in g.values())
+
+
+def test_checkpoints_written_before_lists_were_walked_still_load(tmp_path):
+    """A checkpoint whose entries are tensors, dicts and plain lists digests as it always has (its lists
+    as JSON), so files written by earlier versions load; a list holding tensors is digested item by item."""
+    import hashlib
+    import json
+
+    from adbench.models import checkpoint
+
+    contents = {"family": "AntDir", "dims": [27, 8, 2], "w": torch.ones(3)}
+    h = hashlib.sha256()  # the digest as it was computed before lists were walked
+    for key in sorted(contents):
+        h.update(key.encode())
+        value = contents[key]
+        if isinstance(value, torch.Tensor):
+            h.update(f"{value.dtype}{tuple(value.shape)}".encode() + value.numpy().tobytes())
+        else:
+            h.update(json.dumps(value, sort_keys=True).encode())
+    torch.save({**contents, "digest": h.hexdigest()}, tmp_path / "old.pt")
+    assert checkpoint.load(tmp_path / "old.pt")["dims"] == [27, 8, 2]
+    a, b = {"x": [torch.zeros(2), 1]}, {"x": [torch.ones(2), 1]}
+    assert checkpoint.digest(a) != checkpoint.digest(b)

@@ -20,9 +20,12 @@ def _feed(h, value) -> None:
             h.update(str(key).encode())
             _feed(h, value[key])
     elif isinstance(value, (list, tuple)):
-        h.update(f"[{len(value)}".encode())
-        for item in value:
-            _feed(h, item)
+        try:  # plain data as JSON, as checkpoints have always been digested
+            h.update(json.dumps(value, sort_keys=True).encode())
+        except TypeError:  # a list holding tensors (an optimizer's or a generator's state): item by item
+            h.update(f"[{len(value)}".encode())
+            for item in value:
+                _feed(h, item)
     else:
         h.update(json.dumps(value, sort_keys=True, default=repr).encode())
 

@@ -360,3 +360,6 @@ def test_task_inference_numbers_against_a_direct_computation():
     assert 0.3 < got < 0.999
     constant = inference_summary(_inference_rows("mamba", 4, [1.0, 1.0], lambda t, e, c: t + e))
     assert np.isnan(constant["target_correlation"].iloc[0])  # one target: no correlation to speak of
+    two = inference_summary(_inference_rows("mamba", 4, [1.0, 2.0], lambda t, e, c: 3 - t)).iloc[0]
+    assert two["target_correlation"] == pytest.approx(-1.0)  # two targets are enough for a correlation
+    assert (two["family"], two["model"], two["quantity"]) == ("HalfCheetahVel", "mamba ctx 4", "forward_velocity")

@@ -180,6 +180,7 @@ def test_ad_window_is_every_kth_episode_with_previous_step_inputs(dataset):
             np.testing.assert_array_equal(batch["prev_action"][b, 1:].numpy(), act[:-1])
             assert batch["prev_reward"][b, 0] == 0 and not batch["prev_action"][b, 0].any()
             assert batch["episode_start"][b].nonzero().ravel().tolist() == [0, h, 2 * h]
+            assert batch["episode_start"][b].unique().tolist() == [0.0, 1.0]  # the flag evaluation feeds
 
 
 def test_gaussian_loss_is_the_mean_negative_log_likelihood_per_action_dimension():

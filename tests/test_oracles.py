@@ -197,3 +197,19 @@ def test_gaussian_loss_is_the_mean_negative_log_likelihood_per_action_dimension(
     nll = -torch.distributions.Normal(mean, log_std.exp()).log_prob(batch["action"])
     # the same up to the constant 0.5 log(2 pi) per dimension
     torch.testing.assert_close(model.loss(batch), nll.mean() - 0.5 * math.log(2 * math.pi))
+
+
+def test_a_rows_bootstrap_seed_is_fixed_by_the_config_seed_and_the_row():
+    from adbench.statistics import row_seed
+
+    assert row_seed(0, "HalfCheetahVel", "mamba", 4) == row_seed(0, "HalfCheetahVel", "mamba", 4)
+    others = {
+        row_seed(1, "HalfCheetahVel", "mamba", 4),
+        row_seed(0, "HalfCheetahVel", "mamba", 8),
+        row_seed(0, "AntDir", "mamba", 4),
+    }
+    assert row_seed(0, "HalfCheetahVel", "mamba", 4) not in others and len(others) == 3
+    matrix = np.random.default_rng(2).normal(size=(3, 9))
+    assert interval(matrix, "iqm", row_seed(0, "F", "mamba", 4)) == interval(
+        matrix, "iqm", row_seed(0, "F", "mamba", 4)
+    )

@@ -363,3 +363,11 @@ def test_task_inference_numbers_against_a_direct_computation():
     two = inference_summary(_inference_rows("mamba", 4, [1.0, 2.0], lambda t, e, c: 3 - t)).iloc[0]
     assert two["target_correlation"] == pytest.approx(-1.0)  # two targets are enough for a correlation
     assert (two["family"], two["model"], two["quantity"]) == ("HalfCheetahVel", "mamba ctx 4", "forward_velocity")
+
+
+def test_a_task_without_references_is_named():
+    models = _table("mamba", 4, 1.0)
+    refs = _refs()
+    refs = refs[refs["task"] != "test-0002"]
+    with pytest.raises(ValueError, match=r"no random or source reference for tasks \['test-0002'\]"):
+        summarize(models, refs)

@@ -213,3 +213,20 @@ def test_a_rows_bootstrap_seed_is_fixed_by_the_config_seed_and_the_row():
     assert interval(matrix, "iqm", row_seed(0, "F", "mamba", 4)) == interval(
         matrix, "iqm", row_seed(0, "F", "mamba", 4)
     )
+
+
+def test_probability_of_improvement_ci_is_the_independent_stratified_bootstrap():
+    """Each model's runs resampled within each task independently (numpy's global generator, as seeded)."""
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(0.3, 1, size=(3, 6)), rng.normal(0, 1, size=(4, 6))
+    _, low, high = probability_of_improvement(x, y, 9)
+    np.random.seed(9)
+    tasks = np.arange(6)[None, :]
+    values = []
+    for _ in range(BOOTSTRAP):
+        xs = x[np.random.choice(3, x.shape, replace=True), tasks]
+        ys = y[np.random.choice(4, y.shape, replace=True), tasks]
+        values.append(metrics.probability_of_improvement(xs, ys))
+    assert (low, high) == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])))
+    with pytest.raises(ValueError, match=r"P\(X > Y\) needs the same tasks for both: 6 vs 5 columns"):
+        probability_of_improvement(x, y[:, :5], 0)

@@ -230,3 +230,11 @@ def test_probability_of_improvement_ci_is_the_independent_stratified_bootstrap()
     assert (low, high) == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])))
     with pytest.raises(ValueError, match=r"P\(X > Y\) needs the same tasks for both: 6 vs 5 columns"):
         probability_of_improvement(x, y[:, :5], 0)
+
+
+def test_scaled_rewards_are_clipped_on_both_sides():
+    scaler = RewardScaler(2, 0.99, clip=5.0)
+    for r in ([0.1, -0.1], [0.2, -0.2], [0.1, -0.1]):  # a small return std
+        scaler(np.array(r), np.array([False, False]))
+    out = scaler(np.array([1e4, -1e4]), np.array([False, False]))
+    assert out.tolist() == [5.0, -5.0]

@@ -192,9 +192,9 @@ def test_input_statistics_are_the_train_splits_mean_and_std_whatever_the_order(t
         write_root_attrs(f, {"family": "PointNav", "horizon": 5, "episodes": 2})
         for i, split in enumerate(["test", "train", "test", "train", "test"]):
             arrays = {
-                "observations": rng.normal(i, 0.1 + 0.2 * i, (1, 10, 2)),  # spreads below 1
+                "observations": rng.normal(0.1 * i, 0.1 + 0.1 * i, (1, 10, 2)),  # pooled variance below 1
                 "actions": rng.uniform(-1, 1, (1, 10, 2)),
-                "rewards": rng.normal(-i, 0.4, (1, 10)),
+                "rewards": rng.normal(-0.1 * i, 0.4, (1, 10)),
                 "terminated": np.zeros((1, 10), bool),
                 "truncated": np.tile([False] * 4 + [True], (1, 2)),
                 "final_observations": rng.normal(size=(1, 2, 2)),
@@ -208,6 +208,7 @@ def test_input_statistics_are_the_train_splits_mean_and_std_whatever_the_order(t
     rew = np.concatenate([a["rewards"].ravel() for a in train])
     obs, rew = obs.astype(np.float32).astype(np.float64), rew.astype(np.float32).astype(np.float64)  # as stored
     np.testing.assert_allclose(stats["obs_mean"], obs.mean(0), rtol=1e-9)
+    assert (obs.std(0) < 1).all() and rew.std() < 1  # so that a variance floored at 1 would show
     np.testing.assert_allclose(stats["obs_std"], obs.std(0) + 1e-6, rtol=1e-9)  # the std floor added, once
     assert stats["reward_mean"] == pytest.approx(rew.mean(), rel=1e-9)
     assert stats["reward_std"] == pytest.approx(rew.std() + 1e-6, rel=1e-9)

@@ -119,6 +119,19 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     assert summary[summary["arch"] == "transformer"]["context_episodes"].tolist() == [2]
 
 
+# what follows one family's dataset in the smoke config (either family): Mamba at 2 contexts, the transformer
+# at one (its second is probed), RL^2, their evaluations, the reference curves and the figures
+DOWNSTREAM_OF_A_DATASET = {
+    "train": 3,
+    "cost_probe": 1,
+    "rl2_train": 1,
+    "evaluate": 4,
+    "reference": 1,
+    "figures": 1,
+    "all": 1,
+}
+
+
 def test_rerun_after_success_does_nothing(smoke_run):
     assert planned_jobs(smoke_run) == {}
 
@@ -127,16 +140,7 @@ def test_deleting_a_dataset_reruns_only_what_depends_on_it(smoke_run):
     (smoke_run / "results/datasets/PointNav.h5").unlink()
     try:
         jobs = planned_jobs(smoke_run)
-        assert jobs == {
-            "dataset": 1,
-            "train": 3,
-            "cost_probe": 1,
-            "rl2_train": 1,
-            "evaluate": 4,
-            "reference": 1,
-            "figures": 1,
-            "all": 1,
-        }
+        assert jobs == {"dataset": 1, **DOWNSTREAM_OF_A_DATASET}
     finally:
         snakemake(smoke_run, "--cores", "2")
     assert planned_jobs(smoke_run) == {}
@@ -144,18 +148,7 @@ def test_deleting_a_dataset_reruns_only_what_depends_on_it(smoke_run):
 
 def test_a_retrained_expert_reruns_its_familys_histories_and_what_follows(smoke_run):
     jobs = planned_jobs(smoke_run, "--forcerun", "expert")
-    assert jobs == {
-        "expert": 1,
-        "histories": 1,
-        "dataset": 1,
-        "train": 3,
-        "cost_probe": 1,
-        "rl2_train": 1,
-        "evaluate": 4,
-        "reference": 1,
-        "figures": 1,
-        "all": 1,
-    }
+    assert jobs == {"expert": 1, "histories": 1, "dataset": 1, **DOWNSTREAM_OF_A_DATASET}
 
 
 def test_figures_regenerate_from_tables_alone(smoke_run):

@@ -5,7 +5,7 @@ import torch
 
 from adbench import train
 from adbench.data import DatasetError
-from adbench.evaluate import COLUMNS, CONTROLS, ModelPolicy, evaluate_model, evaluate_references, rollout
+from adbench.evaluate import COLUMNS, CONTROLS, ModelPolicy, evaluate_model, evaluate_references, rollout, tidy
 from adbench.models import build, load_checkpoint
 from adbench.tasks import sample_tasks
 
@@ -170,3 +170,17 @@ def test_dynamics_family_other_task_control_feeds_the_other_rollouts_rewards():
     # rows: (none, task0), (none, task1), (other, task0), (other, task1): the control shows the other task's reward
     for r in seen[1:]:
         assert r[2] == r[1] and r[3] == r[0]
+
+
+def test_tidy_rows_carry_every_key_and_the_return_at_their_index():
+    returns = np.random.default_rng(0).normal(size=(2, 3, 2, 4))  # controls, eval seeds, tasks, episodes
+    controls, eval_seeds, tasks = ("none", "zero_reward"), [5, 7, 9], ["test-0003", "test-0001"]
+    rows = tidy("HalfCheetahVel", "mamba", 8, 2, eval_seeds, tasks, returns, controls)
+    assert len(rows) == returns.size
+    for row in rows:
+        assert list(row) == COLUMNS
+        assert (row["family"], row["arch"], row["context_episodes"], row["seed"]) == ("HalfCheetahVel", "mamba", 8, 2)
+        c, s, t = controls.index(row["control"]), eval_seeds.index(row["eval_seed"]), tasks.index(row["task"])
+        assert row["return"] == returns[c, s, t, row["episode"]]
+    keys = {(r["control"], r["eval_seed"], r["task"], r["episode"]) for r in rows}
+    assert len(keys) == returns.size

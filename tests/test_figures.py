@@ -5,7 +5,16 @@ from PIL import Image
 from scipy import stats
 
 from adbench.figures import make_all
-from adbench.tables import compare, edge, inference_summary, source_improvement, summarize
+from adbench.tables import (
+    PROBED,
+    TRAINED,
+    compare,
+    context_scaling,
+    edge,
+    inference_summary,
+    source_improvement,
+    summarize,
+)
 
 
 def _table(arch, ctx, slope, episodes=10, tasks=6, seeds=(0, 1), level=-50.0, control="none"):
@@ -151,6 +160,9 @@ def test_make_all_writes_a_figure_and_tables(tmp_path):
     assert summary.loc["rl2", "gain"] == pytest.approx(0.5 * 9)  # last episode minus first (one-episode edges)
     md = (tmp_path / "tables/summary.md").read_text()
     assert md.startswith("| family |") and "5,000,000" in md
+    scaling = pd.read_csv(tmp_path / "tables/context_scaling.csv")
+    assert scaling[["arch", "context_episodes"]].values.tolist() == [["mamba", 4]]  # the one AD model evaluated
+    assert scaling["train_minutes"].iloc[0] == pytest.approx(20 * 0.04 / 60)
 
 
 def test_source_improvement_counts_histories_that_rose():
@@ -371,3 +383,65 @@ def test_a_task_without_references_is_named():
     refs = refs[refs["task"] != "test-0002"]
     with pytest.raises(ValueError, match=r"no random or source reference for tasks \['test-0002'\]"):
         summarize(models, refs)
+
+
+def _metrics(arch, ctx, seed, seconds_per_step, peak=(500.0, 700.0, 600.0)):
+    return pd.DataFrame(
+        {
+            "family": "HalfCheetahVel",
+            "arch": arch,
+            "context_episodes": ctx,
+            "seed": seed,
+            "step": [50, 100, 150],
+            "seconds_per_step": seconds_per_step,
+            "peak_mem_mib": list(peak),
+        }
+    )
+
+
+def test_context_scaling_table_sums_training_time_and_compares_with_mamba():
+    metrics = pd.concat(
+        [
+            _metrics("mamba", 4, 0, [2.0, 1.0, 1.2]),
+            _metrics("mamba", 4, 1, [2.0, 1.4, 1.2]),
+            _metrics("transformer", 4, 0, [5.0, 3.0, 3.4], peak=(900.0, 800.0, 100.0)),
+            _metrics("mamba", 8, 0, [3.0, 2.0, 2.0]),
+        ]
+    ).sample(frac=1.0, random_state=0)  # rows in no order
+    summary = pd.DataFrame(
+        {
+            "family": "HalfCheetahVel",
+            "arch": ["transformer", "mamba", "mamba", "rl2"],
+            "context_episodes": [4, 8, 4, 0],
+            "reward_driven_gain": [10.0, 20.0, 30.0, 40.0],
+            "normalized_final_iqm": [0.1, 0.2, 0.3, 0.4],
+        }
+    )
+    probes = pd.DataFrame(
+        {
+            "family": ["HalfCheetahVel"],
+            "arch": ["transformer"],
+            "context_episodes": [8],
+            "train_seconds_per_step": [9.0],
+            "peak_mem_mib": [2048.0],
+            "tokens_per_s": [1.0],
+        }
+    )
+    t = context_scaling(summary, metrics, probes)
+    assert list(zip(t["arch"], t["context_episodes"], t["measured_by"])) == [
+        ("mamba", 4, TRAINED),
+        ("mamba", 8, TRAINED),
+        ("transformer", 4, TRAINED),
+        ("transformer", 8, PROBED),
+    ]  # the baseline without a context is not a point on the context axis
+    t = t.set_index(["arch", "context_episodes"])
+    # wall minutes: each logged interval's seconds per step times its 50 steps, averaged over seeds
+    assert t.loc[("mamba", 4), "train_minutes"] == pytest.approx((50 * (2 + 1 + 1.2) + 50 * (2 + 1.4 + 1.2)) / 2 / 60)
+    # seconds per step after the first (warm-up) interval
+    assert t.loc[("mamba", 4), "train_seconds_per_step"] == pytest.approx((1.0 + 1.2 + 1.4 + 1.2) / 4)
+    assert t.loc[("transformer", 4), "seconds_per_step_vs_mamba"] == pytest.approx(3.2 / 1.2)
+    assert t.loc[("transformer", 4), "peak_mem_mib"] == 900.0
+    assert t.loc[("transformer", 4), "reward_driven_gain"] == 10.0
+    assert t.loc[("transformer", 8), "seconds_per_step_vs_mamba"] == pytest.approx(9.0 / 2.0)
+    assert np.isnan(t.loc[("transformer", 8), "reward_driven_gain"])
+    assert np.isnan(t.loc[("transformer", 8), "train_minutes"])

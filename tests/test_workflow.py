@@ -117,6 +117,17 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     assert probe["context_episodes"] == 3 and probe["train_seconds_per_step"] > 0 and probe["ms_per_step"] > 0
     assert probe["tokens_per_s"] == pytest.approx(probe["batch"] * 3 * 50 / probe["train_seconds_per_step"])
     assert summary[summary["arch"] == "transformer"]["context_episodes"].tolist() == [2]
+    scaling = pd.read_csv(results / "tables/context_scaling.csv")
+    pointnav = scaling[scaling["family"] == "PointNav"]
+    assert pointnav[["arch", "context_episodes", "measured_by"]].values.tolist() == [
+        ["mamba", 2, "training"],
+        ["mamba", 3, "training"],
+        ["transformer", 2, "training"],
+        ["transformer", 3, "cost probe"],
+    ]
+    assert (scaling["train_seconds_per_step"] > 0).all() and (scaling["peak_mem_mib"] > 0).all()
+    trained = scaling[scaling["measured_by"] == "training"]
+    assert (trained["train_minutes"] > 0).all() and trained["reward_driven_gain"].notna().all()
 
 
 # what follows one family's dataset in the smoke config (either family): Mamba at 2 contexts, the transformer

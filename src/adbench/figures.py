@@ -15,6 +15,7 @@ from .tables import (  # noqa: E402
     ALL_FAMILIES,
     NO_CONTEXT,
     compare,
+    context_scaling,
     final_inference,
     held_out,
     inference_summary,
@@ -22,6 +23,7 @@ from .tables import (  # noqa: E402
     load,
     source_improvement,
     summarize,
+    training_costs,
     write_table,
 )
 
@@ -160,13 +162,7 @@ def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path, probes: pd
     """(c) Training seconds per step and peak memory, and inference ms per batched step, against context
     length: a row per quantity, a column per family, axes from zero. Filled markers: trained models;
     hollow ones: contexts an architecture was not trained at, measured by the cost probe."""
-    keys = ["family", "arch", "context_episodes", "seed"]
-    trained = (
-        metrics[metrics["step"] > metrics.groupby(keys)["step"].transform("min")]
-        .groupby(keys)
-        .agg(seconds_per_step=("seconds_per_step", "mean"), peak_mem_mib=("peak_mem_mib", "max"))
-        .reset_index()
-    )
+    trained = training_costs(metrics).rename(columns={"train_seconds_per_step": "seconds_per_step"})
     costs = costs[costs["context_episodes"] != NO_CONTEXT]  # against context length: AD models only
     probes = probes.rename(columns={"train_seconds_per_step": "seconds_per_step"}) if probes is not None else None
     panels = [
@@ -355,7 +351,11 @@ def make_all(
         inference = pd.concat([pd.read_csv(p) for p in inference_csvs], ignore_index=True)
         write_table(inference_summary(inference), out / "tables/task_inference.csv", out / "tables/task_inference.md")
         plot_task_inference(inference, out / "figures/task_inference.png")
-    if train_metrics and inference_costs:
+    if train_metrics:
         probes = pd.concat([pd.read_csv(p) for p in cost_probes]) if cost_probes else None
-        plot_cost(pd.concat([pd.read_csv(p) for p in train_metrics]), costs, out / "figures/cost.png", probes)
+        metrics = pd.concat([pd.read_csv(p) for p in train_metrics])
+        scaling = context_scaling(summary, metrics, probes)
+        write_table(scaling, out / "tables/context_scaling.csv", out / "tables/context_scaling.md")
+        if inference_costs:
+            plot_cost(metrics, costs, out / "figures/cost.png", probes)
     return summary

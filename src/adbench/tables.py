@@ -323,6 +323,56 @@ def inference_summary(inference: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=INFERENCE_SUMMARY_COLUMNS)
 
 
+SCALING_COLUMNS = [
+    "family",
+    "arch",
+    "context_episodes",
+    "measured_by",
+    "reward_driven_gain",
+    "reward_driven_ci_low",
+    "reward_driven_ci_high",
+    "normalized_final_iqm",
+    "normalized_ci_low",
+    "normalized_ci_high",
+    "train_minutes",
+    "train_seconds_per_step",
+    "seconds_per_step_vs_mamba",
+    "peak_mem_mib",
+]
+TRAINED, PROBED = "training", "cost probe"
+
+
+def training_costs(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per AD training run: wall minutes (the logged intervals' seconds per step times their steps), mean
+    seconds per step after the first interval (allocations, warm-up) and peak memory."""
+    keys = ["family", "arch", "context_episodes", "seed"]
+    m = metrics.sort_values([*keys, "step"])
+    steps = m["step"] - m.groupby(keys)["step"].shift(fill_value=0)
+    m = m.assign(seconds=m["seconds_per_step"] * steps, warm=m["step"] > m.groupby(keys)["step"].transform("min"))
+    runs = m.groupby(keys).agg(train_minutes=("seconds", "sum"), peak_mem_mib=("peak_mem_mib", "max"))
+    runs["train_minutes"] /= 60
+    runs["train_seconds_per_step"] = m[m["warm"]].groupby(keys)["seconds_per_step"].mean()
+    return runs.reset_index()
+
+
+def context_scaling(summary: pd.DataFrame, metrics: pd.DataFrame, probes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Family x AD architecture x context: the reward-driven gain and normalised final return (from the
+    summary, with their CIs), the training's wall minutes, seconds per step (also as a multiple of Mamba's
+    at the same context) and peak memory; contexts an architecture was not trained at come from the cost
+    probe (costs only)."""
+    keys = ["family", "arch", "context_episodes"]
+    costs = training_costs(metrics).drop(columns="seed").groupby(keys).mean().reset_index()
+    rows = summary[summary["context_episodes"] != NO_CONTEXT].merge(costs, on=keys, how="left", validate="1:1")
+    rows["measured_by"] = TRAINED
+    if probes is not None and len(probes):
+        probed = probes[[*keys, "train_seconds_per_step", "peak_mem_mib"]].assign(measured_by=PROBED)
+        rows = pd.concat([rows, probed], ignore_index=True)
+    mamba = rows[rows["arch"] == "mamba"].set_index(["family", "context_episodes"])["train_seconds_per_step"]
+    at = pd.MultiIndex.from_frame(rows[["family", "context_episodes"]])
+    rows["seconds_per_step_vs_mamba"] = rows["train_seconds_per_step"].to_numpy() / mamba.reindex(at).to_numpy()
+    return rows.sort_values(keys).reindex(columns=SCALING_COLUMNS).reset_index(drop=True)
+
+
 def _cell(v) -> str:
     if isinstance(v, float) and v.is_integer() and abs(v) >= 1000:
         return f"{v:,.0f}"  # step counts

@@ -69,6 +69,12 @@ rule figures:
             category="Tables",
         ),
         summary_md="results/tables/summary.md",
+        context_scaling=report(
+            "results/tables/context_scaling.csv",
+            caption="../report/context_scaling_table.rst",
+            category="Tables",
+        ),
+        context_scaling_md="results/tables/context_scaling.md",
         source_improvement=report(
             "results/tables/source_improvement.csv",
             caption="../report/source_improvement.rst",

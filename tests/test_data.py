@@ -1,4 +1,5 @@
 import json
+import pickle
 import shutil
 
 import h5py
@@ -212,3 +213,13 @@ def test_input_statistics_are_the_train_splits_mean_and_std_whatever_the_order(t
     np.testing.assert_allclose(stats["obs_std"], obs.std(0) + 1e-6, rtol=1e-9)  # the std floor added, once
     assert stats["reward_mean"] == pytest.approx(rew.mean(), rel=1e-9)
     assert stats["reward_std"] == pytest.approx(rew.std() + 1e-6, rel=1e-9)
+
+
+def test_a_pickled_sampler_opens_its_own_file_and_samples_as_the_original(dataset):
+    sampler = WindowSampler(dataset, 2, 1, 3, seed=5)
+    sampler.sample()  # the handle is open
+    copy = pickle.loads(pickle.dumps(sampler))
+    assert copy._file is None and sampler._file is not None
+    a, b = sampler.sample(), copy.sample()
+    for key in a:
+        np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())

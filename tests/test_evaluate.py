@@ -4,8 +4,22 @@ import pytest
 import torch
 
 from adbench import train
-from adbench.data import DatasetError
-from adbench.evaluate import COLUMNS, CONTROLS, ModelPolicy, evaluate_model, evaluate_references, rollout, tidy
+from adbench.data import DatasetError, open_histories
+from adbench.evaluate import (
+    COLUMNS,
+    CONTROLS,
+    INFERENCE_COLUMNS,
+    ModelPolicy,
+    evaluate_model,
+    evaluate_references,
+    inference_rows,
+    rollout,
+    source_inference_rows,
+    tidy,
+)
+from adbench.evaluate import (
+    test_tasks as held_out_tasks,
+)
 from adbench.models import build, load_checkpoint
 from adbench.tasks import sample_tasks
 
@@ -184,3 +198,54 @@ def test_tidy_rows_carry_every_key_and_the_return_at_their_index():
         assert row["return"] == returns[c, s, t, row["episode"]]
     keys = {(r["control"], r["eval_seed"], r["task"], r["episode"]) for r in rows}
     assert len(keys) == returns.size
+
+
+def test_inference_rows_diagnose_the_episode_at_their_index():
+    rng = np.random.default_rng(1)
+    shape = (2, 2, 3, 4)  # controls, eval seeds, tasks, episodes
+    obs_mean, obs_last = rng.normal(size=(*shape, 17)), rng.normal(size=(*shape, 17))
+    tasks = [("test-0002", {"velocity": 0.5}), ("test-0000", {"velocity": 2.5}), ("test-0001", {"velocity": 1.0})]
+    controls, seeds = ("none", "other_task_reward"), [3, 1]
+    rows = inference_rows("HalfCheetahVel", "transformer", 4, 1, seeds, tasks, obs_mean, obs_last, controls)
+    assert len(rows) == np.prod(shape) and all(list(r) == INFERENCE_COLUMNS for r in rows)
+    ids = [tid for tid, _ in tasks]
+    for r in rows:
+        c, s, t = controls.index(r["control"]), seeds.index(r["eval_seed"]), ids.index(r["task"])
+        achieved = obs_mean[c, s, t, r["episode"], 8]  # HalfCheetah's forward velocity
+        assert (r["arch"], r["context_episodes"], r["seed"], r["quantity"]) == ("transformer", 4, 1, "forward_velocity")
+        assert r["target"] == tasks[t][1]["velocity"] and r["achieved"] == pytest.approx(achieved)
+        assert r["error"] == pytest.approx(abs(achieved - tasks[t][1]["velocity"]))
+    goals = [("test-0000", {"goal": [1.0, -2.0]}), ("test-0001", {"goal": [0.0, 3.0]})]
+    rows = inference_rows("AntGoal", "mamba", 8, 0, [0], goals, obs_mean[:, :1, :2], obs_last[:, :1, :2], controls)
+    for r in rows:
+        c, t = controls.index(r["control"]), int(r["task"][-1])
+        distance = np.hypot(*(obs_last[c, 0, t, r["episode"], :2] - goals[t][1]["goal"]))
+        assert r["achieved"] == pytest.approx(distance) and r["error"] == pytest.approx(distance)
+
+
+def test_source_inference_rows_read_each_history_episodes_last_observation(dataset):
+    tasks = held_out_tasks(dataset)
+    with open_histories(dataset) as f:
+        horizon = int(f.attrs["horizon"])
+        observations = {tid: f["tasks"][tid]["observations"][...] for tid, _ in tasks}
+    rows = source_inference_rows(dataset, "PointNav", tasks, horizon)
+    n_histories, steps = next(iter(observations.values())).shape[:2]
+    assert len(rows) == len(tasks) * n_histories * steps // horizon
+    goals = dict(tasks)
+    for r in rows[:: max(1, len(rows) // 97)]:  # a spread of histories, tasks and episodes
+        last = observations[r["task"]][r["seed"], (r["episode"] + 1) * horizon - 1]
+        assert (r["arch"], r["eval_seed"], r["control"]) == ("source", -1, "none")
+        assert r["achieved"] == pytest.approx(np.hypot(*(last[:2] - goals[r["task"]]["goal"])))
+
+
+def test_references_write_the_random_and_source_diagnostics(cfg, dataset, tmp_path):
+    cfg["evaluate"].update(episodes=3, seeds=[0, 2])
+    evaluate_references(cfg, dataset, tmp_path / "ref.csv", progress=False, inference_path=tmp_path / "inf.csv")
+    df = pd.read_csv(tmp_path / "inf.csv")
+    assert list(df.columns) == INFERENCE_COLUMNS
+    rnd, src = df[df["arch"] == "random"], df[df["arch"] == "source"]
+    assert len(rnd) == 2 * 4 * 3 and set(rnd["eval_seed"]) == {0, 2}  # seeds x test tasks x episodes
+    assert set(src["task"]) == {f"test-{i:04d}" for i in range(4)} and (src["eval_seed"] == -1).all()
+    # the source's histories end nearer their goals than the random policy does
+    last = src["episode"].max()
+    assert src[src["episode"] == last]["achieved"].mean() < rnd["achieved"].mean()

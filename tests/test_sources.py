@@ -75,6 +75,19 @@ def test_log_prob_and_entropy_are_the_gaussian_ones():
     torch.testing.assert_close(agent.entropy(), ref.entropy().sum(-1)[:, 0])
 
 
+def test_mean_action_is_the_actor_on_normalised_observations_and_leaves_the_normaliser():
+    agent = BatchedPPO(2, 4, 3, PPOConfig(clip_obs=1.5), seed=0)
+    rng = np.random.default_rng(0)
+    agent.obs_rms.update(rng.normal(3.0, 2.0, (2, 50, 4)))
+    mean, var = agent.obs_rms.mean.copy(), agent.obs_rms.var.copy()
+    obs = rng.normal(3.0, 4.0, (2, 4))
+    x = np.clip((obs - mean) / np.sqrt(var + 1e-8), -1.5, 1.5).astype(np.float32)
+    expected = agent.actor(torch.from_numpy(x)[:, None]).detach().numpy()[:, 0]
+    np.testing.assert_allclose(agent.mean_action(obs), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(agent.obs_rms.mean, mean)
+    np.testing.assert_array_equal(agent.obs_rms.var, var)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_ppo_histories_do_not_depend_on_physics_threads(threads):
     from adbench.sources import run_ppo

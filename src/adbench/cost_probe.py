@@ -1,7 +1,7 @@
 """The cost of an AD model at a context it is not trained at (`max_context`): measured, not assumed.
 
 In a process of its own (so that its peak memory is the model's): the model built at that context's
-window, a few training steps on real windows of the dataset (seconds per step after one warm-up
+window, a few of training's own steps on real windows of the dataset (seconds per step after one warm-up
 step, tokens per second, peak memory), and batched inference steps with the recurrent state or the
 cache filled to the whole context (milliseconds per step, over the last steps). The cost figure
 draws these beside the trained models' costs, marked as probes.
@@ -19,7 +19,7 @@ from .devices import pick_device
 from .models import build
 from .progress import say
 from .seeding import derive_seed
-from .train import peak_memory_mib
+from .train import peak_memory_mib, train_step
 
 SECTIONS = ["dataset", "model", "train", "evaluate", "tasks"]
 COLUMNS = [
@@ -57,12 +57,8 @@ def probe(cfg: dict, dataset, arch: str, context_episodes: int, out, progress=No
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["learning_rate"])
     seconds = []
     for i in range(TIMED_STEPS + 1):  # the first step warms up (allocations, kernel builds)
-        batch = {k: v.to(device) for k, v in sampler.sample().items()}
         t0 = time.perf_counter()
-        loss = model.loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, sampler, device, tcfg["grad_clip"])  # what a training step does
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i:

@@ -47,6 +47,18 @@ def lr_at(step: int, cfg: dict) -> float:
     return cfg["learning_rate"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def train_step(model, optimizer, sampler, device: torch.device, grad_clip: float) -> tuple:
+    """One optimiser step on a fresh batch of windows (bfloat16 autocast on CUDA): (loss, tokens)."""
+    batch = {k: v.to(device) for k, v in sampler.sample().items()}
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        loss = model.loss(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss, batch["action"].shape[0] * batch["action"].shape[1]
+
+
 def peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -113,15 +125,9 @@ def run(
     while step < tcfg["steps"]:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, tcfg)
-        batch = {k: v.to(device) for k, v in sampler.sample().items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model.loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
-        optimizer.step()
+        loss, batch_tokens = train_step(model, optimizer, sampler, device, tcfg["grad_clip"])
         step += 1
-        tokens, steps = tokens + batch["action"].shape[0] * batch["action"].shape[1], steps + 1
+        tokens, steps = tokens + batch_tokens, steps + 1
         bar.update(1)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower train.learning_rate")

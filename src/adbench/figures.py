@@ -124,34 +124,52 @@ def _context_axis(ax, contexts) -> None:
     ax.minorticks_off()
 
 
+SCALING_PANELS = [
+    ("normalized_final_iqm", "normalized_ci_low", "normalized_ci_high", "normalised final return (IQM)"),
+    ("reward_driven_gain", "reward_driven_ci_low", "reward_driven_ci_high", "reward-driven gain"),
+]
+
+
 def plot_context_scaling(summary: pd.DataFrame, path: Path) -> None:
-    """(b) Normalised final in-context return vs context length, per family and architecture; a baseline
-    without an AD context (RL^2) is a horizontal line with its CI as a band."""
+    """(b) Normalised final in-context return (top) and reward-driven gain (bottom) vs context length, a
+    column per family, a line per AD architecture with 95% CIs; a baseline without an AD context (RL^2) is
+    a horizontal line with its CI as a band."""
     families = sorted(summary["family"].unique())
     archs = sorted(summary.loc[summary["context_episodes"] != NO_CONTEXT, "arch"].unique())
     arch_colours = colours(archs)
-    fig, axes = plt.subplots(1, len(families), figsize=(3.8 * len(families) + 1.5, 3.4), squeeze=False)
-    for ax, family in zip(axes[0], families):
+    fig, axes = plt.subplots(
+        len(SCALING_PANELS), len(families), figsize=(3.8 * len(families) + 1.5, 6.4), squeeze=False
+    )
+    for col, family in enumerate(families):
         fam = summary[summary["family"] == family]
-        for _baseline, g in fam[fam["context_episodes"] == NO_CONTEXT].groupby("arch"):
-            ax.axhline(g["normalized_final_iqm"].iloc[0], ls="-.", lw=1.2, color="tab:purple")
-            ax.axhspan(g["normalized_ci_low"].iloc[0], g["normalized_ci_high"].iloc[0], color="tab:purple", alpha=0.12)
         ad = fam[fam["context_episodes"] != NO_CONTEXT]
-        for arch, g in ad.groupby("arch"):
-            g = g.sort_values("context_episodes")
-            y = g["normalized_final_iqm"].to_numpy()
-            err = np.vstack([y - g["normalized_ci_low"].to_numpy(), g["normalized_ci_high"].to_numpy() - y])
-            ax.errorbar(g["context_episodes"], y, yerr=err, marker="o", capsize=3, color=arch_colours[arch])
-        ax.axhline(0.0, color="grey", lw=0.8, ls=":")
-        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        if len(ad):
-            _context_axis(ax, ad["context_episodes"])
-        ax.set(title=family, xlabel="context (episodes, log2)", ylabel="normalised final return (IQM)")
+        for row, (value, low, high, name) in enumerate(SCALING_PANELS):
+            ax = axes[row, col]
+            for _baseline, g in fam[fam["context_episodes"] == NO_CONTEXT].groupby("arch"):
+                ax.axhline(g[value].iloc[0], ls="-.", lw=1.2, color="tab:purple")
+                ax.axhspan(g[low].iloc[0], g[high].iloc[0], color="tab:purple", alpha=0.12)
+            for i, (arch, g) in enumerate(ad.groupby("arch")):
+                g = g.sort_values("context_episodes")
+                y = g[value].to_numpy()
+                err = np.vstack([y - g[low].to_numpy(), g[high].to_numpy() - y])
+                dodge = 2 ** (0.05 * (i - (len(archs) - 1) / 2))  # side by side where contexts coincide
+                x = g["context_episodes"].to_numpy() * dodge
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=arch_colours[arch])
+            ax.axhline(0.0, color="grey", lw=0.8, ls=":")
+            if row == 0:
+                ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+            if len(ad):
+                _context_axis(ax, ad["context_episodes"])
+            ax.set(
+                title=family if row == 0 else "",
+                xlabel="context (episodes, log2)" if row == len(SCALING_PANELS) - 1 else "",
+                ylabel=name if col == 0 else "",
+            )
     handles = [plt.Line2D([], [], color=arch_colours[a], marker="o", label=a) for a in archs]
     handles += [
         plt.Line2D([], [], color="tab:purple", ls="-.", label="RL^2 (whole trial)"),
         plt.Line2D([], [], color="grey", ls="--", label="source final (1)"),
-        plt.Line2D([], [], color="grey", ls=":", label="random (0)"),
+        plt.Line2D([], [], color="grey", ls=":", label="random (0) / no gain"),
     ]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.tight_layout()

@@ -212,7 +212,8 @@ def test_inference_rows_diagnose_the_episode_at_their_index():
     for r in rows:
         c, s, t = controls.index(r["control"]), seeds.index(r["eval_seed"]), ids.index(r["task"])
         achieved = obs_mean[c, s, t, r["episode"], 8]  # HalfCheetah's forward velocity
-        assert (r["arch"], r["context_episodes"], r["seed"], r["quantity"]) == ("transformer", 4, 1, "forward_velocity")
+        assert (r["family"], r["arch"], r["context_episodes"], r["seed"]) == ("HalfCheetahVel", "transformer", 4, 1)
+        assert r["quantity"] == "forward_velocity"
         assert r["target"] == tasks[t][1]["velocity"] and r["achieved"] == pytest.approx(achieved)
         assert r["error"] == pytest.approx(abs(achieved - tasks[t][1]["velocity"]))
     goals = [("test-0000", {"goal": [1.0, -2.0]}), ("test-0001", {"goal": [0.0, 3.0]})]
@@ -234,7 +235,8 @@ def test_source_inference_rows_read_each_history_episodes_last_observation(datas
     goals = dict(tasks)
     for r in rows[:: max(1, len(rows) // 97)]:  # a spread of histories, tasks and episodes
         last = observations[r["task"]][r["seed"], (r["episode"] + 1) * horizon - 1]
-        assert (r["arch"], r["eval_seed"], r["control"]) == ("source", -1, "none")
+        assert (r["family"], r["arch"], r["eval_seed"], r["control"]) == ("PointNav", "source", -1, "none")
+        assert r["context_episodes"] == 0 and r["quantity"] == "final_distance_to_goal"
         assert r["achieved"] == pytest.approx(np.hypot(*(last[:2] - goals[r["task"]]["goal"])))
 
 

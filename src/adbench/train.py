@@ -47,9 +47,10 @@ def lr_at(step: int, cfg: dict) -> float:
     return cfg["learning_rate"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_step(model, optimizer, sampler, device: torch.device, grad_clip: float) -> tuple:
-    """One optimiser step on a fresh batch of windows (bfloat16 autocast on CUDA): (loss, tokens)."""
-    batch = {k: v.to(device) for k, v in sampler.sample().items()}
+def train_step(model, optimizer, batch: dict, grad_clip: float) -> tuple:
+    """One optimiser step on a batch of windows on the model's device (bfloat16 autocast on CUDA):
+    (loss, tokens)."""
+    device = batch["action"].device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         loss = model.loss(batch)
     optimizer.zero_grad(set_to_none=True)
@@ -125,7 +126,8 @@ def run(
     while step < tcfg["steps"]:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, tcfg)
-        loss, batch_tokens = train_step(model, optimizer, sampler, device, tcfg["grad_clip"])
+        batch = {k: v.to(device) for k, v in sampler.sample().items()}
+        loss, batch_tokens = train_step(model, optimizer, batch, tcfg["grad_clip"])
         step += 1
         tokens, steps = tokens + batch_tokens, steps + 1
         bar.update(1)

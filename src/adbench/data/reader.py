@@ -9,13 +9,14 @@ import numpy as np
 from .schema import DATASETS, ROOT_ATTRS, SCHEMA_VERSION, SPLITS, DatasetError
 
 
-def open_histories(path) -> h5py.File:
-    """Open a history file read-only with a chunk cache sized for window sampling."""
+def open_histories(path, chunk_cache_bytes: int = 64 * 2**20) -> h5py.File:
+    """Open a history file read-only; each dataset opened from it keeps up to `chunk_cache_bytes` of
+    decompressed chunks while its handle is open."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such history file; run the workflow's `dataset` rule to create it")
     try:
-        return h5py.File(path, "r", rdcc_nbytes=64 * 2**20)
+        return h5py.File(path, "r", rdcc_nbytes=chunk_cache_bytes, rdcc_nslots=10007)
     except OSError as e:
         raise DatasetError(
             f"{path}: not a readable HDF5 file ({e.__class__.__name__}); delete it and rerun the workflow"

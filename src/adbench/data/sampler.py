@@ -39,19 +39,27 @@ def make_tokens(obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, horiz
     }
 
 
+ARRAYS = ("observations", "actions", "rewards")
+CHUNK_CACHE_BYTES = 2**30  # decompressed chunks kept by all of a sampler's arrays together (at most)
+
+
 class WindowSampler:
-    """Samples batches of windows lazily from the train split of a history file (one handle per process)."""
+    """Samples batches of windows lazily from the train split of a history file (one handle per process).
+
+    The train arrays stay open, each with its own chunk cache (a share of CHUNK_CACHE_BYTES): a window
+    reads one episode per stride from a compressed chunk that holds many, so a chunk decompressed once
+    serves many windows; a freshly opened array would decompress it again for every episode read."""
 
     def __init__(self, path, context_episodes: int, stride: int, batch_size: int, seed: int):
         self.path, self.context_episodes, self.stride, self.batch_size = path, context_episodes, stride, batch_size
         self.rng = np.random.default_rng(seed)
-        self._file = None
-        f = self.file
-        self.horizon, self.episodes = int(f.attrs["horizon"]), int(f.attrs["episodes"])
-        self.train_ids = [tid for tid, split, _ in task_table(f) if split == "train"]
-        if not self.train_ids:
-            raise DatasetError(f"{path}: no train tasks to sample windows from")
-        self.histories = f["tasks"][self.train_ids[0]]["rewards"].shape[0]
+        self._file, self._arrays = None, None
+        with open_histories(path) as f:
+            self.horizon, self.episodes = int(f.attrs["horizon"]), int(f.attrs["episodes"])
+            self.train_ids = [tid for tid, split, _ in task_table(f) if split == "train"]
+            if not self.train_ids:
+                raise DatasetError(f"{path}: no train tasks to sample windows from")
+            self.histories = f["tasks"][self.train_ids[0]]["rewards"].shape[0]
         span = window_span(context_episodes, stride)
         if span > self.episodes:
             raise DatasetError(
@@ -61,13 +69,16 @@ class WindowSampler:
             )
 
     @property
-    def file(self):
-        if self._file is None:
-            self._file = open_histories(self.path)
-        return self._file
+    def arrays(self) -> list:
+        """[{name: open dataset}] per train task, opened once with their share of the chunk cache."""
+        if self._arrays is None:
+            share = max(2**20, CHUNK_CACHE_BYTES // (len(self.train_ids) * len(ARRAYS)))
+            self._file = open_histories(self.path, chunk_cache_bytes=share)
+            self._arrays = [{name: self._file["tasks"][tid][name] for name in ARRAYS} for tid in self.train_ids]
+        return self._arrays
 
-    def __getstate__(self):  # a worker opens its own handle
-        return {**self.__dict__, "_file": None}
+    def __getstate__(self):  # a worker opens its own handles
+        return {**self.__dict__, "_file": None, "_arrays": None}
 
     @property
     def tokens_per_window(self) -> int:
@@ -78,9 +89,9 @@ class WindowSampler:
         tasks = self.rng.integers(len(self.train_ids), size=b)
         hists = self.rng.integers(self.histories, size=b)
         starts = self.rng.integers(self.episodes - window_span(c, k) + 1, size=b)
-        parts = {"observations": [], "actions": [], "rewards": []}
+        parts = {name: [] for name in ARRAYS}
         for task, hist, e0 in zip(tasks, hists, starts):
-            g = self.file["tasks"][self.train_ids[task]]
+            g = self.arrays[task]
             for name in parts:
                 if k == 1:
                     parts[name].append(g[name][hist, e0 * h : (e0 + c) * h])

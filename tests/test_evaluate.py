@@ -1,3 +1,4 @@
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +14,7 @@ from adbench.evaluate import (
     evaluate_model,
     evaluate_references,
     inference_rows,
+    random_policy,
     rollout,
     source_inference_rows,
     tidy,
@@ -251,3 +253,29 @@ def test_references_write_the_random_and_source_diagnostics(cfg, dataset, tmp_pa
     # the source's histories end nearer their goals than the random policy does
     last = src["episode"].max()
     assert src[src["episode"] == last]["achieved"].mean() < rnd["achieved"].mean()
+
+
+def test_random_policy_is_uniform_on_the_action_box_and_follows_its_generator():
+    prev_action = np.zeros((4000, 6), np.float32)
+    draw = [random_policy(None, prev_action, None, None, torch.Generator().manual_seed(3)) for _ in range(2)]
+    np.testing.assert_array_equal(draw[0], draw[1])  # the generator alone decides
+    a = draw[0]
+    assert a.shape == prev_action.shape and a.min() >= -1.0 and a.max() < 1.0
+    # uniform on [-1, 1): mean 0, variance 1/3, a quarter of the mass in each quarter of the box
+    assert abs(a.mean()) < 0.02 and abs(a.var() - 1 / 3) < 0.01
+    np.testing.assert_allclose(np.histogram(a, bins=4, range=(-1, 1))[0] / a.size, 0.25, atol=0.01)
+
+
+def test_source_inference_rows_average_each_episodes_observations(tmp_path):
+    """HalfCheetahVel's diagnostic reads the mean forward velocity of each stored episode."""
+    horizon, rng = 5, np.random.default_rng(2)
+    obs = rng.normal(size=(2, 3 * horizon, 17)).astype(np.float32)  # 2 histories of 3 episodes
+    with h5py.File(tmp_path / "h.h5", "w") as f:
+        f.create_dataset("tasks/test-0000/observations", data=obs)
+    task = {"velocity": 1.5}
+    rows = source_inference_rows(tmp_path / "h.h5", "HalfCheetahVel", [("test-0000", task)], horizon)
+    assert [(r["seed"], r["episode"]) for r in rows] == [(h, e) for h in range(2) for e in range(3)]
+    for r in rows:
+        velocity = obs[r["seed"], r["episode"] * horizon : (r["episode"] + 1) * horizon, 8].astype(np.float64).mean()
+        assert r["achieved"] == pytest.approx(velocity, rel=1e-12) and r["target"] == 1.5
+        assert r["error"] == pytest.approx(abs(velocity - 1.5), rel=1e-12)

@@ -362,11 +362,11 @@ def context_scaling(summary: pd.DataFrame, metrics: pd.DataFrame, probes: pd.Dat
     probe (costs only)."""
     keys = ["family", "arch", "context_episodes"]
     costs = training_costs(metrics).drop(columns="seed").groupby(keys).mean().reset_index()
-    rows = summary[summary["context_episodes"] != NO_CONTEXT].merge(costs, on=keys, how="left", validate="1:1")
+    rows = summary[summary["context_episodes"] != NO_CONTEXT].merge(costs, on=keys, how="left")
     rows["measured_by"] = TRAINED
     if probes is not None and len(probes):
         probed = probes[[*keys, "train_seconds_per_step", "peak_mem_mib"]].assign(measured_by=PROBED)
-        rows = pd.concat([rows, probed], ignore_index=True)
+        rows = pd.concat([rows, probed])
     mamba = rows[rows["arch"] == "mamba"].set_index(["family", "context_episodes"])["train_seconds_per_step"]
     at = pd.MultiIndex.from_frame(rows[["family", "context_episodes"]])
     rows["seconds_per_step_vs_mamba"] = rows["train_seconds_per_step"].to_numpy() / mamba.reindex(at).to_numpy()

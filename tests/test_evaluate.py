@@ -60,6 +60,14 @@ def test_references_hold_random_and_the_source_curve(cfg, dataset, tmp_path):
     rnd, src = df[df["arch"] == "random"], df[df["arch"] == "source"]
     assert len(rnd) == len(cfg["evaluate"]["seeds"]) * 4 * cfg["evaluate"]["episodes"]
     assert len(src) == (8 + 4) * cfg["source"]["episodes"]  # train and test tasks' histories
+    assert (df["family"] == "PointNav").all() and (df["context_episodes"] == 0).all()
+    assert (df["control"] == "none").all() and (rnd["seed"] == 0).all()
+    assert set(rnd["eval_seed"]) == set(cfg["evaluate"]["seeds"]) and (src["eval_seed"] == -1).all()
+    with open_histories(dataset) as f:  # a source row: history `seed`'s episode return, as stored
+        stored = {tid: g["episode_returns"][...] for tid, g in f["tasks"].items()}
+    assert set(src["seed"]) == set(range(next(iter(stored.values())).shape[0]))
+    for _, r in src.sample(50, random_state=0).iterrows():
+        assert r["return"] == pytest.approx(stored[r["task"]][r["seed"], r["episode"]], rel=1e-6)
     # the source learns on held-out tasks too; random stays near where the source started
     test_src = src[src["task"].str.startswith("test-")]
     last = cfg["source"]["episodes"] - cfg["source"]["episodes"] // 10
@@ -249,6 +257,7 @@ def test_references_write_the_random_and_source_diagnostics(cfg, dataset, tmp_pa
     assert list(df.columns) == INFERENCE_COLUMNS
     rnd, src = df[df["arch"] == "random"], df[df["arch"] == "source"]
     assert len(rnd) == 2 * 4 * 3 and set(rnd["eval_seed"]) == {0, 2}  # seeds x test tasks x episodes
+    assert (df["family"] == "PointNav").all() and (df["context_episodes"] == 0).all() and (rnd["seed"] == 0).all()
     assert set(src["task"]) == {f"test-{i:04d}" for i in range(4)} and (src["eval_seed"] == -1).all()
     # the source's histories end nearer their goals than the random policy does
     last = src["episode"].max()

@@ -2,7 +2,7 @@
 
 In a process of its own (so that its peak memory is the model's): the model built at that context's
 window, a few of training's own steps on real windows of the dataset (seconds per step after one warm-up
-step, tokens per second, peak memory), and batched inference steps with the recurrent state or the
+step, tokens per second, training's peak memory), and batched inference steps with the recurrent state or the
 cache filled to the whole context (milliseconds per step, over the last steps). The cost figure
 draws these beside the trained models' costs, marked as probes.
 """
@@ -70,6 +70,7 @@ def probe(cfg: dict, dataset, arch: str, context_episodes: int, out, progress=No
             progress,
         )
     per_step = float(np.median(seconds))
+    peak_mib = peak_memory_mib(device)  # training's peak, before inference fills its cache
     inference_batch = 3 * info["n_test"] * len(cfg["evaluate"]["seeds"])  # as evaluate batches the controls
     ms = _inference_ms(model, info, window, inference_batch, device)
     row = {
@@ -79,7 +80,7 @@ def probe(cfg: dict, dataset, arch: str, context_episodes: int, out, progress=No
         "batch": tcfg["batch_size"],
         "train_seconds_per_step": per_step,
         "tokens_per_s": tcfg["batch_size"] * window / per_step,
-        "peak_mem_mib": peak_memory_mib(device),
+        "peak_mem_mib": peak_mib,
         "inference_batch": inference_batch,
         "ms_per_step": ms,
     }

@@ -223,3 +223,16 @@ def test_a_pickled_sampler_opens_its_own_file_and_samples_as_the_original(datase
     a, b = sampler.sample(), copy.sample()
     for key in a:
         np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+
+
+def test_a_sampler_needs_train_tasks_and_takes_a_window_spanning_every_episode(dataset, tmp_path):
+    with h5py.File(dataset) as f:
+        episodes, horizon = int(f.attrs["episodes"]), int(f.attrs["horizon"])
+    assert WindowSampler(dataset, episodes, 1, 2, seed=0).sample()["obs"].shape[1] == episodes * horizon
+    copy = tmp_path / "only-test.h5"
+    shutil.copy(dataset, copy)
+    with h5py.File(copy, "r+") as f:
+        for g in f["tasks"].values():
+            g.attrs["split"] = "test"
+    with pytest.raises(DatasetError, match="no train tasks to sample windows from"):
+        WindowSampler(copy, 2, 1, 2, seed=0)

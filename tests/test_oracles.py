@@ -154,20 +154,24 @@ def test_other_task_derangement_has_no_fixed_point(n):
     assert sorted(deranged.ravel()) == sorted(rows.ravel())  # a permutation: every task's rewards shown once
 
 
-def test_ad_window_is_every_kth_episode_with_previous_step_inputs(dataset):
-    k, c = 4, 3
+@pytest.mark.parametrize("k, c", [(4, 3), (1, 3), (2, 4), (2, None)])  # None: a window spanning every episode
+def test_ad_window_is_every_kth_episode_with_previous_step_inputs(dataset, k, c):
+    with h5py.File(dataset) as f:
+        train = [tid for tid, g in f["tasks"].items() if g.attrs["split"] == "train"]
+        histories, episodes = f["tasks"][train[0]]["rewards"].shape[0], int(f.attrs["episodes"])
+    c = c or (episodes - 1) // k + 1
     sampler = WindowSampler(dataset, c, k, batch_size=6, seed=11)
     state = sampler.rng.bit_generator.state
     batch = sampler.sample()
     rng = np.random.default_rng()
     rng.bit_generator.state = state  # replay the sampler's draws
-    tasks = rng.integers(len(sampler.train_ids), size=6)
-    hists = rng.integers(sampler.histories, size=6)
-    starts = rng.integers(sampler.episodes - (c - 1) * k, size=6)
+    tasks = rng.integers(len(train), size=6)
+    hists = rng.integers(histories, size=6)
+    starts = rng.integers(episodes - (c - 1) * k, size=6)
     h = sampler.horizon
     with h5py.File(dataset) as f:
         for b, (task, hist, e0) in enumerate(zip(tasks, hists, starts)):
-            g = f["tasks"][sampler.train_ids[task]]
+            g = f["tasks"][train[task]]
             episodes = [e0 + j * k for j in range(c)]  # history episode e0 + j k is window episode j
             obs = np.concatenate([g["observations"][hist, e * h : (e + 1) * h] for e in episodes])
             act = np.concatenate([g["actions"][hist, e * h : (e + 1) * h] for e in episodes])
@@ -179,7 +183,7 @@ def test_ad_window_is_every_kth_episode_with_previous_step_inputs(dataset):
             np.testing.assert_array_equal(batch["prev_reward"][b, 1:].numpy(), rew[:-1])
             np.testing.assert_array_equal(batch["prev_action"][b, 1:].numpy(), act[:-1])
             assert batch["prev_reward"][b, 0] == 0 and not batch["prev_action"][b, 0].any()
-            assert batch["episode_start"][b].nonzero().ravel().tolist() == [0, h, 2 * h]
+            assert batch["episode_start"][b].nonzero().ravel().tolist() == [j * h for j in range(c)]
             assert batch["episode_start"][b].unique().tolist() == [0.0, 1.0]  # the flag evaluation feeds
 
 
@@ -197,6 +201,21 @@ def test_gaussian_loss_is_the_mean_negative_log_likelihood_per_action_dimension(
     nll = -torch.distributions.Normal(mean, log_std.exp()).log_prob(batch["action"])
     # the same up to the constant 0.5 log(2 pi) per dimension
     torch.testing.assert_close(model.loss(batch), nll.mean() - 0.5 * math.log(2 * math.pi))
+
+
+def test_deterministic_head_loss_is_the_mean_squared_error():
+    torch.manual_seed(0)
+    model = build("transformer", 3, 2, d_model=16, n_layers=1, head="mse")
+    batch = {
+        "obs": torch.randn(2, 5, 3),
+        "prev_action": torch.randn(2, 5, 2),
+        "prev_reward": torch.randn(2, 5),
+        "episode_start": torch.zeros(2, 5),
+        "action": torch.rand(2, 5, 2) * 2 - 1,
+    }
+    mean, log_std = model(batch["obs"], batch["prev_action"], batch["prev_reward"], batch["episode_start"])
+    assert log_std is None
+    torch.testing.assert_close(model.loss(batch), ((mean - batch["action"]) ** 2).mean())
 
 
 def test_a_rows_bootstrap_seed_is_fixed_by_the_config_seed_and_the_row():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from adbench import train
-from adbench.data import DatasetError, open_histories
+from adbench.data import DatasetError, open_histories, validate_file
 from adbench.evaluate import (
     COLUMNS,
     CONTROLS,
@@ -18,6 +18,7 @@ from adbench.evaluate import (
     rollout,
     source_inference_rows,
     tidy,
+    train_env_steps,
 )
 from adbench.evaluate import (
     test_tasks as held_out_tasks,
@@ -288,3 +289,30 @@ def test_source_inference_rows_average_each_episodes_observations(tmp_path):
         velocity = obs[r["seed"], r["episode"] * horizon : (r["episode"] + 1) * horizon, 8].astype(np.float64).mean()
         assert r["achieved"] == pytest.approx(velocity, rel=1e-12) and r["target"] == 1.5
         assert r["error"] == pytest.approx(abs(velocity - 1.5), rel=1e-12)
+
+
+def test_an_ad_models_env_steps_are_its_training_histories_and_the_experts(dataset):
+    with h5py.File(dataset) as f:
+        steps = sum(g["rewards"].size for g in f["tasks"].values() if g.attrs["split"] == "train")
+        expert = int(f.attrs.get("expert_env_steps", 0))
+    info = validate_file(dataset)
+    assert train_env_steps(info, {"arch": "mamba"}) == steps + expert
+    assert train_env_steps({**info, "expert_env_steps": 1234}, {"arch": "transformer"}) == steps + 1234
+    assert train_env_steps(info, {"arch": "rl2", "meta": {"train_env_steps": 99}}) == 99
+
+
+def test_ms_per_step_in_an_episode_is_its_seconds_over_its_steps():
+    policy = ModelPolicy(build("mamba", 2, 2, d_model=8), 4, sample=False)
+    policy.episode_seconds = [0.5, 0.2]
+    assert policy.ms_per_step_in_episode(0, 50) == pytest.approx(10.0)
+    assert policy.ms_per_step_in_episode(1, 40) == pytest.approx(5.0)
+
+
+def test_the_evaluation_samples_actions_as_the_config_says(cfg, dataset, models, tmp_path):
+    cfg["evaluate"].update(episodes=2, seeds=[0])
+    returns = {}
+    for sample in (True, False):
+        cfg["evaluate"]["sample_actions"] = sample
+        evaluate_model(cfg, dataset, models["mamba"], tmp_path / f"{sample}.csv", progress=False)
+        returns[sample] = pd.read_csv(tmp_path / f"{sample}.csv")["return"].to_numpy()
+    assert not np.allclose(returns[True], returns[False])

@@ -299,6 +299,8 @@ def test_an_ad_models_env_steps_are_its_training_histories_and_the_experts(datas
     assert train_env_steps(info, {"arch": "mamba"}) == steps + expert
     assert train_env_steps({**info, "expert_env_steps": 1234}, {"arch": "transformer"}) == steps + 1234
     assert train_env_steps(info, {"arch": "rl2", "meta": {"train_env_steps": 99}}) == 99
+    two_histories = {"n_train": 3, "H": 2, "T": 50, "expert_env_steps": 7}  # tasks x histories x steps
+    assert train_env_steps(two_histories, {"arch": "mamba"}) == 3 * 2 * 50 + 7
 
 
 def test_ms_per_step_in_an_episode_is_its_seconds_over_its_steps():

@@ -56,5 +56,8 @@ def load(path) -> dict:
     except Exception:  # damaged contents that unpickled into something a digest cannot read
         ok = False
     if not ok:
-        raise ModelError(f"{path}: contents do not match the checkpoint's digest (the file is corrupt); retrain it")
+        raise ModelError(
+            f"{path}: contents do not match the checkpoint's digest (the file is corrupt, or written by an "
+            "older adbench); retrain it (delete it and rerun its rule)"
+        )
     return contents

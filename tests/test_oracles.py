@@ -187,16 +187,21 @@ def test_ad_window_is_every_kth_episode_with_previous_step_inputs(dataset, k, c)
             assert batch["episode_start"][b].unique().tolist() == [0.0, 1.0]  # the flag evaluation feeds
 
 
+def _loss_batch(length: int) -> dict:
+    """Random AD tokens for a model with 3 observation and 2 action dimensions, two sequences."""
+    return {
+        "obs": torch.randn(2, length, 3),
+        "prev_action": torch.randn(2, length, 2),
+        "prev_reward": torch.randn(2, length),
+        "episode_start": torch.zeros(2, length),
+        "action": torch.rand(2, length, 2) * 2 - 1,
+    }
+
+
 def test_gaussian_loss_is_the_mean_negative_log_likelihood_per_action_dimension():
     torch.manual_seed(0)
     model = build("mamba", 3, 2, d_model=16, n_layers=1)
-    batch = {
-        "obs": torch.randn(2, 7, 3),
-        "prev_action": torch.randn(2, 7, 2),
-        "prev_reward": torch.randn(2, 7),
-        "episode_start": torch.zeros(2, 7),
-        "action": torch.rand(2, 7, 2) * 2 - 1,
-    }
+    batch = _loss_batch(7)
     mean, log_std = model(batch["obs"], batch["prev_action"], batch["prev_reward"], batch["episode_start"])
     nll = -torch.distributions.Normal(mean, log_std.exp()).log_prob(batch["action"])
     # the same up to the constant 0.5 log(2 pi) per dimension
@@ -206,13 +211,7 @@ def test_gaussian_loss_is_the_mean_negative_log_likelihood_per_action_dimension(
 def test_deterministic_head_loss_is_the_mean_squared_error():
     torch.manual_seed(0)
     model = build("transformer", 3, 2, d_model=16, n_layers=1, head="mse")
-    batch = {
-        "obs": torch.randn(2, 5, 3),
-        "prev_action": torch.randn(2, 5, 2),
-        "prev_reward": torch.randn(2, 5),
-        "episode_start": torch.zeros(2, 5),
-        "action": torch.rand(2, 5, 2) * 2 - 1,
-    }
+    batch = _loss_batch(5)
     mean, log_std = model(batch["obs"], batch["prev_action"], batch["prev_reward"], batch["episode_start"])
     assert log_std is None
     torch.testing.assert_close(model.loss(batch), ((mean - batch["action"]) ** 2).mean())

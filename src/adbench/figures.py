@@ -180,11 +180,10 @@ def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path, probes: pd
     """(c) Training seconds per step and peak memory, and inference ms per batched step, against context
     length: a row per quantity, a column per family, axes from zero. Filled markers: trained models;
     hollow ones: contexts an architecture was not trained at, measured by the cost probe."""
-    trained = training_costs(metrics).rename(columns={"train_seconds_per_step": "seconds_per_step"})
+    trained = training_costs(metrics)
     costs = costs[costs["context_episodes"] != NO_CONTEXT]  # against context length: AD models only
-    probes = probes.rename(columns={"train_seconds_per_step": "seconds_per_step"}) if probes is not None else None
     panels = [
-        ("trained", "seconds_per_step", "training seconds / step"),
+        ("trained", "train_seconds_per_step", "training seconds / step"),
         ("trained", "peak_mem_mib", "training peak memory (MiB)"),
         ("costs", "ms_per_step", "inference ms per batched step"),
     ]

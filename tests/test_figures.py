@@ -12,6 +12,7 @@ from adbench.tables import (
     compare,
     context_scaling,
     edge,
+    inference_costs,
     inference_summary,
     source_improvement,
     summarize,
@@ -426,9 +427,25 @@ def test_context_scaling_table_sums_training_time_and_compares_with_mamba():
             "train_seconds_per_step": [9.0],
             "peak_mem_mib": [2048.0],
             "tokens_per_s": [1.0],
+            "inference_batch": [144],
+            "ms_per_step": [40.0],
+            "state_mib": [96.0],
         }
     )
-    t = context_scaling(summary, metrics, probes)
+    costs = pd.DataFrame(
+        {
+            "family": "HalfCheetahVel",
+            "arch": ["mamba", "rl2", "mamba", "transformer"],
+            "context_episodes": [4, 0, 4, 4],
+            "seed": [1, 0, 0, 0],
+            "ms_per_step": [9.0, 9.0, 9.0, 9.0],  # over the whole evaluation: not what the table reports
+            "ms_per_step_first_episode": [3.0, 1.0, 3.0, 5.0],
+            "ms_per_step_last_episode": [3.5, 1.0, 2.5, 20.0],
+            "state_mib": [1.5, 0.1, 1.5, 48.0],
+            "source": ["ppo", "online", "ppo", "ppo"],
+        }
+    )
+    t = context_scaling(summary, metrics, probes, costs)
     assert list(t.columns) == SCALING_COLUMNS
     assert list(zip(t["arch"], t["context_episodes"], t["measured_by"])) == [
         ("mamba", 4, TRAINED),
@@ -448,7 +465,32 @@ def test_context_scaling_table_sums_training_time_and_compares_with_mamba():
     assert t.loc[("mamba", 4), "train_seconds_per_step"] == pytest.approx((1.0 + 1.2 + 1.4 + 1.2) / 4)
     assert t.loc[("transformer", 4), "seconds_per_step_vs_mamba"] == pytest.approx(3.2 / 1.2)
     assert t.loc[("transformer", 4), "peak_mem_mib"] == 900.0
+    # inference at a full context: the evaluations' last episode (mean over seeds), the probe's own
+    assert t.loc[("mamba", 4), "inference_ms_per_step"] == pytest.approx(3.0)
+    assert t.loc[("mamba", 4), "inference_state_mib"] == 1.5
+    assert t.loc[("transformer", 4), ["inference_ms_per_step", "inference_state_mib"]].tolist() == [20.0, 48.0]
+    assert t.loc[("transformer", 8), ["inference_ms_per_step", "inference_state_mib"]].tolist() == [40.0, 96.0]
+    assert t.loc[[("mamba", 8), ("mamba", 16)], "inference_ms_per_step"].isna().all()  # not evaluated
+    assert unprobed["inference_state_mib"].isna().all()  # no costs given
     assert t.loc[("transformer", 4), "reward_driven_gain"] == 10.0
     assert t.loc[("transformer", 8), "seconds_per_step_vs_mamba"] == pytest.approx(9.0 / 2.0)
     assert np.isnan(t.loc[("transformer", 8), "reward_driven_gain"])
     assert np.isnan(t.loc[("transformer", 8), "train_minutes"])
+
+
+def test_inference_costs_leave_a_column_empty_where_older_files_lack_it():
+    costs = pd.DataFrame(
+        {
+            "family": "PointNav",
+            "arch": ["mamba", "mamba"],
+            "context_episodes": [4, 8],
+            "seed": 0,
+            "ms_per_step": [1.0, 1.0],
+            "ms_per_step_first_episode": [1.0, 1.0],
+            "ms_per_step_last_episode": [2.0, 3.0],
+        }
+    )
+    t = inference_costs(costs)
+    assert t["inference_ms_per_step"].tolist() == [2.0, 3.0] and t["inference_state_mib"].isna().all()
+    assert (t["measured_by"] == TRAINED).all()
+    assert inference_costs().empty and "inference_state_mib" in inference_costs().columns

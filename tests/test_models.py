@@ -13,6 +13,7 @@ from adbench.models import (
     save_checkpoint,
     selective_scan,
     selective_scan_ref,
+    state_mib,
 )
 from adbench.models.mamba import MambaBackbone
 from adbench.models.transformer import TransformerBackbone
@@ -277,6 +278,22 @@ def test_one_layer_transformer_step_past_the_window_equals_a_forward_over_the_wi
 def test_architectures_have_equal_parameter_counts():
     counts = {a: count_parameters(build(a, 11, 3, d_model=64, n_layers=4)) for a in ARCHITECTURES}
     assert abs(counts["mamba"] - counts["transformer"]) / counts["mamba"] < 0.01
+
+
+def test_inference_state_size_is_constant_for_mamba_and_grows_with_the_window_for_the_transformer():
+    batch, d_model, layers, window = 3, 32, 2, 100
+    mib = {
+        (arch, w): state_mib(build(arch, 5, 2, d_model=d_model, n_layers=layers, window=w).init_state(batch))
+        for arch in ARCHITECTURES
+        for w in (window, 2 * window)
+    }
+    d_inner, d_conv, d_state, float32 = 2 * d_model, 4, 16, 4
+    mamba = layers * batch * d_inner * (d_conv + d_state) * float32 / 2**20  # conv and SSM states per layer
+    kv_cache = layers * 2 * batch * window * d_model * float32 / 2**20  # keys and values over every head
+    assert mib[("mamba", window)] == pytest.approx(mamba) and mib[("mamba", 2 * window)] == mib[("mamba", window)]
+    assert mib[("transformer", window)] == pytest.approx(kv_cache)
+    assert mib[("transformer", 2 * window)] == pytest.approx(2 * kv_cache)
+    assert state_mib({"pos": 7, "h": [torch.zeros(2, 2**18)]}) == pytest.approx(2.0)  # nested, non-tensors ignored
 
 
 def test_policy_step_equals_forward_for_both_architectures():

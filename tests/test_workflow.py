@@ -116,6 +116,12 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     probe = pd.read_csv(results / "costs/PointNav/transformer-ctx3.csv").iloc[0]
     assert probe["context_episodes"] == 3 and probe["train_seconds_per_step"] > 0 and probe["ms_per_step"] > 0
     assert probe["tokens_per_s"] == pytest.approx(probe["batch"] * 3 * 50 / probe["train_seconds_per_step"])
+    # the inference state at a full context: a KV cache grows with the context, Mamba's state does not
+    transformer = pd.read_csv(results / "eval/PointNav/transformer-ctx2-seed0.cost.csv").iloc[0]
+    assert probe["inference_batch"] == transformer["batch"]
+    assert probe["state_mib"] == pytest.approx(1.5 * transformer["state_mib"])
+    mamba = [pd.read_csv(results / f"eval/PointNav/mamba-ctx{c}-seed0.cost.csv")["state_mib"].iloc[0] for c in (2, 3)]
+    assert mamba[0] == mamba[1] > 0
     assert summary[summary["arch"] == "transformer"]["context_episodes"].tolist() == [2]
     scaling = pd.read_csv(results / "tables/context_scaling.csv")
     pointnav = scaling[scaling["family"] == "PointNav"]
@@ -126,6 +132,7 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
         ["transformer", 3, "cost probe"],
     ]
     assert (scaling["train_seconds_per_step"] > 0).all() and (scaling["peak_mem_mib"] > 0).all()
+    assert (scaling["inference_ms_per_step"] > 0).all() and (scaling["inference_state_mib"] > 0).all()
     trained = scaling[scaling["measured_by"] == "training"]
     assert (trained["train_minutes"] > 0).all() and trained["reward_driven_gain"].notna().all()
 

@@ -2,9 +2,9 @@
 
 In a process of its own (so that its peak memory is the model's): the model built at that context's
 window, a few of training's own steps on real windows of the dataset (seconds per step after one warm-up
-step, tokens per second, training's peak memory), and batched inference steps with the recurrent state or the
-cache filled to the whole context (milliseconds per step, over the last steps). The cost figure
-draws these beside the trained models' costs, marked as probes.
+step, tokens per second, training's peak memory), and batched inference steps with the recurrent state or
+the cache filled to the whole context (milliseconds per step over the last steps, and the MiB that state
+holds). The cost figure draws these beside the trained models' costs, marked as probes.
 """
 
 import time
@@ -16,7 +16,7 @@ from . import process
 from .atomic import write_csv
 from .data import WindowSampler, input_statistics, validate_file
 from .devices import pick_device
-from .models import build
+from .models import build, state_mib
 from .progress import say
 from .seeding import derive_seed
 from .train import peak_memory_mib, train_step
@@ -32,6 +32,7 @@ COLUMNS = [
     "peak_mem_mib",
     "inference_batch",
     "ms_per_step",
+    "state_mib",
 ]
 TIMED_STEPS = 3
 TIMED_INFERENCE = 200
@@ -72,7 +73,7 @@ def probe(cfg: dict, dataset, arch: str, context_episodes: int, out, progress=No
     per_step = float(np.median(seconds))
     peak_mib = peak_memory_mib(device)  # training's peak, before inference fills its cache
     inference_batch = 3 * info["n_test"] * len(cfg["evaluate"]["seeds"])  # as evaluate batches the controls
-    ms = _inference_ms(model, info, window, inference_batch, device)
+    ms, state = _inference_ms(model, info, window, inference_batch, device)
     row = {
         "family": info["family"],
         "arch": arch,
@@ -83,6 +84,7 @@ def probe(cfg: dict, dataset, arch: str, context_episodes: int, out, progress=No
         "peak_mem_mib": peak_mib,
         "inference_batch": inference_batch,
         "ms_per_step": ms,
+        "state_mib": state_mib(state),
     }
     write_csv(out, [row], COLUMNS)
     say(f"{arch} ctx {context_episodes}: {per_step:.2f} s per training step, {ms:.2f} ms per inference step", progress)
@@ -90,8 +92,9 @@ def probe(cfg: dict, dataset, arch: str, context_episodes: int, out, progress=No
 
 
 @torch.no_grad()
-def _inference_ms(model, info: dict, window: int, batch: int, device) -> float:
-    """Milliseconds per batched recurrent step once the state (or the cache) holds a whole context."""
+def _inference_ms(model, info: dict, window: int, batch: int, device):
+    """Milliseconds per batched recurrent step once the state (or the cache) holds a whole context, and
+    that state."""
     model.eval()
     state = model.init_state(batch, device)
     g = torch.Generator().manual_seed(0)
@@ -107,4 +110,4 @@ def _inference_ms(model, info: dict, window: int, batch: int, device) -> float:
         mean, _, state = model.step(obs, act, reward, start, state)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return 1000 * (time.perf_counter() - t0) / timed
+    return 1000 * (time.perf_counter() - t0) / timed, state

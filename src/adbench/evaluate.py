@@ -18,7 +18,7 @@ from .atomic import write_csv
 from .baselines import BASELINES, policy_from_checkpoint
 from .data import DatasetError, open_histories, task_table, validate_file
 from .devices import pick_device
-from .models import from_checkpoint, read_checkpoint
+from .models import from_checkpoint, read_checkpoint, state_mib
 from .progress import say
 from .seeding import derive_seed
 from .tasks import BatchedTasks
@@ -209,6 +209,7 @@ COST_COLUMNS = [
     "ms_per_step",
     "ms_per_step_first_episode",
     "ms_per_step_last_episode",
+    "state_mib",
     "train_env_steps",
     "source",
 ]
@@ -309,6 +310,7 @@ def evaluate_model(
                     "ms_per_step": ms,
                     "ms_per_step_first_episode": policy.ms_per_step_in_episode(0, meta["horizon"]),
                     "ms_per_step_last_episode": policy.ms_per_step_in_episode(-1, meta["horizon"]),
+                    "state_mib": state_mib(policy.state),
                     "train_env_steps": train_env_steps(info, ckpt),
                     "source": "online" if ckpt["arch"] in BASELINES else info["source"],
                 }

@@ -14,10 +14,13 @@ from .atomic import atomic_path  # noqa: E402
 from .tables import (  # noqa: E402
     ALL_FAMILIES,
     NO_CONTEXT,
+    PROBED,
+    TRAINED,
     compare,
     context_scaling,
     final_inference,
     held_out,
+    inference_costs,
     inference_summary,
     label,
     load,
@@ -177,33 +180,33 @@ def plot_context_scaling(summary: pd.DataFrame, path: Path) -> None:
 
 
 def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path, probes: pd.DataFrame | None = None) -> None:
-    """(c) Training seconds per step and peak memory, and inference ms per batched step, against context
-    length: a row per quantity, a column per family, axes from zero. Filled markers: trained models;
+    """(c) Against context length, a row per quantity and a column per family, axes from zero: training
+    seconds per step and peak memory; inference ms per batched step and the MiB of the recurrent state
+    (Mamba) or KV cache (transformer), both once it holds a whole context. Filled markers: trained models;
     hollow ones: contexts an architecture was not trained at, measured by the cost probe."""
     trained = training_costs(metrics)
-    costs = costs[costs["context_episodes"] != NO_CONTEXT]  # against context length: AD models only
+    inference = inference_costs(costs, probes)
+    evaluated, probed_inference = (inference[inference["measured_by"] == m] for m in (TRAINED, PROBED))
     panels = [
-        ("trained", "train_seconds_per_step", "training seconds / step"),
-        ("trained", "peak_mem_mib", "training peak memory (MiB)"),
-        ("costs", "ms_per_step", "inference ms per batched step"),
+        (trained, probes, "train_seconds_per_step", "training seconds / step"),
+        (trained, probes, "peak_mem_mib", "training peak memory (MiB)"),
+        (evaluated, probed_inference, "inference_ms_per_step", "inference ms / batched step"),
+        (evaluated, probed_inference, "inference_state_mib", "inference state or cache (MiB)"),
     ]
-    sources = {"trained": trained, "costs": costs}
     families = sorted(trained["family"].unique())
-    archs = sorted(set(trained["arch"]) | set(costs["arch"]) | (set(probes["arch"]) if probes is not None else set()))
+    archs = sorted(set(trained["arch"]) | set(inference["arch"]))
     arch_colours = colours(archs)
-    fig, axes = plt.subplots(3, len(families), figsize=(3.6 * len(families) + 1.5, 8), squeeze=False)
+    fig, axes = plt.subplots(len(panels), len(families), figsize=(3.6 * len(families) + 1.5, 10.5), squeeze=False)
     for col, family in enumerate(families):
-        for row, (source, column, name) in enumerate(panels):
+        for row, (measured, probed, column, name) in enumerate(panels):
             ax = axes[row, col]
-            fam = sources[source][sources[source]["family"] == family]
-            contexts = set(fam["context_episodes"])
-            for arch, g in fam.groupby("arch"):
-                g = g.groupby("context_episodes")[column].mean()
-                ax.plot(g.index, g.to_numpy(), marker="o", color=arch_colours[arch])
-            if probes is not None:
-                for arch, g in probes[probes["family"] == family].groupby("arch"):
+            contexts = set()
+            for frame, style in ((measured, {}), (probed, {"mfc": "none", "ls": "--"})):
+                if frame is None:
+                    continue
+                for arch, g in frame[frame["family"] == family].groupby("arch"):
                     g = g.groupby("context_episodes")[column].mean()
-                    ax.plot(g.index, g.to_numpy(), marker="o", mfc="none", ls="--", color=arch_colours[arch])
+                    ax.plot(g.index, g.to_numpy(), marker="o", color=arch_colours[arch], **style)
                     contexts |= set(g.index)
             if contexts:
                 _context_axis(ax, contexts)
@@ -211,7 +214,7 @@ def plot_cost(metrics: pd.DataFrame, costs: pd.DataFrame, path: Path, probes: pd
             ax.set(
                 title=family if row == 0 else "",
                 ylabel=name if col == 0 else "",
-                xlabel="context (episodes, log2)" if row == 2 else "",
+                xlabel="context (episodes, log2)" if row == len(panels) - 1 else "",
             )
     handles = [plt.Line2D([], [], color=arch_colours[a], marker="o", label=a) for a in archs]
     if probes is not None and len(probes):
@@ -371,7 +374,7 @@ def make_all(
     if train_metrics:
         probes = pd.concat([pd.read_csv(p) for p in cost_probes]) if cost_probes else None
         metrics = pd.concat([pd.read_csv(p) for p in train_metrics])
-        scaling = context_scaling(summary, metrics, probes)
+        scaling = context_scaling(summary, metrics, probes, costs)
         write_table(scaling, out / "tables/context_scaling.csv", out / "tables/context_scaling.md")
         if inference_costs:
             plot_cost(metrics, costs, out / "figures/cost.png", probes)

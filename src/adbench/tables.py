@@ -338,8 +338,32 @@ SCALING_COLUMNS = [
     "train_seconds_per_step",
     "seconds_per_step_vs_mamba",
     "peak_mem_mib",
+    "inference_ms_per_step",
+    "inference_state_mib",
 ]
 TRAINED, PROBED = "training", "cost probe"
+INFERENCE_COSTS = {"ms_per_step": "inference_ms_per_step", "state_mib": "inference_state_mib"}
+
+
+def inference_costs(costs: pd.DataFrame | None = None, probes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per family x AD architecture x context, once the recurrent state (Mamba) or the KV cache (the
+    transformer) holds a whole context: milliseconds per batched inference step and the MiB that state
+    holds. From the evaluations (their last in-context episode, past the context when the evaluation is
+    longer than it; mean over training seeds) and from the cost probes, whose columns have the same
+    meaning; a column that older files lack is left empty."""
+    keys = ["family", "arch", "context_episodes"]
+    parts = []
+    if costs is not None and len(costs):
+        costs = costs[costs["context_episodes"] != NO_CONTEXT]
+        evaluated = costs.drop(columns="ms_per_step").rename(columns={"ms_per_step_last_episode": "ms_per_step"})
+        parts.append(evaluated.assign(measured_by=TRAINED))
+    if probes is not None and len(probes):
+        parts.append(probes.assign(measured_by=PROBED))
+    columns = [*keys, "measured_by", *INFERENCE_COSTS.values()]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    rows = pd.concat(parts).rename(columns=INFERENCE_COSTS).reindex(columns=columns)
+    return rows.groupby([*keys, "measured_by"]).mean().reset_index()
 
 
 def training_costs(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -355,18 +379,25 @@ def training_costs(metrics: pd.DataFrame) -> pd.DataFrame:
     return runs.reset_index()
 
 
-def context_scaling(summary: pd.DataFrame, metrics: pd.DataFrame, probes: pd.DataFrame | None = None) -> pd.DataFrame:
+def context_scaling(
+    summary: pd.DataFrame,
+    metrics: pd.DataFrame,
+    probes: pd.DataFrame | None = None,
+    costs: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Family x AD architecture x context: the reward-driven gain and normalised final return (from the
     summary, with their CIs), the training's wall minutes, seconds per step (also as a multiple of Mamba's
-    at the same context) and peak memory; contexts an architecture was not trained at come from the cost
-    probe (costs only)."""
+    at the same context) and peak memory, and the inference costs at a full context (`inference_costs`,
+    from the evaluations' `costs`); contexts an architecture was not trained at come from the cost probe
+    (costs only)."""
     keys = ["family", "arch", "context_episodes"]
-    costs = training_costs(metrics).drop(columns="seed").groupby(keys).mean().reset_index()
-    rows = summary[summary["context_episodes"] != NO_CONTEXT].merge(costs, on=keys, how="left")
+    trained = training_costs(metrics).drop(columns="seed").groupby(keys).mean().reset_index()
+    rows = summary[summary["context_episodes"] != NO_CONTEXT].merge(trained, on=keys, how="left")
     rows["measured_by"] = TRAINED
     if probes is not None and len(probes):
         probed = probes[[*keys, "train_seconds_per_step", "peak_mem_mib"]].assign(measured_by=PROBED)
         rows = pd.concat([rows, probed])
+    rows = rows.merge(inference_costs(costs, probes), on=[*keys, "measured_by"], how="left")
     mamba = rows[rows["arch"] == "mamba"].set_index(["family", "context_episodes"])["train_seconds_per_step"]
     at = pd.MultiIndex.from_frame(rows[["family", "context_episodes"]])
     rows["seconds_per_step_vs_mamba"] = rows["train_seconds_per_step"].to_numpy() / mamba.reindex(at).to_numpy()

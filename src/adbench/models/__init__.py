@@ -56,6 +56,18 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def state_mib(state) -> float:
+    """MiB held by a recurrent inference state (Mamba's conv and SSM states, a transformer's KV cache, a
+    GRU's hidden state): every tensor in it, however nested in tuples, lists and dicts."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size() / 2**20
+    if isinstance(state, dict):
+        state = state.values()
+    if isinstance(state, (list, tuple, type({}.values()))):
+        return sum(state_mib(s) for s in state)
+    return 0.0
+
+
 def save_checkpoint(path, model: ADPolicy, arch: str, model_config: dict, extra: dict | None = None) -> None:
     checkpoint.save(
         path,

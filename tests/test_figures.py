@@ -181,6 +181,39 @@ def test_source_improvement_counts_histories_that_rose():
     assert table.loc["train", "histories"] == 2 and table.loc["train", "improved"] == 0
 
 
+def test_source_improvement_against_the_first_and_last_tenth_of_each_history():
+    rng = np.random.default_rng(3)
+    # two families of different history lengths: 25 episodes (a tenth is 3) and 7 (a tenth rounds up to 1)
+    histories = {("HalfCheetahVel", 25): ["test-0000", "test-0001", "train-0000"], ("PointNav", 7): ["test-0000"]}
+    returns, rows = {}, []
+    for (family, n), tasks in histories.items():
+        for task in tasks:
+            for seed in (0, 1):
+                r = rng.normal(0.0, 10.0, n) + np.linspace(0.0, 15.0, n)
+                if (family, task, seed) == ("HalfCheetahVel", "test-0001", 1):
+                    r[:] = 4.0  # a flat history: its last tenth equals its first, so it did not improve
+                returns[family, task, seed] = r
+                rows += [
+                    {"family": family, "arch": "source", "context_episodes": 0, "seed": seed, "eval_seed": 0}
+                    | {"control": "none", "task": task, "episode": e, "return": r[e]}
+                    for e in range(n)
+                ]
+    table = source_improvement(pd.DataFrame(rows).sample(frac=1.0, random_state=1)).set_index(["family", "split"])
+    assert set(table.columns) >= {"histories", "improved", "first_return", "last_return"}
+    for family, n in histories:
+        k = max(1, int(np.ceil(0.1 * n)))
+        for split in ("test", "train"):
+            runs = [r for (f, t, _), r in returns.items() if f == family and t.startswith(split)]
+            if not runs:
+                continue
+            first, last = np.array([r[:k].mean() for r in runs]), np.array([r[n - k :].mean() for r in runs])
+            row = table.loc[(family, split)]
+            assert row["histories"] == len(runs) and row["improved"] == (last > first).sum()
+            assert row["first_return"] == pytest.approx(first.mean())
+            assert row["last_return"] == pytest.approx(last.mean())
+    assert table.loc[("HalfCheetahVel", "test"), "improved"] < table.loc[("HalfCheetahVel", "test"), "histories"]
+
+
 def _inference_rows(model_arch, ctx, targets, achieved_of, episodes=10, quantity="forward_velocity"):
     return pd.DataFrame(
         [
@@ -339,6 +372,15 @@ def test_compare_gives_p_mamba_beats_transformer_per_family_and_over_families():
     assert table["probability"].tolist() == [1.0, 1.0, 1.0]  # every mamba run above every transformer run
     even = compare(_two_family_models(-25.0, -25.0), refs)
     assert even["probability"].tolist() == [0.5, 0.5, 0.5] and (even["ci_low"] == 0.5).all()
+
+
+def test_compare_pools_only_the_families_that_have_both_models():
+    refs = pd.concat([_refs(), _refs().assign(family="F2")])
+    models = _two_family_models(-10.0, -40.0)
+    models = models[~((models["family"] == "F2") & (models["arch"] == "transformer"))]  # F2 has mamba alone
+    table = compare(models, refs)
+    assert table[["family", "x", "y"]].values.tolist() == [["PointNav", "mamba", "transformer"]]  # no F2, no "all"
+    assert table["probability"].tolist() == [1.0]
 
 
 def test_compare_needs_every_task_to_have_every_run():

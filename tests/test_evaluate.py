@@ -23,7 +23,7 @@ from adbench.evaluate import (
 from adbench.evaluate import (
     test_tasks as held_out_tasks,
 )
-from adbench.models import build, load_checkpoint
+from adbench.models import build, load_checkpoint, state_mib
 from adbench.tasks import sample_tasks
 
 
@@ -75,18 +75,19 @@ def test_references_hold_random_and_the_source_curve(cfg, dataset, tmp_path):
     assert test_src[test_src["episode"] >= last]["return"].mean() > rnd["return"].mean() + 5
 
 
-def test_mamba_cost_per_step_is_flat_in_episodes(dataset):
-    """The recurrent state has a fixed size: late steps cost what early steps cost."""
+def test_mamba_state_does_not_grow_over_episodes(dataset):
+    """The recurrent state has a fixed size, so a late step costs what an early one does (the time itself
+    is measured by the evaluation's cost file and the benchmarks, not asserted here)."""
     model = build("mamba", 2, 2, d_model=16)
     tasks = [{"goal": [0.0, 1.0]}] * 4
     policy = ModelPolicy(model, 4, sample=True)
+    initial = state_mib(policy.state)
     rollout("PointNav", tasks, 50, 2, [0], policy)
-    early = policy.step_seconds / policy.steps
-    policy.step_seconds, policy.steps = 0.0, 0
+    early = [tuple(t.shape for t in layer) for layer in policy.state]
     rollout("PointNav", tasks, 50, 20, [0], policy)
-    late = policy.step_seconds / policy.steps
-    assert all(s[1].shape == (4, 32, 16) for s in policy.state)
-    assert late < 3 * early
+    assert [tuple(t.shape for t in layer) for layer in policy.state] == early
+    assert all(layer[1].shape == (4, 32, 16) for layer in policy.state)
+    assert state_mib(policy.state) == initial > 0
 
 
 def test_model_and_dataset_dims_must_match(cfg, dataset, tmp_path):

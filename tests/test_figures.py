@@ -368,6 +368,7 @@ def test_compare_gives_p_mamba_beats_transformer_per_family_and_over_families():
     table = compare(_two_family_models(-10.0, -40.0), refs).set_index("family")
     assert sorted(table.index) == ["F2", "PointNav", "all"]
     assert (table["x"] == "mamba").all() and (table["y"] == "transformer").all()
+    assert (table["context_episodes"] == 4).all()
     assert table.loc["all", "tasks"] == 12 and table.loc["PointNav", "tasks"] == 6 and table.loc["all", "runs"] == 2
     assert table["probability"].tolist() == [1.0, 1.0, 1.0]  # every mamba run above every transformer run
     even = compare(_two_family_models(-25.0, -25.0), refs)

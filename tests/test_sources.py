@@ -75,6 +75,28 @@ def test_log_prob_and_entropy_are_the_gaussian_ones():
     torch.testing.assert_close(agent.entropy(), ref.entropy().sum(-1)[:, 0])
 
 
+def test_act_returns_a_gaussian_sample_with_its_log_prob_and_the_critics_value():
+    agent = BatchedPPO(2, 4, 3, PPOConfig(init_log_std=-0.3), seed=0)
+    with torch.no_grad():
+        agent.log_std[1] = 0.4  # the learners' stds differ
+    obs = np.random.default_rng(1).normal(0.0, 2.0, (2, 4))
+    action, log_prob, value = agent.act(obs)  # updates the normaliser first, then acts on it
+    x = torch.from_numpy(agent._normalized(obs[:, None]))
+    with torch.no_grad():
+        ref = torch.distributions.Normal(agent.actor(x)[:, 0], agent.log_std.exp()[:, 0])
+        expected_value = agent.critic(x)[:, 0, 0]
+        np.testing.assert_allclose(log_prob, ref.log_prob(torch.from_numpy(action)).sum(-1), rtol=1e-5)
+        np.testing.assert_allclose(value, expected_value, rtol=1e-5, atol=1e-6)
+    assert action.shape == (2, 3) and action.dtype == np.float32
+    # many draws from one observation: the sample's mean and spread are the policy's
+    agent.obs_rms.update = lambda x: None  # hold the normaliser still
+    draws = np.stack([agent.act(obs)[0] for _ in range(4000)])
+    np.testing.assert_allclose(draws.mean(0), ref.mean.numpy(), atol=0.06)
+    np.testing.assert_allclose(draws.std(0), ref.stddev.numpy(), rtol=0.05)
+    assert abs(np.corrcoef(draws[:, 0, 0], draws[:, 0, 1])[0, 1]) < 0.1  # independent noise per dimension
+    assert abs(np.corrcoef(draws[:, 0, 0], draws[:, 1, 0])[0, 1]) < 0.1  # and per learner
+
+
 def test_mean_action_is_the_actor_on_normalised_observations_and_leaves_the_normaliser():
     agent = BatchedPPO(2, 4, 3, PPOConfig(clip_obs=1.5), seed=0)
     rng = np.random.default_rng(0)

@@ -384,6 +384,35 @@ def test_compare_pools_only_the_families_that_have_both_models():
     assert table["probability"].tolist() == [1.0]
 
 
+def test_compare_against_a_direct_mann_whitney_count_on_overlapping_runs():
+    """Runs of both models overlap task by task: P(mamba > transformer) is the share of (mamba run,
+    transformer run) pairs where mamba's final return is higher, averaged over tasks (the normalised
+    score is an increasing map of the final return per task, so the order is the same)."""
+    rng = np.random.default_rng(11)
+    seeds, tasks, episodes = (0, 1, 2, 3), 3, 10  # more runs than tasks
+    shifts = {"mamba": 3.0, "transformer": 0.0}
+    finals = {arch: rng.normal(shift, 8.0, (len(seeds), tasks)) for arch, shift in shifts.items()}
+    models = pd.DataFrame(
+        [
+            {"family": "PointNav", "arch": arch, "context_episodes": 4, "seed": s, "eval_seed": 0}
+            | {"control": "none", "task": f"test-{t:04d}", "episode": e, "return": finals[arch][i, t] - 5.0 * (e < 9)}
+            for arch in finals
+            for i, s in enumerate(seeds)
+            for t in range(tasks)
+            for e in range(episodes)
+        ]
+    ).sample(frac=1.0, random_state=2)
+    row = compare(models, _refs()).iloc[0]
+    x, y = finals["mamba"], finals["transformer"]
+    direct = np.mean([(x[:, t, None] > y[None, :, t]).mean() for t in range(tasks)])
+    assert 0.55 < direct < 0.95  # overlapping, not separated
+    assert row["probability"] == pytest.approx(direct)
+    assert row["ci_low"] < row["probability"] < row["ci_high"]
+    assert (row["runs"], row["tasks"], row["context_episodes"]) == (4, 3, 4)
+    assert compare(models[models["arch"] == "mamba"], _refs()).empty  # nothing to compare, columns kept
+    assert list(compare(models[models["arch"] == "mamba"], _refs()).columns) == list(row.index)
+
+
 def test_compare_needs_every_task_to_have_every_run():
     models = _two_family_models(-10.0, -40.0)
     models = models[~((models["task"] == "test-0003") & (models["seed"] == 1) & (models["arch"] == "mamba"))]

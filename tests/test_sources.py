@@ -97,6 +97,22 @@ def test_act_returns_a_gaussian_sample_with_its_log_prob_and_the_critics_value()
     assert abs(np.corrcoef(draws[:, 0, 0], draws[:, 1, 0])[0, 1]) < 0.1  # and per learner
 
 
+def test_optimize_fits_the_critic_to_advantage_plus_value_and_anneals_the_step_size():
+    # equal advantages normalise to zero (no policy gradient); a wide clip leaves the value loss unclipped
+    cfg = PPOConfig(learning_rate=0.01, clip_coef=100.0, update_epochs=20, minibatches=2)
+    agent = BatchedPPO(1, 3, 2, cfg, seed=0)
+    obs = np.random.default_rng(0).normal(0.0, 1.0, (1, 64, 3))
+    actions = torch.zeros(1, 64, 2)
+    x = agent.normalize_obs(obs)
+    old_log_probs = agent.log_prob(x, actions).detach()
+    adv, values = torch.full((1, 64), 3.0), torch.full((1, 64), 2.0)
+    for _ in range(5):
+        agent.optimize(obs, actions, old_log_probs, adv, values, lr_frac=1.0)
+    assert agent.critic(x).detach().mean().item() == pytest.approx(5.0, abs=0.3)  # the return: adv + V
+    agent.optimize(obs, actions, old_log_probs, adv, values, lr_frac=0.25)
+    assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(0.25 * cfg.learning_rate)
+
+
 def test_mean_action_is_the_actor_on_normalised_observations_and_leaves_the_normaliser():
     agent = BatchedPPO(2, 4, 3, PPOConfig(clip_obs=1.5), seed=0)
     rng = np.random.default_rng(0)

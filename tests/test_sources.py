@@ -107,10 +107,16 @@ def test_optimize_fits_the_critic_to_advantage_plus_value_and_anneals_the_step_s
     old_log_probs = agent.log_prob(x, actions).detach()
     adv, values = torch.full((1, 64), 3.0), torch.full((1, 64), 2.0)
     for _ in range(5):
-        agent.optimize(obs, actions, old_log_probs, adv, values, lr_frac=1.0)
+        stats = agent.optimize(obs, actions, old_log_probs, adv, values, lr_frac=1.0)
     assert agent.critic(x).detach().mean().item() == pytest.approx(5.0, abs=0.3)  # the return: adv + V
+    assert stats["v_loss"] < 0.5 * 3.0**2 and stats["pg_loss"] == pytest.approx(0.0, abs=1e-6)
     agent.optimize(obs, actions, old_log_probs, adv, values, lr_frac=0.25)
     assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(0.25 * cfg.learning_rate)
+    # an entropy bonus, with nothing else to learn, widens the policy
+    explorer = BatchedPPO(1, 3, 2, PPOConfig(learning_rate=0.01, ent_coef=0.1, vf_coef=0.0), seed=0)
+    before = explorer.log_std.detach().clone()
+    explorer.optimize(obs, actions, explorer.log_prob(x, actions).detach(), adv, values, lr_frac=1.0)
+    assert (explorer.log_std.detach() > before).all()
 
 
 def test_mean_action_is_the_actor_on_normalised_observations_and_leaves_the_normaliser():

@@ -62,10 +62,10 @@ def state_mib(state) -> float:
     if isinstance(state, torch.Tensor):
         return state.numel() * state.element_size() / 2**20
     if isinstance(state, dict):
-        state = state.values()
-    if isinstance(state, (list, tuple, type({}.values()))):
+        return state_mib(list(state.values()))
+    if isinstance(state, (list, tuple)):
         return sum(state_mib(s) for s in state)
-    return 0.0
+    return 0.0  # a position counter and the like
 
 
 def save_checkpoint(path, model: ADPolicy, arch: str, model_config: dict, extra: dict | None = None) -> None:

@@ -73,7 +73,7 @@ def probe(cfg: dict, dataset, arch: str, context_episodes: int, out, progress=No
     per_step = float(np.median(seconds))
     peak_mib = peak_memory_mib(device)  # training's peak, before inference fills its cache
     inference_batch = 3 * info["n_test"] * len(cfg["evaluate"]["seeds"])  # as evaluate batches the controls
-    ms, state = _inference_ms(model, info, window, inference_batch, device)
+    ms, state = _full_context_inference(model, info, window, inference_batch, device)
     row = {
         "family": info["family"],
         "arch": arch,
@@ -92,7 +92,7 @@ def probe(cfg: dict, dataset, arch: str, context_episodes: int, out, progress=No
 
 
 @torch.no_grad()
-def _inference_ms(model, info: dict, window: int, batch: int, device):
+def _full_context_inference(model, info: dict, window: int, batch: int, device):
     """Milliseconds per batched recurrent step once the state (or the cache) holds a whole context, and
     that state."""
     model.eval()

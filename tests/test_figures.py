@@ -8,6 +8,7 @@ from adbench.figures import make_all
 from adbench.tables import (
     PROBED,
     SCALING_COLUMNS,
+    SUMMARY_COLUMNS,
     TRAINED,
     compare,
     context_scaling,
@@ -566,3 +567,91 @@ def test_inference_costs_leave_a_column_empty_where_older_files_lack_it():
     assert t["inference_ms_per_step"].tolist() == [2.0, 3.0] and t["inference_state_mib"].isna().all()
     assert (t["measured_by"] == TRAINED).all()
     assert inference_costs().empty and "inference_state_mib" in inference_costs().columns
+
+
+def _noisy_models(rng, families=("PointNav",), archs=("mamba",), contexts=(4,), controls=("none",), episodes=10):
+    """Returns with spread across tasks, seeds and episodes (no two runs alike)."""
+    rows = []
+    for family in families:
+        for arch in archs:
+            for ctx in contexts:
+                for control in controls:
+                    for seed in (0, 1):
+                        for eval_seed in (0, 1, 2):
+                            for t in range(6):
+                                slope, level = rng.normal(1.0, 1.0), rng.normal(-50.0, 5.0)
+                                for e in range(episodes):
+                                    rows.append(
+                                        {
+                                            "family": family,
+                                            "arch": arch,
+                                            "context_episodes": ctx,
+                                            "seed": seed,
+                                            "eval_seed": eval_seed,
+                                            "control": control,
+                                            "task": f"test-{t:04d}",
+                                            "episode": e,
+                                            "return": level + slope * e + rng.normal(0.0, 2.0),
+                                        }
+                                    )
+    return pd.DataFrame(rows)
+
+
+def _noisy_refs(families=("PointNav",)):
+    return pd.concat([_refs().assign(family=f) for f in families], ignore_index=True)
+
+
+def test_summary_columns_against_a_direct_computation():
+    rng = np.random.default_rng(11)
+    models = _noisy_models(rng, archs=("mamba", "transformer"), controls=("none", "other_task_reward"))
+    costs = pd.DataFrame(
+        [
+            {
+                "family": "PointNav",
+                "arch": "mamba",
+                "context_episodes": 4,
+                "seed": s,
+                "train_env_steps": n,
+                "source": "ppo",
+            }
+            for s, n in ((0, 1000), (1, 3000))
+        ]
+    )
+    s = summarize(models, _noisy_refs(), costs=costs).set_index("arch")
+    for arch in ("mamba", "transformer"):
+        true = models[(models["arch"] == arch) & (models["control"] == "none")]
+        by_run = true.pivot_table(index=["seed", "eval_seed", "task"], columns="episode", values="return")
+        first, final = by_run[0], by_run[9]  # the first and last tenth of 10 episodes
+        assert s.loc[arch, "runs"] == 36
+        assert s.loc[arch, "first_return"] == pytest.approx(first.mean())
+        assert s.loc[arch, "final_return"] == pytest.approx(final.mean())
+        assert s.loc[arch, "gain"] == pytest.approx((final - first).mean())
+    assert s.loc["mamba", "source"] == "ppo" and s.loc["mamba", "train_env_steps"] == pytest.approx(2000.0)
+    assert s.loc["transformer", "source"] == "" and np.isnan(s.loc["transformer", "train_env_steps"])
+
+
+def test_summary_confidence_intervals_are_seeded_per_row():
+    rng = np.random.default_rng(12)
+    one = _noisy_models(rng, controls=("none", "zero_reward", "other_task_reward"))
+    # the same runs under another family, architecture and context: each row draws its own resamples
+    models = pd.concat(
+        [
+            one,
+            one.assign(arch="transformer"),
+            one.assign(context_episodes=8),
+            one.assign(family="F2"),
+        ]
+    )
+    refs = _noisy_refs(("PointNav", "F2"))
+    ci_columns = [c for c in SUMMARY_COLUMNS if c.endswith(("_ci_low", "_ci_high"))]
+    first = summarize(models, refs, seed=3)
+    again = summarize(models, refs, seed=3)
+    other_seed = summarize(models, refs, seed=4)
+    assert first[ci_columns].notna().all().all()
+    pd.testing.assert_frame_equal(first, again)  # reproducible from the seed
+    for column in ci_columns:
+        assert first[column].nunique() == 4, column  # four rows, four independent draws
+        assert not np.allclose(first[column], other_seed[column]), column  # the seed is used
+    assert (first["gain_ci_low"] < first["gain"]).all() and (first["gain"] < first["gain_ci_high"]).all()
+    # a default seed: the same table as seed 0
+    pd.testing.assert_frame_equal(summarize(models, refs), summarize(models, refs, seed=0))

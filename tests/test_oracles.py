@@ -13,7 +13,7 @@ from scipy import stats
 from adbench.data import WindowSampler
 from adbench.models import build
 from adbench.sources.batched_nets import RunningMeanStd
-from adbench.sources.ppo import RewardScaler, gae, next_values
+from adbench.sources.ppo import RewardScaler, clipped_losses, gae, next_values
 from adbench.statistics import BOOTSTRAP, bootstrap_ci, interval, probability_of_improvement
 
 
@@ -256,3 +256,33 @@ def test_scaled_rewards_are_clipped_on_both_sides():
         scaler(np.array(r), np.array([False, False]))
     out = scaler(np.array([1e4, -1e4]), np.array([False, False]))  # about +-2 return stds
     assert out.tolist() == [0.5, -0.5]
+
+
+def test_ppo_clipped_losses_element_by_element():
+    """The clipped surrogate and the clipped value loss written out per sample, in plain Python: the
+    advantages normalised per learner (unbiased std), the ratio outside the clip range on both sides and
+    for both signs of the advantage, the value moved beyond the clip both ways."""
+    clip = 0.2
+    logp = torch.tensor([[0.5, -0.4, 0.05, 0.3, -0.3, 0.0], [0.1, 0.2, -0.6, 0.4, 0.0, -0.1]], dtype=torch.float64)
+    old = torch.zeros_like(logp)
+    adv = torch.tensor([[1.0, 2.0, -1.5, -0.5, 3.0, 0.2], [-2.0, 0.5, 1.0, -1.0, 4.0, 0.7]], dtype=torch.float64)
+    v_old = torch.tensor([[0.0, 1.0, -1.0, 2.0, 0.5, 0.0], [1.0, 0.0, 0.0, -2.0, 1.0, 3.0]], dtype=torch.float64)
+    v = v_old + torch.tensor([[0.5, -0.5, 0.1, -0.1, 0.3, -0.3], [0.0, 0.25, -0.25, 1.0, -1.0, 0.15]])
+    returns = torch.tensor([[1.0, 0.0, -2.0, 3.0, 0.0, 0.5], [2.0, -1.0, 1.0, -1.0, 0.0, 2.0]], dtype=torch.float64)
+    pg, vl = clipped_losses(logp, old, adv, v, v_old, returns, clip, dims=(1,))
+    for k in range(2):
+        a = adv[k].tolist()
+        mean = sum(a) / len(a)
+        std = math.sqrt(sum((x - mean) ** 2 for x in a) / (len(a) - 1))
+        pg_terms, v_terms = [], []
+        for i in range(len(a)):
+            norm_adv = (a[i] - mean) / (std + 1e-8)
+            ratio = math.exp(logp[k, i].item() - old[k, i].item())
+            clipped_ratio = min(max(ratio, 1 - clip), 1 + clip)
+            pg_terms.append(-min(ratio * norm_adv, clipped_ratio * norm_adv))
+            dv = min(max(v[k, i].item() - v_old[k, i].item(), -clip), clip)
+            r = returns[k, i].item()
+            v_terms.append(0.5 * max((v[k, i].item() - r) ** 2, (v_old[k, i].item() + dv - r) ** 2))
+        assert pg[k].item() == pytest.approx(sum(pg_terms) / len(a), rel=1e-9)
+        assert vl[k].item() == pytest.approx(sum(v_terms) / len(a), rel=1e-9)
+    assert pg.shape == vl.shape == (2,)

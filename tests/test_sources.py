@@ -1,5 +1,7 @@
 """The batched PPO source: K learners that share nothing, and the pieces its speed rests on."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -303,3 +305,50 @@ def test_the_steering_expert_tells_antdirs_expert_the_direction_to_the_goal():
     action = steering(walker, goals)(obs)
     np.testing.assert_allclose(action[:, :2], [[1.0, 0.0], [0.0, -1.0], [-(0.5**0.5), -(0.5**0.5)]], atol=1e-6)
     np.testing.assert_array_equal(walker.obs, obs[:, 2:])
+
+
+def test_networks_start_as_cleanrls_ppo():
+    """Orthogonal layers: hidden gain sqrt(2), the critic's output gain 1 and the actor's 0.01, so that a
+    fresh policy's mean is near zero and its first actions are the Gaussian's noise."""
+    agent = BatchedPPO(2, 5, 3, PPOConfig(hidden=64), seed=0)
+    for net, out_gain in ((agent.actor, 0.01), (agent.critic, 1.0)):
+        for i, w in enumerate(net.weights):
+            gain = out_gain if i == len(net.weights) - 1 else math.sqrt(2)
+            for k in range(2):
+                q = w[k, :, : (net.out_dim if i == len(net.weights) - 1 else w.shape[-1])].detach().double()
+                small, large = sorted(q.shape)
+                gram = q.T @ q if q.shape[0] >= q.shape[1] else q @ q.T
+                torch.testing.assert_close(gram, gain**2 * torch.eye(small, dtype=torch.float64), atol=1e-5, rtol=0)
+                assert large >= small
+        assert not any(b.any() for b in net.biases)
+    assert agent.critic.out_dim == 1 and agent.actor.out_dim == 3
+    x = torch.randn(2, 100, 5, generator=torch.Generator().manual_seed(1))
+    assert agent.actor(x).abs().max() < 0.05
+
+
+def test_a_constant_observation_normalises_to_zero():
+    agent = BatchedPPO(1, 2, 1, PPOConfig(), seed=0)
+    # a coordinate that never moves (a locked joint): its running variance falls below the 1e-8 guard
+    stream = np.stack([np.zeros(100_000), np.random.default_rng(0).normal(size=100_000)], -1)[None]
+    for chunk in np.split(stream, 10, axis=1):
+        agent.obs_rms.update(chunk)
+    assert agent.obs_rms.var[0, 0] < 1e-8
+    x = agent._normalized(stream[:, :5])
+    assert np.isfinite(x).all() and np.all(x[..., 0] == 0.0)
+
+
+def test_without_annealing_the_first_adam_step_is_the_configured_learning_rate():
+    cfg = PPOConfig(learning_rate=0.002, anneal_lr=False, update_epochs=1, minibatches=1)
+    agent = BatchedPPO(1, 3, 2, cfg, seed=0)
+    obs = np.random.default_rng(0).normal(size=(1, 32, 3))
+    actions = torch.randn(1, 32, 2, generator=torch.Generator().manual_seed(0))
+    x = agent.normalize_obs(obs)
+    old = agent.log_prob(x, actions).detach() + 0.01
+    adv = torch.randn(1, 32, generator=torch.Generator().manual_seed(1))
+    values = torch.randn(1, 32, generator=torch.Generator().manual_seed(2))
+    before = [p.detach().clone() for p in agent.params]
+    agent.optimize(obs, actions, old, adv, values, lr_frac=0.1)  # ignored without annealing
+    steps = torch.cat([(p.detach() - b).abs().flatten() for p, b in zip(agent.params, before)])
+    # Adam's first step moves each parameter with a gradient by lr * g / (|g| + eps), at most lr
+    assert steps.max().item() == pytest.approx(cfg.learning_rate, rel=1e-3)
+    assert (steps <= cfg.learning_rate * (1 + 1e-5)).all()

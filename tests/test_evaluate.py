@@ -39,7 +39,15 @@ def models(smoke_config, dataset, tmp_path_factory):
 @pytest.mark.parametrize("arch", ["mamba", "transformer"])
 def test_evaluation_runs_longer_than_the_training_context(cfg, dataset, models, tmp_path, arch):
     cfg["evaluate"].update(episodes=7, seeds=[0, 3])  # the context is 2 episodes
-    evaluate_model(cfg, dataset, models[arch], tmp_path / "e.csv", progress=False)
+    evaluate_model(
+        cfg,
+        dataset,
+        models[arch],
+        tmp_path / "e.csv",
+        tmp_path / "c.csv",
+        progress=False,
+        inference_path=tmp_path / "i.csv",
+    )
     df = pd.read_csv(tmp_path / "e.csv")
     assert list(df.columns) == COLUMNS
     assert len(df) == 3 * 2 * 4 * 7  # controls x eval seeds x test tasks x episodes
@@ -47,6 +55,18 @@ def test_evaluation_runs_longer_than_the_training_context(cfg, dataset, models, 
     assert set(df["task"]) == {f"test-{i:04d}" for i in range(4)}
     assert (df["arch"] == arch).all() and (df["context_episodes"] == 2).all()
     assert np.isfinite(df["return"]).all() and (df["return"] < 0).all()
+    # the task-inference file: one row per evaluated episode, keyed as the returns are
+    inf = pd.read_csv(tmp_path / "i.csv")
+    assert list(inf.columns) == INFERENCE_COLUMNS
+    keys = ["family", "arch", "context_episodes", "seed", "eval_seed", "control", "task", "episode"]
+    pd.testing.assert_frame_equal(inf[keys], df[keys])
+    assert (inf["quantity"] == "final_distance_to_goal").all() and (inf["target"] == 0).all()
+    assert (inf["error"] == inf["achieved"]).all() and (inf["achieved"] > 0).all()
+    assert inf.groupby("task")["achieved"].mean().nunique() == 4  # each task's own goal
+    # the cost file: its mean ms per step is the per-episode measure's order of magnitude
+    cost = pd.read_csv(tmp_path / "c.csv").iloc[0]
+    assert cost["batch"] == 3 * 2 * 4 and cost["arch"] == arch and cost["context_episodes"] == 2
+    assert 0.1 < cost["ms_per_step"] / cost["ms_per_step_first_episode"] < 10
 
 
 def test_evaluation_is_reproducible(cfg, dataset, models, tmp_path):

@@ -655,3 +655,14 @@ def test_summary_confidence_intervals_are_seeded_per_row():
     assert (first["gain_ci_low"] < first["gain"]).all() and (first["gain"] < first["gain_ci_high"]).all()
     # a default seed: the same table as seed 0
     pd.testing.assert_frame_equal(summarize(models, refs), summarize(models, refs, seed=0))
+
+
+def test_final_episodes_are_the_last_tenth_of_each_group_at_least_one():
+    from adbench.tables import final_episodes
+
+    lengths = {"a": 40, "b": 25, "c": 11, "d": 10, "e": 3}  # last 4, 3, 2, 1 and 1 episodes
+    df = pd.DataFrame([{"task": t, "episode": e} for t, n in lengths.items() for e in range(n)]).sample(
+        frac=1.0, random_state=0
+    )
+    kept = final_episodes(df, "task").groupby("task")["episode"].apply(sorted).to_dict()
+    assert kept == {"a": [36, 37, 38, 39], "b": [22, 23, 24], "c": [9, 10], "d": [9], "e": [2]}

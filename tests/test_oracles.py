@@ -286,3 +286,43 @@ def test_ppo_clipped_losses_element_by_element():
         assert pg[k].item() == pytest.approx(sum(pg_terms) / len(a), rel=1e-9)
         assert vl[k].item() == pytest.approx(sum(v_terms) / len(a), rel=1e-9)
     assert pg.shape == vl.shape == (2,)
+
+
+def test_policy_tokens_are_the_normalised_inputs_embedded():
+    """A token is embed((obs - mean) / std, previous action, (reward - mean) / std, episode start), with
+    the training data's statistics; before they are set, the raw inputs."""
+    torch.manual_seed(0)
+    model = build("mamba", 3, 2, d_model=8, n_layers=1)
+    assert (model.embed.in_features, model.embed.out_features) == (3 + 2 + 2, 8)
+    obs, act = torch.randn(2, 4, 3), torch.randn(2, 4, 2)
+    rew, start = torch.randn(2, 4), torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0]])
+    w, b = model.embed.weight.detach(), model.embed.bias.detach()
+
+    def embedded(o, r):
+        return torch.cat([o, act, r[..., None], start[..., None]], -1) @ w.T + b
+
+    torch.testing.assert_close(model.tokens(obs, act, rew, start), embedded(obs, rew))
+    stats = {"obs_mean": [1.0, -2.0, 0.5], "obs_std": [2.0, 0.5, 4.0], "reward_mean": -3.0, "reward_std": 1.5}
+    model.set_input_statistics(stats)
+    o = (obs - torch.tensor(stats["obs_mean"])) / torch.tensor(stats["obs_std"])
+    torch.testing.assert_close(model.tokens(obs, act, rew, start), embedded(o, (rew + 3.0) / 1.5))
+
+
+def test_gaussian_head_squashes_the_log_std_into_its_bounds():
+    from adbench.models.policy import LOG_STD_MAX, LOG_STD_MIN
+
+    model = build("mamba", 3, 2, d_model=8, n_layers=1)
+    assert (LOG_STD_MIN, LOG_STD_MAX) == (-5.0, 1.0)
+    assert (model.head.in_features, model.head.out_features) == (8, 4)  # a mean and a log-std per action
+    h = torch.randn(5, 8) * torch.tensor([0.1, 1.0, 100.0, 100.0, 100.0])[:, None]
+    raw = model.head(h).detach()
+    mean, log_std = model._head(h)
+    torch.testing.assert_close(mean, raw[:, :2])
+    # -5 + 3 (tanh(u) + 1): -2 at u = 0, tending to -5 and 1 at the extremes
+    expected = torch.tensor([[-5.0 + 3.0 * (math.tanh(u) + 1.0) for u in row] for row in raw[:, 2:].tolist()])
+    torch.testing.assert_close(log_std, expected)
+    assert (log_std >= LOG_STD_MIN).all() and (log_std <= LOG_STD_MAX).all()
+    deterministic = build("transformer", 3, 2, d_model=8, n_layers=1, head="mse")
+    assert deterministic.head.out_features == 2 and deterministic._head(h)[1] is None
+    with pytest.raises(ValueError, match="model.head"):
+        build("mamba", 3, 2, d_model=8, n_layers=1, head="beta")

@@ -339,3 +339,59 @@ def test_the_evaluation_samples_actions_as_the_config_says(cfg, dataset, models,
         evaluate_model(cfg, dataset, models["mamba"], tmp_path / f"{sample}.csv", progress=False)
         returns[sample] = pd.read_csv(tmp_path / f"{sample}.csv")["return"].to_numpy()
     assert not np.allclose(returns[True], returns[False])
+
+
+class RecordingPolicy:
+    """Acts from what it sees (some actions outside the box, to be clipped) and records every input."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, obs, prev_action, prev_reward, start, generator):
+        i = len(self.calls)
+        action = (1.7 * np.sin(3.0 * obs + 0.7 * i + np.arange(obs.shape[0])[:, None])).astype(np.float32)
+        self.calls.append([x.copy() for x in (obs, prev_action, prev_reward, start, action)])
+        return action
+
+
+def test_rollout_against_pointnav_simulated_by_hand():
+    """Every input the policy sees and every number rollout returns, rebuilt from the recorded actions
+    with PointNav's definition (start at the origin, move by 0.1 x the clipped action, reward = -distance
+    to the goal): the previous action and reward carry across episodes, the start flag marks each
+    episode's first step, the controls change only the reward seen, returns are always the true ones."""
+    goals = [[1.0, 0.0], [0.0, 1.0], [-0.6, 0.8]]
+    tasks = [{"goal": g} for g in goals]
+    controls, seeds, horizon, episodes = ("none", "zero_reward", "other_task_reward"), [0, 5], 4, 3
+    policy = RecordingPolicy()
+    returns, obs_mean, obs_last = rollout(
+        "PointNav", tasks, horizon, episodes, seeds, policy, controls=controls, with_observations=True
+    )
+    assert returns.shape == (3, 2, 3, episodes) and obs_mean.shape == obs_last.shape == (3, 2, 3, episodes, 2)
+    assert len(policy.calls) == horizon * episodes
+    for row in range(3 * 2 * 3):
+        c, s, j = np.unravel_index(row, (3, 2, 3))
+        seen_goal = goals[(j + 1) % 3]  # the other-task control's derangement: task j sees task j+1's
+        prev_action, prev_reward = np.zeros(2), 0.0
+        for e in range(episodes):
+            pos, total, seen_obs = np.zeros(2), 0.0, []
+            for t in range(horizon):
+                obs, p_action, p_reward, start, action = (x[row] for x in policy.calls[e * horizon + t])
+                assert start == (1.0 if t == 0 else 0.0)
+                np.testing.assert_allclose(obs, pos, atol=1e-6)
+                np.testing.assert_allclose(p_action, prev_action, atol=1e-7)
+                assert p_reward == pytest.approx(prev_reward, abs=1e-6)
+                seen_obs.append(obs)
+                clipped = np.clip(action, -1.0, 1.0)
+                pos = pos + 0.1 * clipped
+                reward = -np.linalg.norm(pos - goals[j])
+                total += reward
+                prev_action = clipped
+                prev_reward = {
+                    "none": reward,
+                    "zero_reward": 0.0,
+                    "other_task_reward": -np.linalg.norm(pos - seen_goal),
+                }[controls[c]]
+            assert returns[c, s, j, e] == pytest.approx(total, abs=1e-5)
+            np.testing.assert_allclose(obs_mean[c, s, j, e], np.mean(seen_obs, 0), atol=1e-6)
+            np.testing.assert_allclose(obs_last[c, s, j, e], seen_obs[-1], atol=1e-6)
+    assert np.abs(np.concatenate([call[4] for call in policy.calls])).max() > 1.0  # clipping was exercised

@@ -352,3 +352,45 @@ def test_without_annealing_the_first_adam_step_is_the_configured_learning_rate()
     # Adam's first step moves each parameter with a gradient by lr * g / (|g| + eps), at most lr
     assert steps.max().item() == pytest.approx(cfg.learning_rate, rel=1e-3)
     assert (steps <= cfg.learning_rate * (1 + 1e-5)).all()
+
+
+def test_train_ppo_records_its_rollouts_and_updates_on_them_as_taken(monkeypatch):
+    """What each PPO update receives is the rollout the history records: the same observations, the
+    sampled actions whose clipped values were executed, the rewards scaled as a RewardScaler fed the
+    same stream scales them, episode ends at every time limit, next values that chain inside an
+    episode; one update per rollout, the step size annealed linearly."""
+    from adbench.sources.ppo import RewardScaler, train_ppo
+    from adbench.tasks import sample_tasks
+
+    updates = []
+    original = BatchedPPO.update
+
+    def spy(self, batch, lr_frac):
+        updates.append(({k: (v.copy() if isinstance(v, np.ndarray) else v.clone()) for k, v in batch.items()}, lr_frac))
+        return original(self, batch, lr_frac)
+
+    monkeypatch.setattr(BatchedPPO, "update", spy)
+    cfg = PPOConfig(rollout_episodes=2, update_epochs=1, minibatches=2)
+    tasks = sample_tasks("PointNav", 3, seed=0)
+    horizon, episodes = 5, 6
+    hist, agent = train_ppo("PointNav", tasks, horizon, episodes, cfg, seed=0)
+    assert [lr for _, lr in updates] == pytest.approx([1.0, 2 / 3, 1 / 3])
+    scaler, steps = RewardScaler(3, cfg.gamma, cfg.clip_reward), 2 * horizon
+    for u, (batch, _) in enumerate(updates):
+        window = slice(u * steps, (u + 1) * steps)
+        np.testing.assert_array_equal(batch["obs"], hist["observations"][:, window])
+        np.testing.assert_array_equal(np.clip(batch["actions"].numpy(), -1, 1), hist["actions"][:, window])
+        assert (batch["actions"].abs() > 1).any() or u > 0  # sampled, not clipped, actions are what PPO learns from
+        ends = np.zeros((3, steps), bool)
+        ends[:, horizon - 1 :: horizon] = True
+        np.testing.assert_array_equal(batch["episode_end"].numpy(), ends)
+        expected = np.stack(
+            [scaler(hist["rewards"][:, u * steps + i].astype(np.float64), ends[:, i]) for i in range(steps)],
+            1,
+        )
+        np.testing.assert_allclose(batch["rewards"].numpy(), expected, rtol=1e-5, atol=1e-6)
+        inside = ~ends[:, :-1]
+        np.testing.assert_array_equal(batch["next_values"][:, :-1][inside], batch["values"][:, 1:][inside])
+        assert (batch["next_values"][ends] != 0).all()  # a time limit, not a termination: V(final observation)
+    assert hist["episode_returns"].shape == (3, episodes)
+    np.testing.assert_allclose(hist["episode_returns"], hist["rewards"].reshape(3, episodes, horizon).sum(-1))

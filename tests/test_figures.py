@@ -666,3 +666,31 @@ def test_final_episodes_are_the_last_tenth_of_each_group_at_least_one():
     )
     kept = final_episodes(df, "task").groupby("task")["episode"].apply(sorted).to_dict()
     assert kept == {"a": [36, 37, 38, 39], "b": [22, 23, 24], "c": [9, 10], "d": [9], "e": [2]}
+
+
+def test_write_table_writes_the_csv_and_a_markdown_table(tmp_path):
+    from adbench.tables import write_table
+
+    df = pd.DataFrame(
+        {"arch": ["mamba", "transformer"], "steps": [2_560_000.0, 999.0], "gain": [1.23456, -0.5], "runs": [48, 3]}
+    )
+    write_table(df, tmp_path / "t.csv", tmp_path / "t.md")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv"), df)
+    assert (tmp_path / "t.md").read_text() == (
+        "| arch | steps | gain | runs |\n|---|---|---|---|\n"
+        "| mamba | 2,560,000 | 1.235 | 48 |\n"
+        "| transformer | 999.000 | -0.500 | 3 |\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.md"]  # nothing half-written left beside
+
+
+def test_load_concatenates_result_files_and_refuses_non_finite_returns(tmp_path):
+    from adbench.tables import load
+
+    a, b = _table("mamba", 4, 1.0, tasks=2), _table("transformer", 4, 0.5, tasks=3)
+    a.to_csv(tmp_path / "a.csv", index=False)
+    b.to_csv(tmp_path / "b.csv", index=False)
+    pd.testing.assert_frame_equal(load([tmp_path / "a.csv", tmp_path / "b.csv"]), pd.concat([a, b], ignore_index=True))
+    a.assign(**{"return": np.where(a.index == 3, np.nan, a["return"])}).to_csv(tmp_path / "nan.csv", index=False)
+    with pytest.raises(ValueError, match="non-finite returns; rerun the evaluate rules"):
+        load([tmp_path / "b.csv", tmp_path / "nan.csv"])

@@ -395,3 +395,40 @@ def test_rollout_against_pointnav_simulated_by_hand():
             np.testing.assert_allclose(obs_mean[c, s, j, e], np.mean(seen_obs, 0), atol=1e-6)
             np.testing.assert_allclose(obs_last[c, s, j, e], seen_obs[-1], atol=1e-6)
     assert np.abs(np.concatenate([call[4] for call in policy.calls])).max() > 1.0  # clipping was exercised
+
+
+def test_held_out_tasks_are_the_test_split_as_stored_and_a_dataset_without_them_is_refused(dataset, tmp_path):
+    import json
+    import shutil
+
+    with h5py.File(dataset, "r") as f:
+        stored = [(tid, json.loads(g.attrs["task"])) for tid, g in f["tasks"].items() if g.attrs["split"] == "test"]
+    assert held_out_tasks(dataset) == stored and len(stored) == 4
+    assert all(tid.startswith("test-") for tid, _ in stored)
+    no_test = tmp_path / "no_test.h5"
+    shutil.copy(dataset, no_test)
+    with h5py.File(no_test, "r+") as f:
+        for g in f["tasks"].values():
+            g.attrs["split"] = "train"
+    with pytest.raises(DatasetError, match="no test tasks to evaluate on; set tasks.n_test >= 1"):
+        held_out_tasks(no_test)
+
+
+def test_model_policy_times_each_episode_and_steps_the_models_own_recurrence():
+    """The policy's actions are the model's step outputs on its running state (here the mean action), and
+    its clocks add up: total seconds = the episodes' seconds, one step counted per call."""
+    torch.manual_seed(0)
+    model = build("mamba", 2, 2, d_model=8)
+    policy = ModelPolicy(model, 3, sample=False)
+    assert not policy.model.training and policy.steps == 0 and policy.step_seconds == 0.0
+    state = model.init_state(3)
+    rng = np.random.default_rng(0)
+    for call in range(7):
+        inputs = [rng.normal(size=(3, 2)), rng.normal(size=(3, 2)), rng.normal(size=3), np.full(3, call % 3 == 0)]
+        inputs = [x.astype(np.float32) for x in inputs]
+        action = policy(*inputs, None)
+        with torch.no_grad():
+            mean, _, state = model.step(*[torch.from_numpy(x) for x in inputs], state)
+        np.testing.assert_allclose(action, mean.numpy(), rtol=1e-5, atol=1e-6)
+    assert policy.steps == 7 and len(policy.episode_seconds) == 3  # episodes start at calls 0, 3 and 6
+    assert policy.step_seconds == pytest.approx(sum(policy.episode_seconds)) and policy.step_seconds > 0

@@ -200,8 +200,17 @@ def test_controls_find_a_clear_reward_driven_gain_in_a_reward_driven_learner():
 
 
 def test_other_task_control_needs_two_test_tasks():
-    with pytest.raises(DatasetError, match="at least 2 test tasks"):
+    message = "^the other_task_reward control needs at least 2 test tasks; raise tasks.n_test or drop the control$"
+    with pytest.raises(DatasetError, match=message):
         rollout("PointNav", sample_tasks("PointNav", 1, 0), 50, 1, [0], EpisodeSchedulePolicy(), controls=CONTROLS)
+
+
+def test_an_unknown_control_is_named_with_the_known_ones():
+    message = r"^unknown evaluation control 'bogus'; controls: \['none', 'zero_reward', 'other_task_reward'\]$"
+    with pytest.raises(ValueError, match=message):
+        rollout(
+            "PointNav", sample_tasks("PointNav", 2, 0), 5, 1, [0], EpisodeSchedulePolicy(), controls=("none", "bogus")
+        )
 
 
 def test_dynamics_family_other_task_control_feeds_the_other_rollouts_rewards():

@@ -441,3 +441,35 @@ def test_model_policy_times_each_episode_and_steps_the_models_own_recurrence():
         np.testing.assert_allclose(action, mean.numpy(), rtol=1e-5, atol=1e-6)
     assert policy.steps == 7 and len(policy.episode_seconds) == 3  # episodes start at calls 0, 3 and 6
     assert policy.step_seconds == pytest.approx(sum(policy.episode_seconds)) and policy.step_seconds > 0
+
+
+class StepClock:
+    """A perf_counter whose n-th reading advances by n milliseconds: the model's k-th step then measures
+    (2k + 1) ms, so every episode has its own, known, cost."""
+
+    def __init__(self):
+        self.calls, self.now = 0, 0.0
+
+    def perf_counter(self):
+        self.now += self.calls * 1e-3
+        self.calls += 1
+        return self.now
+
+
+def test_cost_file_against_a_known_clock(cfg, dataset, models, tmp_path, monkeypatch):
+    import adbench.evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "time", StepClock())
+    cfg["evaluate"].update(episodes=3, seeds=[0])
+    evaluate_model(cfg, dataset, models["mamba"], tmp_path / "e.csv", tmp_path / "c.csv", progress=False)
+    cost = pd.read_csv(tmp_path / "c.csv").iloc[0]
+    info = validate_file(dataset)
+    horizon = info["T"] // info["E"]
+    step_ms = 2.0 * np.arange(3 * horizon) + 1.0
+    assert cost["ms_per_step"] == pytest.approx(step_ms.mean())
+    assert cost["ms_per_step_first_episode"] == pytest.approx(step_ms[:horizon].mean())
+    assert cost["ms_per_step_last_episode"] == pytest.approx(step_ms[-horizon:].mean())
+    model, _ = load_checkpoint(models["mamba"])
+    assert cost["state_mib"] == pytest.approx(state_mib(model.init_state(3 * 4)))  # Mamba's state: fixed size
+    assert cost["train_env_steps"] == info["n_train"] * info["H"] * info["T"] + info["expert_env_steps"]
+    assert cost["source"] == info["source"] and cost["seed"] == 0

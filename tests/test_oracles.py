@@ -324,5 +324,8 @@ def test_gaussian_head_squashes_the_log_std_into_its_bounds():
     assert (log_std >= LOG_STD_MIN).all() and (log_std <= LOG_STD_MAX).all()
     deterministic = build("transformer", 3, 2, d_model=8, n_layers=1, head="mse")
     assert deterministic.head.out_features == 2 and deterministic._head(h)[1] is None
+    from adbench.models.policy import ADPolicy
+
+    assert ADPolicy(3, 2, torch.nn.Identity(), 8).head_kind == "gaussian"  # the default head
     with pytest.raises(ValueError, match="model.head"):
         build("mamba", 3, 2, d_model=8, n_layers=1, head="beta")

@@ -4,9 +4,11 @@ import copy
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+from tqdm import tqdm
 
 from adbench import config as cfglib
 from adbench.histories import merge_shards, num_shards, run_shard
@@ -19,6 +21,13 @@ def snakemake_cli(workdir, *args, timeout=1200) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def process_local_progress_lock():
+    """tqdm's default lock is a semaphore shared by every process forked from this one: a test process
+    killed while holding it (a mutation-testing timeout) would block all that come after. One per process."""
+    tqdm.set_lock(threading.RLock())
 
 
 @pytest.fixture(scope="session")

@@ -221,10 +221,12 @@ def test_dynamics_family_other_task_control_feeds_the_other_rollouts_rewards():
         seen.append(prev_reward.copy())
         return np.zeros((len(obs), 6), np.float32)
 
-    rollout("Walker2dParams", tasks, 5, 1, [0], recorder, controls=("none", "other_task_reward"))
-    # rows: (none, task0), (none, task1), (other, task0), (other, task1): the control shows the other task's reward
+    rollout("Walker2dParams", tasks, 5, 1, [0, 1], recorder, controls=("none", "other_task_reward"))
+    # rows (control, seed, task): 0-3 are none, 4-7 other_task; within a seed the control shows the other
+    # task's reward from the same seed's rollout
     for r in seen[1:]:
-        assert r[2] == r[1] and r[3] == r[0]
+        assert r[4] == r[1] and r[5] == r[0] and r[6] == r[3] and r[7] == r[2]
+        assert r[0] != r[2]  # the seeds' rollouts differ
 
 
 def test_tidy_rows_carry_every_key_and_the_return_at_their_index():
@@ -456,15 +458,22 @@ class StepClock:
         return self.now
 
 
-def test_cost_file_against_a_known_clock(cfg, dataset, models, tmp_path, monkeypatch):
+def test_cost_file_against_a_known_clock_and_the_models_horizon(cfg, dataset, models, tmp_path, monkeypatch):
     import adbench.evaluate as evaluate_module
+    from adbench.models import checkpoint
 
+    # a model trained on 10-step episodes (the family's default and this dataset's are 50): its evaluation
+    # episodes last 10 steps
+    contents = checkpoint.load(models["mamba"])
+    contents.pop("digest")
+    contents["meta"]["horizon"] = horizon = 10
+    checkpoint.save(tmp_path / "m.pt", contents)
     monkeypatch.setattr(evaluate_module, "time", StepClock())
     cfg["evaluate"].update(episodes=3, seeds=[0])
-    evaluate_model(cfg, dataset, models["mamba"], tmp_path / "e.csv", tmp_path / "c.csv", progress=False)
+    evaluate_model(cfg, dataset, tmp_path / "m.pt", tmp_path / "e.csv", tmp_path / "c.csv", progress=False)
     cost = pd.read_csv(tmp_path / "c.csv").iloc[0]
     info = validate_file(dataset)
-    horizon = info["T"] // info["E"]
+    assert info["T"] // info["E"] == 50
     step_ms = 2.0 * np.arange(3 * horizon) + 1.0
     assert cost["ms_per_step"] == pytest.approx(step_ms.mean())
     assert cost["ms_per_step_first_episode"] == pytest.approx(step_ms[:horizon].mean())

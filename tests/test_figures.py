@@ -672,7 +672,12 @@ def test_write_table_writes_the_csv_and_a_markdown_table(tmp_path):
     from adbench.tables import write_table
 
     df = pd.DataFrame(
-        {"arch": ["mamba", "transformer"], "steps": [2_560_000.0, 999.0], "gain": [1.23456, -0.5], "runs": [48, 3]}
+        {
+            "arch": ["mamba", "transformer", "rl2"],
+            "steps": [2_560_000.0, 999.0, 1000.0],
+            "gain": [1.23456, -0.5, 2.0],
+            "runs": [48, 3, 1],
+        }
     )
     write_table(df, tmp_path / "t.csv", tmp_path / "t.md")
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv"), df)
@@ -680,6 +685,7 @@ def test_write_table_writes_the_csv_and_a_markdown_table(tmp_path):
         "| arch | steps | gain | runs |\n|---|---|---|---|\n"
         "| mamba | 2,560,000 | 1.235 | 48 |\n"
         "| transformer | 999.000 | -0.500 | 3 |\n"
+        "| rl2 | 1,000 | 2.000 | 1 |\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.md"]  # nothing half-written left beside
 
@@ -692,5 +698,30 @@ def test_load_concatenates_result_files_and_refuses_non_finite_returns(tmp_path)
     b.to_csv(tmp_path / "b.csv", index=False)
     pd.testing.assert_frame_equal(load([tmp_path / "a.csv", tmp_path / "b.csv"]), pd.concat([a, b], ignore_index=True))
     a.assign(**{"return": np.where(a.index == 3, np.nan, a["return"])}).to_csv(tmp_path / "nan.csv", index=False)
-    with pytest.raises(ValueError, match="non-finite returns; rerun the evaluate rules"):
+    with pytest.raises(ValueError, match="^evaluation tables contain non-finite returns; rerun the evaluate rules$"):
         load([tmp_path / "b.csv", tmp_path / "nan.csv"])
+
+
+def test_comparison_confidence_intervals_are_seeded_per_row():
+    """The same runs under two families, two contexts and three models: each comparison row resamples
+    with its own seed (reproducible from the config's), so no two rows share their CI by construction."""
+    rng = np.random.default_rng(13)
+    one = _noisy_models(rng)
+    models = pd.concat(
+        [
+            one.assign(family=f, arch=a, context_episodes=c)
+            for f in ("PointNav", "F2")
+            for a, c in (("mamba", 4), ("mamba", 8), ("transformer", 4), ("transformer", 8), ("rl2", 0))
+        ]
+    )
+    refs = _noisy_refs(("PointNav", "F2"))
+    first, again = compare(models, refs, seed=3), compare(models, refs, seed=3)
+    pd.testing.assert_frame_equal(first, again)
+    rows = first[first["family"] != "all"]
+    assert len(rows) == 2 * 2 * 3  # per family and context: mamba-transformer, mamba-rl2, transformer-rl2
+    assert (rows["probability"] == 0.5).all()  # identical runs
+    # bootstrap CIs of a probability over 6 tasks take few values: one coincidence may happen; a seed shared
+    # by the rows of two families, contexts or models would give four or more
+    assert len(rows) - len(set(zip(rows["ci_low"], rows["ci_high"]))) <= 1
+    assert not np.allclose(first["ci_low"], compare(models, refs, seed=4)["ci_low"])
+    pd.testing.assert_frame_equal(compare(models, refs), compare(models, refs, seed=0))

@@ -311,15 +311,15 @@ def test_policy_tokens_are_the_normalised_inputs_embedded():
 def test_gaussian_head_squashes_the_log_std_into_its_bounds():
     from adbench.models.policy import LOG_STD_MAX, LOG_STD_MIN
 
-    model = build("mamba", 3, 2, d_model=8, n_layers=1)
+    model = build("mamba", 3, 3, d_model=8, n_layers=1)
     assert (LOG_STD_MIN, LOG_STD_MAX) == (-5.0, 1.0)
-    assert (model.head.in_features, model.head.out_features) == (8, 4)  # a mean and a log-std per action
+    assert (model.head.in_features, model.head.out_features) == (8, 6)  # a mean and a log-std per action
     h = torch.randn(5, 8) * torch.tensor([0.1, 1.0, 100.0, 100.0, 100.0])[:, None]
     raw = model.head(h).detach()
     mean, log_std = model._head(h)
-    torch.testing.assert_close(mean, raw[:, :2])
+    torch.testing.assert_close(mean, raw[:, :3])
     # -5 + 3 (tanh(u) + 1): -2 at u = 0, tending to -5 and 1 at the extremes
-    expected = torch.tensor([[-5.0 + 3.0 * (math.tanh(u) + 1.0) for u in row] for row in raw[:, 2:].tolist()])
+    expected = torch.tensor([[-5.0 + 3.0 * (math.tanh(u) + 1.0) for u in row] for row in raw[:, 3:].tolist()])
     torch.testing.assert_close(log_std, expected)
     assert (log_std >= LOG_STD_MIN).all() and (log_std <= LOG_STD_MAX).all()
     deterministic = build("transformer", 3, 2, d_model=8, n_layers=1, head="mse")

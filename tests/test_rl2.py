@@ -135,6 +135,7 @@ def test_rl2_trains_on_the_dataset_and_evaluates_through_the_ad_path(cfg, datase
     assert set(rows["control"]) == {"none", *cfg["evaluate"]["controls"]}
     cost = pd.read_csv(tmp_path / "cost.csv")
     assert list(cost.columns) == COST_COLUMNS and cost["train_env_steps"].iloc[0] == 2 * 8 * 2 * 50
+    assert cost["source"].iloc[0] == "online"  # its own interaction, not the dataset's source
 
 
 def test_bptt_segment_must_divide_the_trial(cfg, dataset, tmp_path, capsys):

@@ -482,3 +482,22 @@ def test_cost_file_against_a_known_clock_and_the_models_horizon(cfg, dataset, mo
     assert cost["state_mib"] == pytest.approx(state_mib(model.init_state(3 * 4)))  # Mamba's state: fixed size
     assert cost["train_env_steps"] == info["n_train"] * info["H"] * info["T"] + info["expert_env_steps"]
     assert cost["source"] == info["source"] and cost["seed"] == 0
+
+
+def test_each_episode_starts_from_its_own_seeded_state_the_same_under_every_control():
+    """MuJoCo resets are noisy: an evaluation episode's initial state is drawn from (eval seed, episode,
+    task), the same for every control so that controls are compared from the same start."""
+    starts = []
+
+    def recorder(obs, prev_action, prev_reward, start, generator):
+        if start[0]:
+            starts.append(obs.copy())
+        return np.zeros((len(obs), 6), np.float32)
+
+    tasks = sample_tasks("HalfCheetahVel", 2, 0)
+    rollout("HalfCheetahVel", tasks, 2, 2, [0, 1], recorder, controls=("none", "zero_reward"))
+    first, second = (s.reshape(2, 2, 2, -1) for s in starts)  # (control, seed, task, obs)
+    np.testing.assert_array_equal(first[0], first[1])  # every control starts where the others do
+    np.testing.assert_array_equal(second[0], second[1])
+    assert not np.allclose(first, second)  # a new start each episode
+    assert not np.allclose(first[:, 0], first[:, 1])  # and for each evaluation seed

@@ -143,6 +143,7 @@ def test_ppo_histories_do_not_depend_on_physics_threads(threads):
     tasks = sample_tasks("HalfCheetahVel", 3, 0)
     ref = run_ppo("HalfCheetahVel", tasks, 20, 2, cfg, seed=0, threads=1)
     got = run_ppo("HalfCheetahVel", tasks, 20, 2, cfg, seed=0, threads=threads)
+    assert ref["rewards"].shape == (3, 2 * 20) and ref["episode_returns"].shape == (3, 2)  # 20-step episodes
     for key in ref:
         np.testing.assert_array_equal(got[key], ref[key])
 
@@ -394,3 +395,23 @@ def test_train_ppo_records_its_rollouts_and_updates_on_them_as_taken(monkeypatch
         assert (batch["next_values"][ends] != 0).all()  # a time limit, not a termination: V(final observation)
     assert hist["episode_returns"].shape == (3, episodes)
     np.testing.assert_allclose(hist["episode_returns"], hist["rewards"].reshape(3, episodes, horizon).sum(-1))
+
+
+def test_each_epoch_takes_one_adam_step_per_minibatch():
+    cfg = PPOConfig(update_epochs=3, minibatches=4)
+    agent = BatchedPPO(2, 3, 2, cfg, seed=0)
+    obs = np.random.default_rng(0).normal(size=(2, 40, 3))
+    actions = torch.randn(2, 40, 2, generator=torch.Generator().manual_seed(0))
+    old = agent.log_prob(agent.normalize_obs(obs), actions).detach()
+    adv, values = torch.randn(2, 40, generator=torch.Generator().manual_seed(1)), torch.zeros(2, 40)
+    agent.optimize(obs, actions, old, adv, values, lr_frac=1.0)
+    assert {int(agent.optimizer.state[p]["step"]) for p in agent.params} == {3 * 4}
+
+
+def test_a_history_length_that_is_not_whole_rollouts_is_refused():
+    from adbench.sources.ppo import train_ppo
+    from adbench.tasks import sample_tasks
+
+    message = r"^source.episodes \(5\) must be a multiple of source.ppo.rollout_episodes \(2\)$"
+    with pytest.raises(ValueError, match=message):
+        train_ppo("PointNav", sample_tasks("PointNav", 2, 0), 5, 5, PPOConfig(rollout_episodes=2), seed=0)

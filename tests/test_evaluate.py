@@ -499,5 +499,6 @@ def test_each_episode_starts_from_its_own_seeded_state_the_same_under_every_cont
     first, second = (s.reshape(2, 2, 2, -1) for s in starts)  # (control, seed, task, obs)
     np.testing.assert_array_equal(first[0], first[1])  # every control starts where the others do
     np.testing.assert_array_equal(second[0], second[1])
-    assert not np.allclose(first, second)  # a new start each episode
-    assert not np.allclose(first[:, 0], first[:, 1])  # and for each evaluation seed
+    # and its own for every (evaluation seed, task, episode)
+    own = np.concatenate([first[0].reshape(4, -1), second[0].reshape(4, -1)])
+    assert len({tuple(np.round(o, 6)) for o in own}) == 8

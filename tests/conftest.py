@@ -2,11 +2,13 @@
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import h5py
 import pytest
 from tqdm import tqdm
 
@@ -50,3 +52,12 @@ def dataset(smoke_config, tmp_path_factory) -> Path:
         run_shard(smoke_config, "PointNav", i, shards[-1], progress=False)
     merge_shards(smoke_config, "PointNav", shards, out / "PointNav.h5")
     return out / "PointNav.h5"
+
+
+def with_every_task_in(split: str, dataset: Path, out: Path) -> Path:
+    """A copy of `dataset` whose tasks are all labelled `split` (a dataset without the other split)."""
+    shutil.copy(dataset, out)
+    with h5py.File(out, "r+") as f:
+        for g in f["tasks"].values():
+            g.attrs["split"] = split
+    return out

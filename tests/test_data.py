@@ -9,6 +9,8 @@ import pytest
 from adbench.data import SCHEMA_VERSION, DatasetError, WindowSampler, validate_file
 from adbench.histories import all_tasks, run_shard
 
+from .conftest import with_every_task_in
+
 
 def test_dataset_meets_the_contract(dataset, smoke_config):
     info = validate_file(dataset)
@@ -229,10 +231,6 @@ def test_a_sampler_needs_train_tasks_and_takes_a_window_spanning_every_episode(d
     with h5py.File(dataset) as f:
         episodes, horizon = int(f.attrs["episodes"]), int(f.attrs["horizon"])
     assert WindowSampler(dataset, episodes, 1, 2, seed=0).sample()["obs"].shape[1] == episodes * horizon
-    copy = tmp_path / "only-test.h5"
-    shutil.copy(dataset, copy)
-    with h5py.File(copy, "r+") as f:
-        for g in f["tasks"].values():
-            g.attrs["split"] = "test"
+    only_test = with_every_task_in("test", dataset, tmp_path / "only-test.h5")
     with pytest.raises(DatasetError, match="no train tasks to sample windows from"):
-        WindowSampler(copy, 2, 1, 2, seed=0)
+        WindowSampler(only_test, 2, 1, 2, seed=0)

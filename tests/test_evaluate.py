@@ -26,6 +26,8 @@ from adbench.evaluate import (
 from adbench.models import build, load_checkpoint, state_mib
 from adbench.tasks import sample_tasks
 
+from .conftest import with_every_task_in
+
 
 @pytest.fixture(scope="module")
 def models(smoke_config, dataset, tmp_path_factory):
@@ -410,19 +412,13 @@ def test_rollout_against_pointnav_simulated_by_hand():
 
 def test_held_out_tasks_are_the_test_split_as_stored_and_a_dataset_without_them_is_refused(dataset, tmp_path):
     import json
-    import shutil
 
     with h5py.File(dataset, "r") as f:
         stored = [(tid, json.loads(g.attrs["task"])) for tid, g in f["tasks"].items() if g.attrs["split"] == "test"]
     assert held_out_tasks(dataset) == stored and len(stored) == 4
     assert all(tid.startswith("test-") for tid, _ in stored)
-    no_test = tmp_path / "no_test.h5"
-    shutil.copy(dataset, no_test)
-    with h5py.File(no_test, "r+") as f:
-        for g in f["tasks"].values():
-            g.attrs["split"] = "train"
     with pytest.raises(DatasetError, match="no test tasks to evaluate on; set tasks.n_test >= 1"):
-        held_out_tasks(no_test)
+        held_out_tasks(with_every_task_in("train", dataset, tmp_path / "no_test.h5"))
 
 
 def test_model_policy_times_each_episode_and_steps_the_models_own_recurrence():

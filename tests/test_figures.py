@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -572,28 +574,13 @@ def test_inference_costs_leave_a_column_empty_where_older_files_lack_it():
 def _noisy_models(rng, families=("PointNav",), archs=("mamba",), contexts=(4,), controls=("none",), episodes=10):
     """Returns with spread across tasks, seeds and episodes (no two runs alike)."""
     rows = []
-    for family in families:
-        for arch in archs:
-            for ctx in contexts:
-                for control in controls:
-                    for seed in (0, 1):
-                        for eval_seed in (0, 1, 2):
-                            for t in range(6):
-                                slope, level = rng.normal(1.0, 1.0), rng.normal(-50.0, 5.0)
-                                for e in range(episodes):
-                                    rows.append(
-                                        {
-                                            "family": family,
-                                            "arch": arch,
-                                            "context_episodes": ctx,
-                                            "seed": seed,
-                                            "eval_seed": eval_seed,
-                                            "control": control,
-                                            "task": f"test-{t:04d}",
-                                            "episode": e,
-                                            "return": level + slope * e + rng.normal(0.0, 2.0),
-                                        }
-                                    )
+    runs = itertools.product(families, archs, contexts, controls, (0, 1), (0, 1, 2), range(6))
+    for family, arch, ctx, control, seed, eval_seed, t in runs:
+        slope, level = rng.normal(1.0, 1.0), rng.normal(-50.0, 5.0)
+        keys = {"family": family, "arch": arch, "context_episodes": ctx, "seed": seed, "eval_seed": eval_seed}
+        for e in range(episodes):
+            ret = level + slope * e + rng.normal(0.0, 2.0)
+            rows.append({**keys, "control": control, "task": f"test-{t:04d}", "episode": e, "return": ret})
     return pd.DataFrame(rows)
 
 

@@ -31,6 +31,8 @@ def test_schema_enums_match_the_registries():
         ({"train": {"steps": "many"}}, ["train.steps", "integer"]),
         ({"architectures": ["lstm"]}, ["architectures[0]", "mamba", "transformer"]),
         ({"evaluate": {"typo": 1}}, ["evaluate", "typo", "allowed keys"]),
+        ({"arch_seeds": {"lstm": [0]}}, ["arch_seeds", "lstm", "allowed keys"]),
+        ({"arch_seeds": {"mamba": []}}, ["arch_seeds.mamba"]),
     ],
 )
 def test_bad_values_give_one_line_errors_naming_key_and_allowed(override, words):
@@ -153,6 +155,26 @@ def test_snakemake_plans_contexts_and_seeds_given_on_the_command_line(tmp_path):
     families = len(cfglib.load([REPO / "config.yaml"])["families"])
     # families x archs x contexts x seeds, and RL^2 per family and seed
     assert jobs == {"train": str(families * 2 * 3 * 2), "evaluate": str(families * (2 * 3 * 2 + 2))}
+
+
+@pytest.mark.slow
+def test_snakemake_plans_each_models_own_training_seeds(tmp_path):
+    run = snakemake_cli(
+        tmp_path, "-n", "--config", "context_episodes=[4,8]", "arch_seeds={mamba: [0, 1, 2], rl2: [3]}", timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    jobs = dict(re.findall(r"^(train|evaluate)\s+(\d+)$", run.stdout, re.M))
+    families = len(cfglib.load([REPO / "config.yaml"])["families"])
+    # per family: Mamba at 2 contexts x 3 seeds, the transformer at 2 x 1 (`seeds`), RL^2 at 1 seed
+    assert jobs == {"train": str(families * (6 + 2)), "evaluate": str(families * (6 + 2 + 1))}
+    assert "rl2-seed3" in run.stdout and "rl2-seed0" not in run.stdout and "transformer-ctx4-seed1" not in run.stdout
+
+
+def test_arch_seeds_replace_seeds_for_their_model_only():
+    cfg = {"seeds": [0], "arch_seeds": {"mamba": [0, 1]}}
+    assert cfglib.training_seeds(cfg, "mamba") == [0, 1]
+    assert cfglib.training_seeds(cfg, "transformer") == cfglib.training_seeds(cfg, "rl2") == [0]
+    assert cfglib.training_seeds({"seeds": [2, 5]}, "mamba") == [2, 5]
 
 
 def test_the_oracle_families_are_those_with_an_analytic_expert():

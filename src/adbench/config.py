@@ -121,6 +121,11 @@ def trained_contexts(cfg: dict, arch: str) -> list:
     return [c for c in cfg["context_episodes"] if limit is None or c <= limit]
 
 
+def training_seeds(cfg: dict, model: str) -> list:
+    """The training seeds of an architecture or baseline: arch_seeds[model], or `seeds`."""
+    return cfg.get("arch_seeds", {}).get(model, cfg["seeds"])
+
+
 def probed_contexts(cfg: dict, arch: str) -> list:
     """The contexts beyond max_context[arch]: not trained, their cost measured (cost_probe)."""
     trained = trained_contexts(cfg, arch)

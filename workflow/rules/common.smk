@@ -104,7 +104,7 @@ def ad_runs():
         for family in config["families"]
         for arch in config["architectures"]
         for ctx in adbench_config.trained_contexts(config, arch)
-        for seed in config["seeds"]
+        for seed in adbench_config.training_seeds(config, arch)
     ]
 
 
@@ -120,9 +120,12 @@ def cost_probes():
 
 def model_runs():
     """Every trained model: the AD runs, then each baseline's {family}/{baseline}-seed{seed}."""
-    return ad_runs() + expand(
-        "{family}/{baseline}-seed{seed}", family=config["families"], baseline=config["baselines"], seed=config["seeds"]
-    )
+    return ad_runs() + [
+        f"{family}/{baseline}-seed{seed}"
+        for family in config["families"]
+        for baseline in config["baselines"]
+        for seed in adbench_config.training_seeds(config, baseline)
+    ]
 
 
 def model_tables():

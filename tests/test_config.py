@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from adbench import config as cfglib
+from adbench.baselines import BASELINES
 from adbench.models import ARCHITECTURES
 from adbench.tasks import FAMILIES
 
@@ -21,6 +22,10 @@ def test_schema_enums_match_the_registries():
     props = cfglib.schema()["properties"]
     assert props["families"]["items"]["enum"] == sorted(FAMILIES)
     assert props["architectures"]["items"]["enum"] == list(ARCHITECTURES)
+    assert props["baselines"]["items"]["enum"] == list(BASELINES)
+    # the keys that name models one by one: every architecture (and baseline) and nothing else
+    assert sorted(props["max_context"]["properties"]) == sorted(ARCHITECTURES)
+    assert sorted(props["arch_seeds"]["properties"]) == sorted([*ARCHITECTURES, *BASELINES])
 
 
 @pytest.mark.parametrize(

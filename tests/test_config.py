@@ -8,6 +8,7 @@ import yaml
 from adbench import config as cfglib
 from adbench.baselines import BASELINES
 from adbench.models import ARCHITECTURES
+from adbench.models.policy import HEADS
 from adbench.tasks import FAMILIES
 
 from .conftest import REPO, snakemake_cli
@@ -23,6 +24,7 @@ def test_schema_enums_match_the_registries():
     assert props["families"]["items"]["enum"] == sorted(FAMILIES)
     assert props["architectures"]["items"]["enum"] == list(ARCHITECTURES)
     assert props["baselines"]["items"]["enum"] == list(BASELINES)
+    assert props["model"]["properties"]["head"]["enum"] == list(HEADS)
     # the keys that name models one by one: every architecture (and baseline) and nothing else
     assert sorted(props["max_context"]["properties"]) == sorted(ARCHITECTURES)
     assert sorted(props["arch_seeds"]["properties"]) == sorted([*ARCHITECTURES, *BASELINES])

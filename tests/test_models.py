@@ -587,3 +587,73 @@ def test_the_kernel_choice_is_logged_once_per_device_and_dtype(monkeypatch, capl
         "Mamba kernels for cpu float32: torch",
         "Mamba kernels for cpu float64: torch",
     ]
+
+
+def test_clipped_gaussian_nll_is_the_censored_likelihood():
+    from adbench.models.policy import clipped_gaussian_nll
+
+    mean = torch.tensor([0.3, 0.3, 0.3, -2.0, 1.5], dtype=torch.float64)
+    log_std = torch.tensor([0.0, 0.5, -1.0, 0.2, -0.3], dtype=torch.float64)
+    target = torch.tensor([0.1, 1.0, -1.0, -1.0, 1.0], dtype=torch.float64)
+    normal = torch.distributions.Normal(mean, log_std.exp())
+    expected = torch.stack(
+        [
+            -normal.log_prob(target)[0],  # inside the box: the density
+            -torch.log(1 - normal.cdf(torch.tensor(1.0, dtype=torch.float64)))[1],  # on the upper bound: P(x >= 1)
+            -torch.log(normal.cdf(torch.tensor(-1.0, dtype=torch.float64)))[2],  # on the lower bound: P(x <= -1)
+            -torch.log(normal.cdf(torch.tensor(-1.0, dtype=torch.float64)))[3],
+            -torch.log(1 - normal.cdf(torch.tensor(1.0, dtype=torch.float64)))[4],
+        ]
+    )
+    torch.testing.assert_close(clipped_gaussian_nll(target, mean, log_std), expected)
+    # far out in a tail the mass stays finite (log_ndtr), where 1 - cdf would round to 0
+    far = clipped_gaussian_nll(torch.tensor([1.0]), torch.tensor([-30.0]), torch.tensor([0.0]))
+    assert torch.isfinite(far).all() and far.item() > 400
+
+
+def test_clipped_gaussian_fit_recovers_the_noise_a_plain_gaussian_underestimates():
+    """Actions clip(0.4 + 2 N(0, 1)): mostly on the bounds. Fitting a mean and a log-std by the
+    clipped likelihood recovers 0.4 and 2; the plain Gaussian likelihood fits a far narrower spread."""
+    from adbench.models.policy import clipped_gaussian_nll
+
+    gen = torch.Generator().manual_seed(0)
+    actions = (0.4 + 2.0 * torch.randn(20000, generator=gen)).clamp(-1.0, 1.0)
+    assert ((actions.abs() == 1.0).float().mean() > 0.5).item()
+
+    def fit(nll):
+        mean, log_std = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+        opt = torch.optim.Adam([mean, log_std], lr=0.05)
+        for _ in range(600):
+            opt.zero_grad()
+            nll(actions, mean, log_std).mean().backward()
+            opt.step()
+        return mean.item(), log_std.exp().item()
+
+    mean, std = fit(clipped_gaussian_nll)
+    assert abs(mean - 0.4) < 0.08 and abs(std - 2.0) < 0.15
+    plain_mean, plain_std = fit(lambda a, m, s: 0.5 * ((a - m) / s.exp()) ** 2 + s)
+    assert plain_std < 1.0  # the sample standard deviation of the clipped actions (~0.85)
+
+
+def test_clipped_gaussian_head_trains_on_the_clipped_likelihood():
+    from adbench.models.policy import clipped_gaussian_nll
+
+    torch.manual_seed(0)
+    model = build("transformer", 3, 2, d_model=16, n_layers=1, head="clipped_gaussian")
+    assert model.head.out_features == 4  # a mean and a log-std per action, as the Gaussian head
+    batch = {
+        "obs": torch.randn(4, 30, 3),
+        "prev_action": torch.zeros(4, 30, 2),
+        "prev_reward": torch.zeros(4, 30),
+        "episode_start": torch.zeros(4, 30),
+    }
+    batch["action"] = (2 * batch["obs"][..., :2]).clamp(-1, 1)
+    mean, log_std = model(batch["obs"], batch["prev_action"], batch["prev_reward"], batch["episode_start"])
+    torch.testing.assert_close(model.loss(batch), clipped_gaussian_nll(batch["action"], mean, log_std).mean())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = model.loss(batch).item()
+    for _ in range(100):
+        opt.zero_grad()
+        model.loss(batch).backward()
+        opt.step()
+    assert model.loss(batch).item() < first - 0.5

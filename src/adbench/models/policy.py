@@ -2,25 +2,46 @@
 
 A token is (observation_t, action_{t-1}, reward_{t-1}, episode-start flag), normalised with the
 training data's statistics (stored in the model). The head is Gaussian (mean, state-dependent
-log-std, NLL loss) or deterministic (MSE).
+log-std, NLL loss), a Gaussian clipped to the action box, or deterministic (MSE).
+
+Every source records the action it executed, clipped to [-1, 1], and the evaluation clips what the
+model samples. With much noise (e.g. Gaussian noise of std 2 at the start of a noise-distillation
+history) most recorded actions sit on the bounds; a plain Gaussian fits them as a narrower spread, so
+its clipped samples are milder than the data's. The 'clipped_gaussian' head is trained on the exact
+likelihood of a clipped Gaussian sample (a censored Gaussian): the density inside the box, the
+probability mass beyond a bound for an action on it.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
+HEADS = ("gaussian", "clipped_gaussian", "mse")
+ACTION_BOUND = 1.0  # every family's action box is [-1, 1]
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def clipped_gaussian_nll(target, mean, log_std):
+    """-log p(target) per element, for target = clip(N(mean, exp(log_std)^2), -1, 1)."""
+    std = log_std.exp()
+    inside = 0.5 * ((target - mean) / std) ** 2 + log_std + _HALF_LOG_2PI
+    at_upper = -torch.special.log_ndtr((mean - ACTION_BOUND) / std)  # P(sample >= 1)
+    at_lower = -torch.special.log_ndtr((-ACTION_BOUND - mean) / std)  # P(sample <= -1)
+    return torch.where(target >= ACTION_BOUND, at_upper, torch.where(target <= -ACTION_BOUND, at_lower, inside))
 
 
 class ADPolicy(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, backbone: nn.Module, d_model: int, head: str = "gaussian"):
         super().__init__()
-        if head not in ("gaussian", "mse"):
-            raise ValueError(f"unknown action head {head!r} (config model.head); use 'gaussian' or 'mse'")
+        if head not in HEADS:
+            raise ValueError(f"unknown action head {head!r} (config model.head); use one of {', '.join(HEADS)}")
         self.obs_dim, self.act_dim, self.head_kind = obs_dim, act_dim, head
         self.embed = nn.Linear(obs_dim + act_dim + 2, d_model)
         self.backbone = backbone
-        self.head = nn.Linear(d_model, act_dim * (2 if head == "gaussian" else 1))
+        self.head = nn.Linear(d_model, act_dim * (1 if head == "mse" else 2))
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_std", torch.ones(obs_dim))
         self.register_buffer("reward_stats", torch.tensor([0.0, 1.0]))
@@ -55,6 +76,8 @@ class ADPolicy(nn.Module):
         target = batch["action"]
         if log_std is None:
             return F.mse_loss(mean, target)
+        if self.head_kind == "clipped_gaussian":
+            return clipped_gaussian_nll(target, mean, log_std).mean()
         return (0.5 * ((target - mean) / log_std.exp()) ** 2 + log_std).sum(-1).mean() / self.act_dim
 
     def init_state(self, batch: int, device=None):

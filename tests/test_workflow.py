@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from adbench.data import validate_file
+from adbench.models import load_checkpoint
 from adbench.tables import SUMMARY_COLUMNS
 
 from .conftest import REPO, snakemake_cli
@@ -104,6 +105,9 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     assert set(returns["control"]) == {"none", "zero_reward", "other_task_reward"}
     numeric = summary.select_dtypes("number").to_numpy()
     assert np.isfinite(numeric).all()
+    for family, head in (("PointNav", "gaussian"), ("HalfCheetahVel", "clipped_gaussian")):  # the override's
+        model, _ = load_checkpoint(results / f"train/{family}/mamba-ctx2-seed0/model.pt")
+        assert model.head_kind == head
     for arch in ("mamba", "transformer"):
         assert (results / f"train/PointNav/{arch}-ctx2-seed0/metrics.csv").exists()
         assert (results / f"benchmarks/train/PointNav/{arch}-ctx2-seed0.tsv").exists()

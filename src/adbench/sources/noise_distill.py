@@ -5,8 +5,9 @@ After Zisman et al. 2023, "Emergence of in-context reinforcement learning from n
 epsilon a uniformly random action replaces its action; epsilon falls linearly from 1 at the first
 episode to 0 at (1 - clean_fraction) of the history and stays 0. For continuous actions the noise
 may instead be Gaussian, added to the expert's action with standard deviation epsilon * noise_std:
-a Gaussian action head can then represent each step's action distribution exactly (expert action,
-current noise level), where the uniform mixture it can only blur. The return rises by the schedule
+a Gaussian action head can then represent each step's action distribution (expert action, current
+noise level; exactly with the clipped head, as actions are clipped to the box), where the uniform
+mixture it can only blur. The return rises by the schedule
 alone, so a model that imitates it needs no rewards to "improve": the controls tell the two apart.
 """
 

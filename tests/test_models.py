@@ -596,15 +596,10 @@ def test_clipped_gaussian_nll_is_the_censored_likelihood():
     log_std = torch.tensor([0.0, 0.5, -1.0, 0.2, -0.3], dtype=torch.float64)
     target = torch.tensor([0.1, 1.0, -1.0, -1.0, 1.0], dtype=torch.float64)
     normal = torch.distributions.Normal(mean, log_std.exp())
-    expected = torch.stack(
-        [
-            -normal.log_prob(target)[0],  # inside the box: the density
-            -torch.log(1 - normal.cdf(torch.tensor(1.0, dtype=torch.float64)))[1],  # on the upper bound: P(x >= 1)
-            -torch.log(normal.cdf(torch.tensor(-1.0, dtype=torch.float64)))[2],  # on the lower bound: P(x <= -1)
-            -torch.log(normal.cdf(torch.tensor(-1.0, dtype=torch.float64)))[3],
-            -torch.log(1 - normal.cdf(torch.tensor(1.0, dtype=torch.float64)))[4],
-        ]
-    )
+    above = -torch.log(1 - normal.cdf(torch.tensor(1.0, dtype=torch.float64)))  # on the upper bound: P(x >= 1)
+    below = -torch.log(normal.cdf(torch.tensor(-1.0, dtype=torch.float64)))  # on the lower bound: P(x <= -1)
+    inside = -normal.log_prob(target)  # inside the box: the density
+    expected = torch.stack([inside[0], above[1], below[2], below[3], above[4]])
     torch.testing.assert_close(clipped_gaussian_nll(target, mean, log_std), expected)
     # far out in a tail the mass stays finite (log_ndtr), where 1 - cdf would round to 0
     far = clipped_gaussian_nll(torch.tensor([1.0]), torch.tensor([-30.0]), torch.tensor([0.0]))
@@ -614,7 +609,7 @@ def test_clipped_gaussian_nll_is_the_censored_likelihood():
 def test_clipped_gaussian_fit_recovers_the_noise_a_plain_gaussian_underestimates():
     """Actions clip(0.4 + 2 N(0, 1)): mostly on the bounds. Fitting a mean and a log-std by the
     clipped likelihood recovers 0.4 and 2; the plain Gaussian likelihood fits a far narrower spread."""
-    from adbench.models.policy import clipped_gaussian_nll
+    from adbench.models.policy import clipped_gaussian_nll, gaussian_nll
 
     gen = torch.Generator().manual_seed(0)
     actions = (0.4 + 2.0 * torch.randn(20000, generator=gen)).clamp(-1.0, 1.0)
@@ -631,7 +626,7 @@ def test_clipped_gaussian_fit_recovers_the_noise_a_plain_gaussian_underestimates
 
     mean, std = fit(clipped_gaussian_nll)
     assert abs(mean - 0.4) < 0.08 and abs(std - 2.0) < 0.15
-    plain_mean, plain_std = fit(lambda a, m, s: 0.5 * ((a - m) / s.exp()) ** 2 + s)
+    plain_mean, plain_std = fit(gaussian_nll)
     assert plain_std < 1.0  # the sample standard deviation of the clipped actions (~0.85)
 
 

@@ -24,10 +24,15 @@ ACTION_BOUND = 1.0  # every family's action box is [-1, 1]
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+def gaussian_nll(target, mean, log_std):
+    """-log N(target; mean, exp(log_std)^2) per element, less its constant log(2 pi) / 2."""
+    return 0.5 * ((target - mean) / log_std.exp()) ** 2 + log_std
+
+
 def clipped_gaussian_nll(target, mean, log_std):
     """-log p(target) per element, for target = clip(N(mean, exp(log_std)^2), -1, 1)."""
     std = log_std.exp()
-    inside = 0.5 * ((target - mean) / std) ** 2 + log_std + _HALF_LOG_2PI
+    inside = gaussian_nll(target, mean, log_std) + _HALF_LOG_2PI
     at_upper = -torch.special.log_ndtr((mean - ACTION_BOUND) / std)  # P(sample >= 1)
     at_lower = -torch.special.log_ndtr((-ACTION_BOUND - mean) / std)  # P(sample <= -1)
     return torch.where(target >= ACTION_BOUND, at_upper, torch.where(target <= -ACTION_BOUND, at_lower, inside))
@@ -78,7 +83,7 @@ class ADPolicy(nn.Module):
             return F.mse_loss(mean, target)
         if self.head_kind == "clipped_gaussian":
             return clipped_gaussian_nll(target, mean, log_std).mean()
-        return (0.5 * ((target - mean) / log_std.exp()) ** 2 + log_std).sum(-1).mean() / self.act_dim
+        return gaussian_nll(target, mean, log_std).sum(-1).mean() / self.act_dim
 
     def init_state(self, batch: int, device=None):
         return self.backbone.init_state(batch, device)

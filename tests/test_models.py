@@ -312,23 +312,34 @@ def test_policy_step_equals_forward_for_both_architectures():
         torch.testing.assert_close(torch.stack(means, 1), mean, rtol=1e-5, atol=1e-5)
 
 
-def test_gaussian_loss_is_the_nll_and_decreases_with_training():
-    torch.manual_seed(0)
-    model = build("mamba", 3, 2, d_model=16, n_layers=1)
+def _batch_acting_on_obs(action_of_obs) -> dict:
+    """4 sequences of 30 steps, 3-d observations, 2-d actions given by `action_of_obs(obs[..., :2])`."""
     batch = {
         "obs": torch.randn(4, 30, 3),
         "prev_action": torch.zeros(4, 30, 2),
         "prev_reward": torch.zeros(4, 30),
         "episode_start": torch.zeros(4, 30),
     }
-    batch["action"] = torch.tanh(batch["obs"][..., :2])
+    batch["action"] = action_of_obs(batch["obs"][..., :2])
+    return batch
+
+
+def _loss_before_and_after(model, batch, steps: int = 100) -> tuple[float, float]:
+    """The model's loss on `batch`, before and after `steps` Adam steps on it."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = model.loss(batch).item()
-    for _ in range(100):
+    for _ in range(steps):
         opt.zero_grad()
         model.loss(batch).backward()
         opt.step()
-    assert model.loss(batch).item() < first - 1.0
+    return first, model.loss(batch).item()
+
+
+def test_gaussian_loss_is_the_nll_and_decreases_with_training():
+    torch.manual_seed(0)
+    model = build("mamba", 3, 2, d_model=16, n_layers=1)
+    first, last = _loss_before_and_after(model, _batch_acting_on_obs(torch.tanh))
+    assert last < first - 1.0
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path):
@@ -636,19 +647,8 @@ def test_clipped_gaussian_head_trains_on_the_clipped_likelihood():
     torch.manual_seed(0)
     model = build("transformer", 3, 2, d_model=16, n_layers=1, head="clipped_gaussian")
     assert model.head.out_features == 4  # a mean and a log-std per action, as the Gaussian head
-    batch = {
-        "obs": torch.randn(4, 30, 3),
-        "prev_action": torch.zeros(4, 30, 2),
-        "prev_reward": torch.zeros(4, 30),
-        "episode_start": torch.zeros(4, 30),
-    }
-    batch["action"] = (2 * batch["obs"][..., :2]).clamp(-1, 1)
+    batch = _batch_acting_on_obs(lambda x: (2 * x).clamp(-1, 1))
     mean, log_std = model(batch["obs"], batch["prev_action"], batch["prev_reward"], batch["episode_start"])
     torch.testing.assert_close(model.loss(batch), clipped_gaussian_nll(batch["action"], mean, log_std).mean())
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = model.loss(batch).item()
-    for _ in range(100):
-        opt.zero_grad()
-        model.loss(batch).backward()
-        opt.step()
-    assert model.loss(batch).item() < first - 0.5
+    first, last = _loss_before_and_after(model, batch)
+    assert last < first - 0.5

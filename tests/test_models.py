@@ -16,6 +16,7 @@ from adbench.models import (
     state_mib,
 )
 from adbench.models.mamba import MambaBackbone
+from adbench.models.policy import clipped_gaussian_nll, gaussian_nll
 from adbench.models.transformer import TransformerBackbone
 
 HAS_COMPILER = shutil.which("gcc") is not None or shutil.which("cc") is not None
@@ -601,8 +602,6 @@ def test_the_kernel_choice_is_logged_once_per_device_and_dtype(monkeypatch, capl
 
 
 def test_clipped_gaussian_nll_is_the_censored_likelihood():
-    from adbench.models.policy import clipped_gaussian_nll
-
     mean = torch.tensor([0.3, 0.3, 0.3, -2.0, 1.5], dtype=torch.float64)
     log_std = torch.tensor([0.0, 0.5, -1.0, 0.2, -0.3], dtype=torch.float64)
     target = torch.tensor([0.1, 1.0, -1.0, -1.0, 1.0], dtype=torch.float64)
@@ -620,8 +619,6 @@ def test_clipped_gaussian_nll_is_the_censored_likelihood():
 def test_clipped_gaussian_fit_recovers_the_noise_a_plain_gaussian_underestimates():
     """Actions clip(0.4 + 2 N(0, 1)): mostly on the bounds. Fitting a mean and a log-std by the
     clipped likelihood recovers 0.4 and 2; the plain Gaussian likelihood fits a far narrower spread."""
-    from adbench.models.policy import clipped_gaussian_nll, gaussian_nll
-
     gen = torch.Generator().manual_seed(0)
     actions = (0.4 + 2.0 * torch.randn(20000, generator=gen)).clamp(-1.0, 1.0)
     assert ((actions.abs() == 1.0).float().mean() > 0.5).item()
@@ -642,8 +639,6 @@ def test_clipped_gaussian_fit_recovers_the_noise_a_plain_gaussian_underestimates
 
 
 def test_clipped_gaussian_head_trains_on_the_clipped_likelihood():
-    from adbench.models.policy import clipped_gaussian_nll
-
     torch.manual_seed(0)
     model = build("transformer", 3, 2, d_model=16, n_layers=1, head="clipped_gaussian")
     assert model.head.out_features == 4  # a mean and a log-std per action, as the Gaussian head

@@ -117,6 +117,12 @@ def cmd_evaluate(args):
     )
 
 
+def cmd_primed(args):
+    from .primed import SECTIONS, evaluate_primed
+
+    evaluate_primed(_settings(args, SECTIONS), args.dataset, args.model, args.out, args.episodes, progress=sys.stderr)
+
+
 def cmd_reference(args):
     from .evaluate import SECTIONS, evaluate_references
 
@@ -200,6 +206,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--cost-out", help="CSV of the inference cost (ms per batched step)")
     s.add_argument("--inference-out", help="CSV of the task-inference diagnostic of every episode")
+    s = stage("primed", cmd_primed, "returns after the context is filled with a held-out task's solved history")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--model", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--episodes", type=int, default=4, help="episodes the model acts after the priming")
     s = stage("reference", cmd_reference, "random-policy and source-algorithm curves on the held-out tasks")
     s.add_argument("--dataset", required=True)
     s.add_argument("--out", required=True)

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from adbench import cli, primed, train
+from adbench.data import DatasetError
 from adbench.data.sampler import make_tokens
 from adbench.evaluate import COLUMNS, ModelPolicy
 from adbench.evaluate import test_tasks as held_out_tasks
-from adbench.models import build, checkpoint
+from adbench.models import build, checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +96,11 @@ def test_cli_writes_the_primed_returns_and_refuses_a_checkpoint_without_a_stride
     assert cli.main([*args, "--model", str(tmp_path / "old.pt"), "--out", str(tmp_path / "q.csv")]) == 2
     assert "not an AD model (no training stride)" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "q.csv").exists()
+
+
+def test_a_model_of_other_dims_is_refused_before_priming(cfg, dataset, tmp_path):
+    meta = {"horizon": 50, "context_episodes": 2, "seed": 0, "episode_stride": 4}
+    save_checkpoint(tmp_path / "m.pt", build("mamba", 5, 2, d_model=16), "mamba", {"d_model": 16}, {"meta": meta})
+    with pytest.raises(DatasetError, match=r"obs/act dims \(5, 2\).*\(2, 2\)"):
+        primed.evaluate_primed(cfg, dataset, tmp_path / "m.pt", tmp_path / "p.csv")
+    assert not (tmp_path / "p.csv").exists()

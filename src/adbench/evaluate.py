@@ -221,6 +221,15 @@ def load_policy(path):
     return (policy_from_checkpoint if ckpt["arch"] in BASELINES else from_checkpoint)(ckpt), ckpt
 
 
+def check_dims(model, model_path, info: dict, dataset) -> None:
+    """A model runs only on the observation and action sizes of the dataset it was trained on."""
+    if (model.obs_dim, model.act_dim) != (info["obs_dim"], info["act_dim"]):
+        raise DatasetError(
+            f"{model_path} expects obs/act dims {(model.obs_dim, model.act_dim)} but {dataset} has "
+            f"{(info['obs_dim'], info['act_dim'])}; evaluate it on the dataset it was trained on"
+        )
+
+
 def train_env_steps(info: dict, ckpt: dict) -> int:
     """Environment steps behind a model: a baseline's own interaction; for AD, the source algorithm's
     steps over every training-task history it learned from, and those that trained the source's expert."""
@@ -239,11 +248,7 @@ def evaluate_model(
     info = validate_file(dataset)
     model, ckpt = load_policy(model_path)
     meta = ckpt["meta"]
-    if (model.obs_dim, model.act_dim) != (info["obs_dim"], info["act_dim"]):
-        raise DatasetError(
-            f"{model_path} expects obs/act dims {(model.obs_dim, model.act_dim)} but {dataset} has "
-            f"{(info['obs_dim'], info['act_dim'])}; evaluate it on the dataset it was trained on"
-        )
+    check_dims(model, model_path, info, dataset)
     tasks = test_tasks(dataset)
     seeds, controls = ecfg["seeds"], ("none", *ecfg["controls"])
     batch = len(controls) * len(tasks) * len(seeds)

@@ -16,7 +16,7 @@ from . import process
 from .data import open_histories, validate_file
 from .data.sampler import make_tokens, window_span
 from .devices import pick_device
-from .evaluate import ModelPolicy, load_policy, rollout, test_tasks, tidy, write_rows
+from .evaluate import ModelPolicy, check_dims, load_policy, rollout, test_tasks, tidy, write_rows
 from .progress import say
 
 SECTIONS = ["evaluate"]
@@ -32,7 +32,7 @@ def last_windows(dataset, task_ids: list, context_episodes: int, stride: int) ->
         if span > episodes:
             raise ValueError(
                 f"a context of {context_episodes} episodes at stride {stride} spans {span} episodes; "
-                f"{dataset} has {episodes}"
+                f"{dataset} has {episodes}; prime the model with the dataset it was trained on"
             )
         picked = [episodes - 1 - stride * (context_episodes - 1 - j) for j in range(context_episodes)]
         out = {name: [] for name in ("observations", "actions", "rewards")}
@@ -63,6 +63,7 @@ def evaluate_primed(cfg: dict, dataset, model_path, out_path, episodes: int = 4,
     meta = ckpt.get("meta", {})
     if "episode_stride" not in meta:
         raise ValueError(f"{model_path}: not an AD model (no training stride); prime only AD checkpoints")
+    check_dims(model, model_path, info, dataset)
     tasks, seeds = test_tasks(dataset), ecfg["seeds"]
     ids, horizon = [tid for tid, _ in tasks], meta["horizon"]
     windows = last_windows(dataset, ids, meta["context_episodes"], meta["episode_stride"])

@@ -104,3 +104,8 @@ def test_a_model_of_other_dims_is_refused_before_priming(cfg, dataset, tmp_path)
     with pytest.raises(DatasetError, match=r"obs/act dims \(5, 2\).*\(2, 2\)"):
         primed.evaluate_primed(cfg, dataset, tmp_path / "m.pt", tmp_path / "p.csv")
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_acting_for_no_episodes_is_refused(cfg, dataset, mamba_model, tmp_path):
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        primed.evaluate_primed(cfg, dataset, mamba_model, tmp_path / "p.csv", episodes=0)

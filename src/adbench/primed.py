@@ -56,6 +56,8 @@ def prime(policy: ModelPolicy, windows: dict, horizon: int) -> None:
 def evaluate_primed(cfg: dict, dataset, model_path, out_path, episodes: int = 4, progress=None) -> None:
     """Returns of `episodes` episodes after each priming, for every (eval seed, held-out task), to `out_path`
     (the evaluation's tidy columns; `control` names the priming)."""
+    if episodes < 1:
+        raise ValueError(f"episodes to act after the priming must be at least 1, got {episodes}")
     ecfg = cfg["evaluate"]
     process.setup(ecfg["threads"])
     info = validate_file(dataset)

@@ -14,7 +14,7 @@ import torch
 
 from . import process
 from .data import open_histories, validate_file
-from .data.sampler import make_tokens, window_span
+from .data.sampler import ARRAYS, make_tokens, read_window, window_span
 from .devices import pick_device
 from .evaluate import ModelPolicy, check_dims, load_policy, rollout, test_tasks, tidy, write_rows
 from .progress import say
@@ -24,8 +24,8 @@ PRIMINGS = {"primed_own": 0, "primed_other_task": 1}  # control -> shift of the 
 
 
 def last_windows(dataset, task_ids: list, context_episodes: int, stride: int) -> dict:
-    """{array: (tasks, context_episodes x horizon, ...)}: the last window of each task's first history,
-    the episodes E - 1 - stride * (context_episodes - 1 - j), j = 0 .. context_episodes - 1."""
+    """{array: (tasks, context_episodes x horizon, ...)}: the last training window of each task's first
+    history, the one that ends at its last episode."""
     with open_histories(dataset) as f:
         episodes, horizon = int(f.attrs["episodes"]), int(f.attrs["horizon"])
         span = window_span(context_episodes, stride)
@@ -34,13 +34,13 @@ def last_windows(dataset, task_ids: list, context_episodes: int, stride: int) ->
                 f"a context of {context_episodes} episodes at stride {stride} spans {span} episodes; "
                 f"{dataset} has {episodes}; prime the model with the dataset it was trained on"
             )
-        picked = [episodes - 1 - stride * (context_episodes - 1 - j) for j in range(context_episodes)]
-        out = {name: [] for name in ("observations", "actions", "rewards")}
-        for tid in task_ids:
-            group = f["tasks"][tid]
-            for name in out:
-                out[name].append(np.concatenate([group[name][0, e * horizon : (e + 1) * horizon] for e in picked]))
-    return {name: np.stack(v) for name, v in out.items()}
+        windows = [
+            read_window(
+                {name: f["tasks"][tid][name] for name in ARRAYS}, 0, episodes - span, context_episodes, stride, horizon
+            )
+            for tid in task_ids
+        ]
+    return {name: np.stack([w[name] for w in windows]) for name in ARRAYS}
 
 
 @torch.no_grad()

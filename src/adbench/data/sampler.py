@@ -39,6 +39,18 @@ def make_tokens(obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, horiz
     }
 
 
+def read_window(arrays: dict, history: int, first: int, context_episodes: int, stride: int, horizon: int) -> dict:
+    """{name: (context_episodes x horizon, ...)}: episodes first, first + stride, ... of one history, read
+    from per-task arrays (open HDF5 datasets or numpy) of shape (H, T, ...)."""
+    c, k, h = context_episodes, stride, horizon
+    if k == 1:
+        return {name: a[history, first * h : (first + c) * h] for name, a in arrays.items()}
+    return {
+        name: np.concatenate([a[history, (first + j * k) * h : (first + j * k + 1) * h] for j in range(c)])
+        for name, a in arrays.items()
+    }
+
+
 ARRAYS = ("observations", "actions", "rewards")
 CHUNK_CACHE_BYTES = 2**30  # decompressed chunks kept by all of a sampler's arrays together (at most)
 
@@ -89,17 +101,8 @@ class WindowSampler:
         tasks = self.rng.integers(len(self.train_ids), size=b)
         hists = self.rng.integers(self.histories, size=b)
         starts = self.rng.integers(self.episodes - window_span(c, k) + 1, size=b)
-        parts = {name: [] for name in ARRAYS}
-        for task, hist, e0 in zip(tasks, hists, starts):
-            g = self.arrays[task]
-            for name in parts:
-                if k == 1:
-                    parts[name].append(g[name][hist, e0 * h : (e0 + c) * h])
-                else:
-                    parts[name].append(
-                        np.concatenate([g[name][hist, (e0 + j * k) * h : (e0 + j * k + 1) * h] for j in range(c)])
-                    )
-        arrays = {name: np.stack(v) for name, v in parts.items()}
+        windows = [read_window(self.arrays[task], hist, e0, c, k, h) for task, hist, e0 in zip(tasks, hists, starts)]
+        arrays = {name: np.stack([w[name] for w in windows]) for name in ARRAYS}
         return make_tokens(arrays["observations"], arrays["actions"], arrays["rewards"], h)
 
 

@@ -13,7 +13,8 @@ import pytest
 from tqdm import tqdm
 
 from adbench import config as cfglib
-from adbench.histories import merge_shards, num_shards, run_shard
+from adbench.config import shard_sizes
+from adbench.histories import merge_shards, run_shard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,7 @@ def dataset(smoke_config, tmp_path_factory) -> Path:
     """A real PointNav dataset at smoke scale (PPO histories of 8 train + 4 test tasks)."""
     out = tmp_path_factory.mktemp("data")
     shards = []
-    for i in range(num_shards(smoke_config)):
+    for i in range(len(shard_sizes(smoke_config))):
         shards.append(out / f"shard-{i}.h5")
         run_shard(smoke_config, "PointNav", i, shards[-1], progress=False)
     merge_shards(smoke_config, "PointNav", shards, out / "PointNav.h5")

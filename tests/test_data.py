@@ -19,6 +19,7 @@ def test_dataset_meets_the_contract(dataset, smoke_config):
         "family": "PointNav",
         "n_train": t["n_train"],
         "n_test": t["n_test"],
+        "n_val": t["n_val"],
         "H": 1,
         "T": s["episodes"] * 50,
         "E": s["episodes"],

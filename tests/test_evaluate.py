@@ -21,9 +21,11 @@ from adbench.evaluate import (
     train_env_steps,
 )
 from adbench.evaluate import (
-    test_tasks as held_out_tasks,
+    evaluated_tasks as held_out_tasks,
 )
 from adbench.models import build, load_checkpoint, state_mib
+from adbench.statistics import interval
+from adbench.tables import edge
 from adbench.tasks import sample_tasks
 
 from .conftest import with_every_task_in
@@ -52,8 +54,8 @@ def test_evaluation_runs_longer_than_the_training_context(cfg, dataset, models, 
     )
     df = pd.read_csv(tmp_path / "e.csv")
     assert list(df.columns) == COLUMNS
-    assert len(df) == 3 * 2 * 4 * 7  # controls x eval seeds x test tasks x episodes
-    assert set(df["control"]) == {"none", "zero_reward", "other_task_reward"}
+    assert len(df) == 4 * 2 * 4 * 7  # controls x eval seeds x test tasks x episodes
+    assert set(df["control"]) == {"none", "zero_reward", "other_task_reward", "task_switch"}
     assert set(df["task"]) == {f"test-{i:04d}" for i in range(4)}
     assert (df["arch"] == arch).all() and (df["context_episodes"] == 2).all()
     assert np.isfinite(df["return"]).all() and (df["return"] < 0).all()
@@ -67,7 +69,7 @@ def test_evaluation_runs_longer_than_the_training_context(cfg, dataset, models, 
     assert inf.groupby("task")["achieved"].mean().nunique() == 4  # each task's own goal
     # the cost file: its mean ms per step is the per-episode measure's order of magnitude
     cost = pd.read_csv(tmp_path / "c.csv").iloc[0]
-    assert cost["batch"] == 3 * 2 * 4 and cost["arch"] == arch and cost["context_episodes"] == 2
+    assert cost["batch"] == 4 * 2 * 4 and cost["arch"] == arch and cost["context_episodes"] == 2
     assert 0.1 < cost["ms_per_step"] / cost["ms_per_step_first_episode"] < 10
 
 
@@ -82,7 +84,7 @@ def test_references_hold_random_and_the_source_curve(cfg, dataset, tmp_path):
     df = pd.read_csv(tmp_path / "ref.csv")
     rnd, src = df[df["arch"] == "random"], df[df["arch"] == "source"]
     assert len(rnd) == len(cfg["evaluate"]["seeds"]) * 4 * cfg["evaluate"]["episodes"]
-    assert len(src) == (8 + 4) * cfg["source"]["episodes"]  # train and test tasks' histories
+    assert len(src) == (8 + 4 + 4) * cfg["source"]["episodes"]  # train, test and validation tasks' histories
     assert (df["family"] == "PointNav").all() and (df["context_episodes"] == 0).all()
     assert (df["control"] == "none").all() and (rnd["seed"] == 0).all()
     assert set(rnd["eval_seed"]) == set(cfg["evaluate"]["seeds"]) and (src["eval_seed"] == -1).all()
@@ -176,12 +178,11 @@ class RewardHillClimber:
 
 
 def _gains(returns):
-    """(controls, seeds, tasks, episodes) -> in-context gain per control and the reward-driven gain."""
-    from adbench.statistics import bootstrap_ci
-
+    """(controls, seeds, tasks, episodes) -> the reward-driven gain and its CI (one training seed)."""
     final = returns[..., -3:].mean(-1)
-    driven = (final[0] - final[2]).ravel()
-    return driven.mean(), bootstrap_ci(driven, np.mean, np.random.default_rng(0))
+    driven = np.swapaxes(final[0] - final[2], 0, 1)[None]  # (training seed, task, eval seed)
+    point, low, high = interval(driven, "mean", 0)
+    return point, (low, high)
 
 
 def test_controls_find_no_reward_driven_gain_in_a_policy_that_ignores_rewards():
@@ -195,7 +196,7 @@ def test_controls_find_no_reward_driven_gain_in_a_policy_that_ignores_rewards():
 
 def test_controls_find_a_clear_reward_driven_gain_in_a_reward_driven_learner():
     tasks = sample_tasks("PointNav", 8, 3)
-    policy = RewardHillClimber(3 * 2 * 8)
+    policy = RewardHillClimber(len(CONTROLS) * 2 * 8)
     returns = rollout("PointNav", tasks, 50, 12, [0, 1], policy, controls=CONTROLS)
     mean, (low, high) = _gains(returns)
     assert low > 5.0  # seeing another task's rewards, it heads for the wrong goal
@@ -208,7 +209,9 @@ def test_other_task_control_needs_two_test_tasks():
 
 
 def test_an_unknown_control_is_named_with_the_known_ones():
-    message = r"^unknown evaluation control 'bogus'; controls: \['none', 'zero_reward', 'other_task_reward'\]$"
+    message = (
+        r"^unknown evaluation control 'bogus'; controls: \['none', 'zero_reward', 'other_task_reward', 'task_switch'\]$"
+    )
     with pytest.raises(ValueError, match=message):
         rollout(
             "PointNav", sample_tasks("PointNav", 2, 0), 5, 1, [0], EpisodeSchedulePolicy(), controls=("none", "bogus")
@@ -475,7 +478,8 @@ def test_cost_file_against_a_known_clock_and_the_models_horizon(cfg, dataset, mo
     assert cost["ms_per_step_first_episode"] == pytest.approx(step_ms[:horizon].mean())
     assert cost["ms_per_step_last_episode"] == pytest.approx(step_ms[-horizon:].mean())
     model, _ = load_checkpoint(models["mamba"])
-    assert cost["state_mib"] == pytest.approx(state_mib(model.init_state(3 * 4)))  # Mamba's state: fixed size
+    batch = (1 + len(cfg["evaluate"]["controls"])) * 4  # controls x test tasks
+    assert cost["state_mib"] == pytest.approx(state_mib(model.init_state(batch)))  # Mamba's state: fixed size
     assert cost["train_env_steps"] == info["n_train"] * info["H"] * info["T"] + info["expert_env_steps"]
     assert cost["source"] == info["source"] and cost["seed"] == 0
 
@@ -498,3 +502,71 @@ def test_each_episode_starts_from_its_own_seeded_state_the_same_under_every_cont
     # and its own for every (evaluation seed, task, episode)
     own = np.concatenate([first[0].reshape(4, -1), second[0].reshape(4, -1)])
     assert len({tuple(np.round(o, 6)) for o in own}) == 8
+
+
+def test_task_switch_makes_the_next_task_the_true_one_half_way():
+    """A policy that ignores what it sees acts the same under every control: under task_switch its returns
+    are task j's before the switch and task j+1's (its own reset states) after it."""
+    tasks = sample_tasks("PointNav", 4, 5)
+    returns = rollout("PointNav", tasks, 50, 8, [0], EpisodeSchedulePolicy(), controls=("none", "task_switch"))
+    none, switched = returns[0, 0], returns[1, 0]  # (tasks, episodes)
+    np.testing.assert_allclose(switched[:, :4], none[:, :4])
+    np.testing.assert_allclose(switched[:, 4:], np.roll(none, -1, axis=0)[:, 4:], rtol=1e-6)
+
+
+class ResearchingClimber(RewardHillClimber):
+    """The hill climber that searches again when an exploiting episode earns much less than the best it
+    remembers (the task has changed)."""
+
+    def __call__(self, obs, prev_action, prev_reward, start, generator):
+        if start[0] and self.episode >= len(self.ANGLES) and self.t:
+            dropped = self.current + prev_reward < self.returns.max(axis=1) - 20
+            if dropped.any():  # every row restarts together: the batch shares one episode clock
+                self.returns[:], self.episode = -np.inf, -1
+        return super().__call__(obs, prev_action, prev_reward, start, generator)
+
+
+def _recovery(returns, control: int):
+    """Switch recovery (tables.run_scores' definition) of one control's runs, with its CI."""
+    from adbench.controls import switch_episode
+
+    episodes = returns.shape[-1]
+    after = returns[control, ..., switch_episode(episodes) :]
+    k = edge(after.shape[-1])
+    gain = after[..., -k:].mean(-1) - after[..., :k].mean(-1)  # (eval seeds, tasks)
+    return interval(np.swapaxes(gain, 0, 1)[None], "mean", 0)
+
+
+def test_task_switch_recovery_fails_a_schedule_and_a_policy_that_commits_and_passes_a_searcher():
+    tasks, episodes = sample_tasks("PointNav", 8, 3), 24
+    controls = ("none", "task_switch")
+    schedule = rollout("PointNav", tasks, 50, episodes, [0, 1], EpisodeSchedulePolicy(), controls=controls)
+    committed = rollout("PointNav", tasks, 50, episodes, [0, 1], RewardHillClimber(2 * 2 * 8), controls=controls)
+    searcher = rollout("PointNav", tasks, 50, episodes, [0, 1], ResearchingClimber(2 * 2 * 8), controls=controls)
+    assert _recovery(schedule, 1)[1] <= 0.0  # its returns improved before the switch, by the schedule
+    assert _recovery(committed, 1)[1] <= 0.0  # it found task j, and keeps heading there
+    assert _recovery(searcher, 1)[1] > 5.0
+
+
+def test_references_hold_every_floor_on_the_evaluated_tasks(cfg, dataset, tmp_path):
+    """Random, zero-action and task-blind (PointNav's oracle told the training goals' mean) floors, each on
+    every (eval seed, test task, episode); the task-blind floor beats random and the source ends above it."""
+    evaluate_references(cfg, dataset, tmp_path / "ref.csv", progress=False)
+    df = pd.read_csv(tmp_path / "ref.csv")
+    floors = df[df["arch"] != "source"]
+    per_floor = len(cfg["evaluate"]["seeds"]) * 4 * cfg["evaluate"]["episodes"]
+    assert floors.groupby("arch").size().to_dict() == {"random": per_floor, "task_blind": per_floor, "zero": per_floor}
+    assert set(floors["task"]) == {f"test-{i:04d}" for i in range(4)}
+    level = floors.groupby("arch")["return"].mean()
+    assert level["zero"] == pytest.approx(-50.0)  # it stays at the origin, a unit from every goal
+    assert level["task_blind"] > level["random"]
+
+
+def test_a_tuning_run_evaluates_the_validation_tasks(cfg, dataset, models, tmp_path):
+    cfg["evaluate"].update(episodes=3, seeds=[0], split="val")
+    evaluate_model(cfg, dataset, models["mamba"], tmp_path / "e.csv", progress=False)
+    evaluate_references(cfg, dataset, tmp_path / "ref.csv", progress=False)
+    val = {f"val-{i:04d}" for i in range(cfg["tasks"]["n_val"])}
+    assert set(pd.read_csv(tmp_path / "e.csv")["task"]) == val
+    refs = pd.read_csv(tmp_path / "ref.csv")
+    assert set(refs.loc[refs["arch"] == "random", "task"]) == val

@@ -12,13 +12,16 @@ from adbench.tables import (
     SCALING_COLUMNS,
     SUMMARY_COLUMNS,
     TRAINED,
+    best_floor,
     compare,
     context_scaling,
     edge,
+    floor_levels,
     inference_costs,
     inference_summary,
     source_improvement,
     summarize,
+    task_levels,
 )
 
 
@@ -458,7 +461,7 @@ def test_a_task_without_references_is_named():
     models = _table("mamba", 4, 1.0)
     refs = _refs()
     refs = refs[refs["task"] != "test-0002"]
-    with pytest.raises(ValueError, match=r"no random or source reference for tasks \['test-0002'\]"):
+    with pytest.raises(ValueError, match=r"no floor or source reference for tasks \['test-0002'\]"):
         summarize(models, refs)
 
 
@@ -630,7 +633,8 @@ def test_summary_confidence_intervals_are_seeded_per_row():
         ]
     )
     refs = _noisy_refs(("PointNav", "F2"))
-    ci_columns = [c for c in SUMMARY_COLUMNS if c.endswith(("_ci_low", "_ci_high"))]
+    # every CI but the task switch's (these models ran without that control)
+    ci_columns = [c for c in SUMMARY_COLUMNS if c.endswith(("_ci_low", "_ci_high")) and "switch" not in c]
     first = summarize(models, refs, seed=3)
     again = summarize(models, refs, seed=3)
     other_seed = summarize(models, refs, seed=4)
@@ -712,3 +716,47 @@ def test_comparison_confidence_intervals_are_seeded_per_row():
     assert len(rows) - len(set(zip(rows["ci_low"], rows["ci_high"]))) <= 1
     assert not np.allclose(first["ci_low"], compare(models, refs, seed=4)["ci_low"])
     pd.testing.assert_frame_equal(compare(models, refs), compare(models, refs, seed=0))
+
+
+def test_scores_run_from_the_strongest_floor_which_the_summary_names():
+    """Floors at -50 (random), -30 (zero actions) and -40 (task-blind): the zero-action floor is the 0 of
+    the normalised score, and a model that ends at the zero-action level scores 0, not above it."""
+    floors = [_table(name, 0, 0.0, level=lv).assign(context_episodes=0) for name, lv in FLOOR_LEVELS.items()]
+    src = _table("source", 0, 1.0, episodes=40, seeds=(0,)).assign(eval_seed=-1)
+    refs = pd.concat([*floors, src])
+    s = summarize(_table("mamba", 4, 0.0, level=-30.0), refs).iloc[0]
+    assert s["floor"] == "zero" and s["floor_return"] == pytest.approx(-30 + 0.25)
+    assert (s["random_return"], s["zero_return"], s["task_blind_return"]) == pytest.approx((-49.75, -29.75, -39.75))
+    assert s["normalized_final_iqm"] == pytest.approx(0.0, abs=1e-9)
+    levels = task_levels(refs)
+    assert (levels["floor_name"] == "zero").all()
+    src_final = -50 + 37.5 + 0.1 * levels["task"].str[-1].astype(int)  # its last 4 of 40 episodes, slope 1
+    np.testing.assert_allclose(levels["gap"], src_final - levels["floor"])
+    # without the zero-action floor the task-blind one is the strongest
+    assert best_floor(floor_levels(refs[refs["arch"] != "zero"])).tolist() == ["task_blind"]
+
+
+FLOOR_LEVELS = {"random": -50.0, "zero": -30.0, "task_blind": -40.0}
+
+
+def test_in_context_rl_needs_both_the_gain_and_the_reward_driven_gain_above_zero():
+    improving = _table("mamba", 4, 2.0)
+    rows = {
+        "reward-driven": [improving, _table("mamba", 4, 0.5, control="other_task_reward")],
+        "schedule": [improving, _table("mamba", 4, 2.0, control="other_task_reward")],  # rewards do not matter
+        "no gain": [_table("mamba", 4, 0.0), _table("mamba", 4, -1.0, control="other_task_reward")],
+    }
+    verdicts = {name: summarize(pd.concat(parts), _refs()).iloc[0]["in_context_rl"] for name, parts in rows.items()}
+    assert verdicts == {"reward-driven": True, "schedule": False, "no gain": False}
+
+
+def test_switch_recovery_is_the_gain_over_the_episodes_after_the_switch():
+    """Under task_switch (10 episodes, switched at 5): the last minus the first tenth (one episode) of
+    episodes 5-9; the returns before the switch do not enter it."""
+    before = _table("mamba", 4, 0.0, control="task_switch")
+    after = before.assign(
+        **{"return": before["return"] + np.where(before["episode"] >= 5, 3.0 * (before["episode"] - 5), 100.0)}
+    )
+    s = summarize(pd.concat([_table("mamba", 4, 1.0), after]), _refs()).iloc[0]
+    assert s["switch_recovery"] == pytest.approx(12.0)  # episode 9 minus episode 5
+    assert s["switch_recovery_ci_low"] == pytest.approx(12.0) and s["gain"] == pytest.approx(9.0)

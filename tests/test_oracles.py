@@ -7,84 +7,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from rliable import metrics
-from scipy import stats
 
 from adbench.data import WindowSampler
 from adbench.models import build
 from adbench.sources.batched_nets import RunningMeanStd
 from adbench.sources.ppo import RewardScaler, clipped_losses, gae, next_values
-from adbench.statistics import BOOTSTRAP, bootstrap_ci, interval, probability_of_improvement
-
-
-def test_iqm_is_scipys_25_percent_trimmed_mean_on_shuffled_input():
-    rng = np.random.default_rng(0)
-    for runs, tasks in ((1, 4), (2, 4), (3, 4), (4, 10), (5, 80)):
-        x = rng.standard_t(2, size=(runs, tasks)) * 10 + rng.normal(size=(runs, tasks))
-        shuffled = rng.permutation(x.ravel()).reshape(runs, tasks)
-        assert interval(shuffled, "iqm", 0)[0] == pytest.approx(stats.trim_mean(x.ravel(), 0.25))
-
-
-def _stratified_percentiles(matrix, stat, seed):
-    """A stratified bootstrap written from its definition: each resample draws tasks with replacement and,
-    within each drawn column, runs with replacement (numpy's global generator, seeded as the module does)."""
-    runs, tasks = matrix.shape
-    np.random.seed(seed)
-    values = []
-    for _ in range(BOOTSTRAP):
-        run_idx = np.random.choice(runs, (runs, tasks), replace=True)
-        task_idx = np.random.choice(tasks, (1, tasks), replace=True)
-        values.append(stat(matrix[run_idx, task_idx]))
-    return np.percentile(values, [2.5, 97.5])
-
-
-def test_aggregate_cis_are_the_stratified_bootstrap_over_tasks_and_runs():
-    rng = np.random.default_rng(3)
-    matrix = rng.gamma(2.0, 3.0, size=(3, 7)) * rng.normal(size=(1, 7))  # tasks of very different levels
-    for name, stat in (
-        ("mean", np.mean),
-        ("iqm", lambda m: stats.trim_mean(m.ravel(), 0.25)),
-        ("optimality_gap", lambda m: 1 - np.minimum(m, 1).mean()),
-    ):
-        point, low, high = interval(matrix, name, 11)
-        assert point == pytest.approx(stat(matrix))
-        assert (low, high) == pytest.approx(tuple(_stratified_percentiles(matrix, stat, 11)))
-        assert low < point < high
-
-
-def test_probability_of_improvement_by_hand():
-    # task 0: x runs (1, 3) vs y runs (2, 2): x wins 2 of 4 pairs; task 1: (5, 5) vs (5, 9): two ties of 4 pairs, no win
-    # task 2: (4, 6) vs (0, 1): x wins all 4
-    x = np.array([[1.0, 5.0, 4.0], [3.0, 5.0, 6.0]])
-    y = np.array([[2.0, 5.0, 0.0], [2.0, 9.0, 1.0]])
-    point, low, high = probability_of_improvement(x, y, 0)
-    assert point == pytest.approx((2 / 4 + 0.5 * 2 / 4 + 1.0) / 3)
-    assert low <= point <= high
-    assert probability_of_improvement(y, x, 0)[0] == pytest.approx(1 - point)
-    rng = np.random.default_rng(0)
-    for _ in range(20):  # the vectorised statistic is rliable's own, ties and unequal run counts included
-        a = rng.integers(0, 4, size=(rng.integers(1, 6), 5)).astype(float)
-        b = rng.integers(0, 4, size=(rng.integers(1, 6), 5)).astype(float)
-        assert probability_of_improvement(a, b, 0)[0] == pytest.approx(metrics.probability_of_improvement(a, b))
-
-
-def test_statistics_leave_numpys_global_generator_as_they_found_it():
-    np.random.seed(5)
-    expected = np.random.rand(3)
-    np.random.seed(5)
-    interval(np.arange(12.0).reshape(3, 4), "mean", 1)
-    probability_of_improvement(np.ones((2, 3)), np.zeros((2, 3)), 1)
-    assert np.random.rand(3).tolist() == expected.tolist()
-
-
-def test_bootstrap_ci_is_the_percentile_bootstrap_of_the_statistic():
-    values = np.random.default_rng(1).gamma(2.0, 3.0, size=30)
-    got = bootstrap_ci(values, np.mean, np.random.default_rng(7))
-    rng = np.random.default_rng(7)  # the same resamples, drawn and summarised independently
-    idx = rng.integers(len(values), size=(BOOTSTRAP, len(values)))
-    means = values[idx].mean(axis=1)
-    assert got == pytest.approx((np.percentile(means, 2.5), np.percentile(means, 97.5)))
-    assert got[0] < values.mean() < got[1] and got[1] - got[0] > 0.5  # it resampled: the CI has width
 
 
 def test_gae_by_hand_with_a_time_limit_cut_and_a_termination():
@@ -215,39 +142,6 @@ def test_deterministic_head_loss_is_the_mean_squared_error():
     mean, log_std = model(batch["obs"], batch["prev_action"], batch["prev_reward"], batch["episode_start"])
     assert log_std is None
     torch.testing.assert_close(model.loss(batch), ((mean - batch["action"]) ** 2).mean())
-
-
-def test_a_rows_bootstrap_seed_is_fixed_by_the_config_seed_and_the_row():
-    from adbench.statistics import row_seed
-
-    assert row_seed(0, "HalfCheetahVel", "mamba", 4) == row_seed(0, "HalfCheetahVel", "mamba", 4)
-    others = {
-        row_seed(1, "HalfCheetahVel", "mamba", 4),
-        row_seed(0, "HalfCheetahVel", "mamba", 8),
-        row_seed(0, "AntDir", "mamba", 4),
-    }
-    assert row_seed(0, "HalfCheetahVel", "mamba", 4) not in others and len(others) == 3
-    matrix = np.random.default_rng(2).normal(size=(3, 9))
-    assert interval(matrix, "iqm", row_seed(0, "F", "mamba", 4)) == interval(
-        matrix, "iqm", row_seed(0, "F", "mamba", 4)
-    )
-
-
-def test_probability_of_improvement_ci_is_the_independent_stratified_bootstrap():
-    """Each model's runs resampled within each task independently (numpy's global generator, as seeded)."""
-    rng = np.random.default_rng(4)
-    x, y = rng.normal(0.3, 1, size=(3, 6)), rng.normal(0, 1, size=(4, 6))
-    _, low, high = probability_of_improvement(x, y, 9)
-    np.random.seed(9)
-    tasks = np.arange(6)[None, :]
-    values = []
-    for _ in range(BOOTSTRAP):
-        xs = x[np.random.choice(3, x.shape, replace=True), tasks]
-        ys = y[np.random.choice(4, y.shape, replace=True), tasks]
-        values.append(metrics.probability_of_improvement(xs, ys))
-    assert (low, high) == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])))
-    with pytest.raises(ValueError, match=r"P\(X > Y\) needs the same tasks for both: 6 vs 5 columns"):
-        probability_of_improvement(x, y[:, :5], 0)
 
 
 def test_scaled_rewards_are_clipped_on_both_sides():

@@ -10,7 +10,7 @@ from adbench import cli, primed, train
 from adbench.data import DatasetError
 from adbench.data.sampler import make_tokens
 from adbench.evaluate import COLUMNS, ModelPolicy
-from adbench.evaluate import test_tasks as held_out_tasks
+from adbench.evaluate import evaluated_tasks as held_out_tasks
 from adbench.models import build, checkpoint, save_checkpoint
 
 

@@ -57,7 +57,7 @@ def test_paper_config_plans_the_full_experiment_with_per_job_requests(tmp_path):
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", run.stdout.split("Job stats:")[1], re.M))
     assert {k: int(v) for k, v in stats.items()} == {
         "expert": 3,  # AntGoal's histories steer AntDir's expert
-        "histories": 40,
+        "histories": 48,  # train and test shards, and the validation tasks' own
         "dataset": 4,
         "reference": 4,
         "rl2_train": 12,
@@ -65,7 +65,7 @@ def test_paper_config_plans_the_full_experiment_with_per_job_requests(tmp_path):
         "evaluate": 132,
         "figures": 1,
         "all": 1,
-        "total": 317,
+        "total": 325,
     }
     jobs = re.split(r"^\[.*\]$", run.stdout, flags=re.M)  # one block per job, after its timestamp
     train = {

@@ -295,3 +295,25 @@ def test_threaded_physics_gives_the_same_rollout_as_one_thread_and_as_single_env
             np.testing.assert_array_equal(obs, np.stack([s[0] for s in steps]).astype(np.float32))
             np.testing.assert_array_equal(rewards, np.array([s[1] for s in steps], dtype=np.float32))
             assert not terminated.any() and truncated.all() == (t == 5)
+
+
+@pytest.mark.parametrize("family", ["PointNav", "HalfCheetahVel", "AntDir", "AntGoal", "Walker2dParams"])
+def test_validation_tasks_are_their_own_draw_apart_from_train_and_test(smoke_config, family):
+    import copy
+
+    from adbench.config import shard_sizes
+    from adbench.histories import all_tasks
+
+    cfg = copy.deepcopy(smoke_config)
+    with_val = all_tasks(cfg, family)
+    cfg["tasks"]["n_val"] = 0
+    without = all_tasks(cfg, family)
+    assert with_val[: len(without)] == without  # adding validation tasks leaves train and test as they were
+    val = [task for _, split, task in with_val if split == "val"]
+    assert len(val) == smoke_config["tasks"]["n_val"] and len({repr(t) for t in val}) == len(val)
+    assert not {repr(t) for t in val} & {repr(t) for _, _, t in without}
+    assert [tid for tid, split, _ in with_val if split == "val"] == [f"val-{i:04d}" for i in range(len(val))]
+    # the validation tasks fill shards of their own after the train/test shards
+    cfg["tasks"].update(n_train=5, n_test=2, n_val=4)
+    cfg["source"]["tasks_per_shard"] = 3
+    assert shard_sizes(cfg) == [3, 3, 1, 3, 1]

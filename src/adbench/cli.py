@@ -124,10 +124,17 @@ def cmd_primed(args):
 
 
 def cmd_reference(args):
-    from .evaluate import SECTIONS, evaluate_references
+    from .evaluate import REFERENCE_SECTIONS, evaluate_references
 
+    cfg = _settings(args, REFERENCE_SECTIONS)
+    expert = None
+    if args.expert:
+        from .data import validate_file
+        from .histories import load_expert
+
+        expert = load_expert(args.expert, cfg, validate_file(args.dataset)["family"])[0]
     evaluate_references(
-        _settings(args, SECTIONS), args.dataset, args.out, progress=sys.stderr, inference_path=args.inference_out
+        cfg, args.dataset, args.out, progress=sys.stderr, inference_path=args.inference_out, expert=expert
     )
 
 
@@ -211,10 +218,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--episodes", type=int, default=4, help="episodes the model acts after the priming")
-    s = stage("reference", cmd_reference, "random-policy and source-algorithm curves on the held-out tasks")
+    s = stage("reference", cmd_reference, "the floors' and the source's curves on the held-out tasks")
     s.add_argument("--dataset", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--inference-out", help="CSV of the task-inference diagnostic of every episode")
+    s.add_argument("--expert", help="the source's trained expert (the expert stage's output): the task-blind floor")
     s = stage("figures", cmd_figures, "figures and summary tables from the result CSVs")
     s.add_argument(
         "--episode-strides",

@@ -132,6 +132,17 @@ def probed_contexts(cfg: dict, arch: str) -> list:
     return [c for c in cfg["context_episodes"] if c not in trained]
 
 
+def shard_sizes(cfg: dict) -> list:
+    """Tasks per `histories` shard: the train and test tasks in shards of source.tasks_per_shard, then the
+    validation tasks in shards of their own (so that adding them leaves the train/test shards as they were)."""
+    t, per = cfg["tasks"], cfg["source"]["tasks_per_shard"]
+
+    def sizes(n: int) -> list:
+        return [min(per, n - i) for i in range(0, n, per)]
+
+    return sizes(t["n_train"] + t["n_test"]) + sizes(t["n_val"])
+
+
 def needs_expert(cfg: dict) -> bool:
     """Whether a family trains a task-conditioned expert of its own (the `expert` rule) for its histories."""
     src = cfg["source"]

@@ -72,7 +72,9 @@ def probe(cfg: dict, dataset, arch: str, context_episodes: int, out, progress=No
         )
     per_step = float(np.median(seconds))
     peak_mib = peak_memory_mib(device)  # training's peak, before inference fills its cache
-    inference_batch = 3 * info["n_test"] * len(cfg["evaluate"]["seeds"])  # as evaluate batches the controls
+    ecfg = cfg["evaluate"]
+    held_out = info["n_val" if ecfg["split"] == "val" else "n_test"]
+    inference_batch = (1 + len(ecfg["controls"])) * held_out * len(ecfg["seeds"])  # as evaluate batches the controls
     ms, state = _full_context_inference(model, info, window, inference_batch, device)
     row = {
         "family": info["family"],

@@ -16,8 +16,10 @@ from tqdm import tqdm
 from . import process
 from .atomic import write_csv
 from .baselines import BASELINES, policy_from_checkpoint
+from .controls import CONTROLS, switch_episode
 from .data import DatasetError, open_histories, task_table, validate_file
 from .devices import pick_device
+from .floors import random_policy, task_blind_policy, zero_policy
 from .models import from_checkpoint, read_checkpoint, state_mib
 from .progress import say
 from .seeding import derive_seed
@@ -25,16 +27,18 @@ from .tasks import BatchedTasks
 from .tasks.inference import diagnose
 
 SECTIONS = ["evaluate"]
+REFERENCE_SECTIONS = ["tasks", "source", "evaluate"]  # the task-blind floor loads the source's expert
 COLUMNS = ["family", "arch", "context_episodes", "seed", "eval_seed", "control", "task", "episode", "return"]
-CONTROLS = ("none", "zero_reward", "other_task_reward")
 
 
-def test_tasks(dataset) -> list:
-    """[(task_id, task)] of the held-out split, exactly as stored in the dataset."""
+def evaluated_tasks(dataset, split: str = "test") -> list:
+    """[(task_id, task)] of a held-out split (`test`, or `val` for tuning), exactly as stored in the dataset."""
     with open_histories(dataset) as f:
-        tasks = [(tid, task) for tid, split, task in task_table(f) if split == "test"]
+        tasks = [(tid, task) for tid, s, task in task_table(f) if s == split]
     if not tasks:
-        raise DatasetError(f"{dataset}: no test tasks to evaluate on; set tasks.n_test >= 1 and regenerate the dataset")
+        raise DatasetError(
+            f"{dataset}: no {split} tasks to evaluate on; set tasks.n_{split} >= 1 and regenerate the dataset"
+        )
     return tasks
 
 
@@ -57,19 +61,21 @@ def rollout(
 
     `policy(obs, prev_action, prev_reward, episode_start, generator) -> actions` sees the AD token of
     each step; the previous action and reward carry across episode boundaries (zeros at the start).
-    Controls change only the reward the policy *sees* (returns are always scored on the true task):
-    'zero_reward' shows zeros; 'other_task_reward' shows what the same step would have earned under
-    another test task (a fixed derangement: task j gets task j+1's, cyclically), or, for a family whose
-    tasks change the dynamics, the reward of that other task's own rollout at the same step.
+    Controls (`controls`) change what the policy experiences; returns are always scored on the true task:
+    'zero_reward' shows zeros as rewards; 'other_task_reward' shows what the same step would have earned
+    under another test task (a fixed derangement: task j gets task j+1's, cyclically), or, for a family
+    whose tasks change the dynamics, the reward of that other task's own rollout at the same step;
+    'task_switch' makes task j+1 the true task from episode `switch_episode(episodes)` on.
     """
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
         raise ValueError(f"unknown evaluation control {unknown[0]!r}; controls: {list(CONTROLS)}")
     n_c, n_s, n_t = len(controls), len(eval_seeds), len(tasks)
-    if "other_task_reward" in controls and n_t < 2:
-        raise DatasetError(
-            "the other_task_reward control needs at least 2 test tasks; raise tasks.n_test or drop the control"
-        )
+    for control in ("other_task_reward", "task_switch"):
+        if control in controls and n_t < 2:
+            raise DatasetError(
+                f"the {control} control needs at least 2 test tasks; raise tasks.n_test or drop the control"
+            )
     env = BatchedTasks(family, [task for _ in controls for _ in eval_seeds for task in tasks], horizon, threads)
     k = env.num_tasks
     rows = np.arange(k).reshape(n_c, n_s, n_t)
@@ -84,6 +90,10 @@ def rollout(
         seeds = [
             derive_seed(eval_seeds[s], "reset", ep, j) % 2**31 for _ in controls for s in range(n_s) for j in range(n_t)
         ]
+        if "task_switch" in controls and ep == switch_episode(episodes):
+            block = rows[controls.index("task_switch")].ravel()
+            switched = deranged[controls.index("task_switch")].ravel()
+            env.set_tasks(block, [env.tasks[i] for i in switched])
         obs = env.reset(seeds=seeds)
         for t in range(env.horizon):
             start = np.full(k, 1.0 if t == 0 else 0.0, np.float32)
@@ -141,10 +151,6 @@ class ModelPolicy:
         """Milliseconds per batched step over one in-context episode (Mamba's are flat; a transformer's
         grow until its cache holds a whole context)."""
         return self.episode_seconds[episode] / horizon * 1e3
-
-
-def random_policy(obs, prev_action, prev_reward, start, generator):
-    return torch.rand(prev_action.shape, generator=generator).numpy() * 2 - 1
 
 
 def write_rows(path, rows: list, columns: list = COLUMNS) -> None:
@@ -249,7 +255,7 @@ def evaluate_model(
     model, ckpt = load_policy(model_path)
     meta = ckpt["meta"]
     check_dims(model, model_path, info, dataset)
-    tasks = test_tasks(dataset)
+    tasks = evaluated_tasks(dataset, ecfg["split"])
     seeds, controls = ecfg["seeds"], ("none", *ecfg["controls"])
     batch = len(controls) * len(tasks) * len(seeds)
     device = pick_device(ecfg["device"], "evaluate.device")
@@ -324,30 +330,45 @@ def evaluate_model(
         )
 
 
-def evaluate_references(cfg: dict, dataset, out_path, progress=None, inference_path=None) -> None:
-    """A uniform-random policy on the held-out tasks and seeds, and the source algorithm's learning curves.
+def evaluate_references(cfg: dict, dataset, out_path, progress=None, inference_path=None, expert=None) -> None:
+    """The floors (`floors`: random, zero-action and, where the family has an oracle or the source an
+    expert (`expert`, a `TaskExpert`), task-blind) on the evaluated tasks and seeds, and the source
+    algorithm's learning curves.
 
-    Source rows hold every history episode of every task, train and test (seed = history index,
-    eval_seed = -1); the in-context figure uses the test tasks' and places history episode e at
-    in-context episode e / episode_stride; the learning-curve figure uses all.
+    Source rows hold every history episode of every task (seed = history index, eval_seed = -1); the
+    in-context figure uses the evaluated tasks' and places history episode e at in-context episode
+    e / episode_stride; the learning-curve figure uses all.
     """
     ecfg = cfg["evaluate"]
     info = validate_file(dataset)
-    tasks = test_tasks(dataset)
+    tasks = evaluated_tasks(dataset, ecfg["split"])
     with open_histories(dataset) as f:
         horizon = int(f.attrs["horizon"])
         source = {tid: g["episode_returns"][...] for tid, g in f["tasks"].items()}
-    returns, obs_mean, obs_last = rollout(
-        info["family"],
-        [t for _, t in tasks],
-        horizon,
-        ecfg["episodes"],
-        ecfg["seeds"],
-        random_policy,
-        progress,
-        with_observations=True,
-    )
-    rows = tidy(info["family"], "random", 0, 0, ecfg["seeds"], [tid for tid, _ in tasks], returns)
+        train = [task for _, split, task in task_table(f) if split == "train"]
+    floors = {
+        "random": random_policy,
+        "zero": zero_policy,
+        "task_blind": task_blind_policy(info["family"], train, expert),
+    }
+    rows, diag = [], []
+    for name, policy in floors.items():
+        if policy is None:
+            say(f"no task-blind floor for {info['family']}: no oracle and no task-conditioned expert", progress)
+            continue
+        returns, obs_mean, obs_last = rollout(
+            info["family"],
+            [t for _, t in tasks],
+            horizon,
+            ecfg["episodes"],
+            ecfg["seeds"],
+            policy,
+            progress,
+            with_observations=True,
+        )
+        rows += tidy(info["family"], name, 0, 0, ecfg["seeds"], [tid for tid, _ in tasks], returns)
+        if name == "random":
+            diag = inference_rows(info["family"], "random", 0, 0, ecfg["seeds"], tasks, obs_mean, obs_last)
     for tid, curves in source.items():
         for h, curve in enumerate(curves):
             rows += [
@@ -356,7 +377,6 @@ def evaluate_references(cfg: dict, dataset, out_path, progress=None, inference_p
             ]
     write_rows(out_path, rows)
     if inference_path is not None:
-        diag = inference_rows(info["family"], "random", 0, 0, ecfg["seeds"], tasks, obs_mean, obs_last)
         write_rows(
             inference_path, diag + source_inference_rows(dataset, info["family"], tasks, horizon), INFERENCE_COLUMNS
         )

@@ -13,6 +13,7 @@ import seaborn as sns  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
 from .tables import (  # noqa: E402
     ALL_FAMILIES,
+    FLOORS,
     NO_CONTEXT,
     PROBED,
     TRAINED,
@@ -57,13 +58,14 @@ def plot_source_curves(refs: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
-CONTROL_STYLES = {"none": "-", "other_task_reward": "--", "zero_reward": ":"}
+CONTROL_STYLES = {"none": "-", "other_task_reward": "--", "zero_reward": ":", "task_switch": "-."}
 
 
 def plot_in_context(models: pd.DataFrame, refs: pd.DataFrame, strides: dict, path: Path) -> None:
     """Return vs in-context episode, a column per family. Top: each arch x context seeing the true
-    rewards, with the random policy and the source (history episode / stride). Bottom: the same models
-    seeing the true rewards, zero rewards and another task's rewards (the controls)."""
+    rewards, with the floors (random, zero-action, task-blind) and the source (history episode / stride).
+    Bottom: the same models under every control (zero rewards, another task's rewards, the task switched
+    half way)."""
     n = int(models["episode"].max()) + 1
     models = models.assign(label=[label(a, c) for a, c in zip(models["arch"], models["context_episodes"])])
     src = held_out(refs)
@@ -71,12 +73,12 @@ def plot_in_context(models: pd.DataFrame, refs: pd.DataFrame, strides: dict, pat
     src = src.assign(episode=src["episode"] / src["family"].map(strides))
     src = src[src["episode"] <= n - 1]
     rnd = held_out(refs)
-    rnd = rnd[rnd["arch"] == "random"].assign(label="random")
+    rnd = rnd[rnd["arch"].isin(FLOORS)].assign(label=lambda d: "floor: " + d["arch"])
     labels = sorted(models["label"].unique())
     palette = {
         **colours(labels),
         "source (history episode / stride)": "black",
-        "random": "0.6",
+        **dict(zip(sorted(rnd["label"].unique()), ["0.45", "0.6", "0.75"])),
     }
     families = sorted(models["family"].unique())
     fig, axes = plt.subplots(2, len(families), figsize=(4.6 * len(families) + 2, 6.4), squeeze=False, sharex=True)
@@ -172,7 +174,7 @@ def plot_context_scaling(summary: pd.DataFrame, path: Path) -> None:
     handles += [
         plt.Line2D([], [], color="tab:purple", ls="-.", label="RL^2 (whole trial)"),
         plt.Line2D([], [], color="grey", ls="--", label="source final (1)"),
-        plt.Line2D([], [], color="grey", ls=":", label="random (0) / no gain"),
+        plt.Line2D([], [], color="grey", ls=":", label="best floor (0) / no gain"),
     ]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.tight_layout()
@@ -237,7 +239,7 @@ def _intervals(ax, points, lows, highs, names, colors) -> None:
 
 def plot_aggregates(summary: pd.DataFrame, path: Path) -> None:
     """rliable's aggregates of the normalised final return with their 95% CIs, a row per family: the IQM
-    (0 the random policy, 1 the source's final episodes) and the optimality gap (distance below 1)."""
+    (0 the best floor, 1 the source's final episodes) and the optimality gap (distance below 1)."""
     summary = summary.assign(model=[label(a, c) for a, c in zip(summary["arch"], summary["context_episodes"])])
     families = sorted(summary["family"].unique())
     palette = colours(sorted(summary["model"].unique()))

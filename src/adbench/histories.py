@@ -1,7 +1,5 @@
 """The histories and dataset stages: run the source algorithm on a shard of tasks, merge shards into one file."""
 
-import math
-
 import torch
 
 from . import config as cfglib
@@ -12,23 +10,33 @@ from .progress import say
 from .provenance import git_revision, package_versions
 from .seeding import derive_seed
 from .sources import PPOConfig, TaskExpert, generate_histories, train_task_expert
-from .tasks import get_family, split_tasks, task_ids
+from .tasks import get_family, split_tasks, task_ids, validation_tasks
 
 SECTIONS = ["tasks", "source"]
 
 
 def all_tasks(cfg: dict, family: str) -> list:
-    """[(task_id, split, task)] for a family: train tasks then test tasks, from the seeded split."""
+    """[(task_id, split, task)] for a family: train, test, then validation tasks (their own draw)."""
     t = cfg["tasks"]
     train, test = split_tasks(family, t["n_train"], t["n_test"], derive_seed(t["seed"], "tasks", family))
-    return list(zip(task_ids("train", len(train)), ["train"] * len(train), train)) + list(
-        zip(task_ids("test", len(test)), ["test"] * len(test), test)
-    )
+    val = validation_tasks(family, t["n_val"], derive_seed(t["seed"], "validation tasks", family), train + test)
+    return [
+        (tid, split, task)
+        for split, tasks in (("train", train), ("test", test), ("val", val))
+        for tid, task in zip(task_ids(split, len(tasks)), tasks)
+    ]
 
 
-def num_shards(cfg: dict) -> int:
-    t = cfg["tasks"]
-    return math.ceil((t["n_train"] + t["n_test"]) / cfg["source"]["tasks_per_shard"])
+def shard_tasks(cfg: dict, family: str, shard: int) -> list:
+    """The (task_id, split, task) of one shard (`config.shard_sizes`)."""
+    sizes = cfglib.shard_sizes(cfg)
+    if not 0 <= shard < len(sizes):
+        raise ValueError(
+            f"shard {shard} out of range: {family} has {len(sizes)} shards at "
+            f"source.tasks_per_shard={cfg['source']['tasks_per_shard']}"
+        )
+    start = sum(sizes[:shard])
+    return all_tasks(cfg, family)[start : start + sizes[shard]]
 
 
 def expert_env_steps(cfg: dict, family: str) -> int:
@@ -45,7 +53,8 @@ def expert_digest(cfg: dict) -> str:
     src = cfg["source"]
     return cfglib.digest(
         {
-            "tasks": cfg["tasks"],
+            # the expert learns the training tasks only: validation tasks do not change it
+            "tasks": {k: v for k, v in cfg["tasks"].items() if k != "n_val"},
             "seed": src["seed"],
             "threads": src["threads"],
             "ppo": src["ppo"],
@@ -123,13 +132,7 @@ def run_shard(cfg: dict, family: str, shard: int, out_path, progress=None, exper
     the `expert` stage's output where the source needs it."""
     src = cfg["source"]
     torch.set_num_threads(src["threads"])  # float reductions, hence the histories, depend on it
-    n = num_shards(cfg)
-    if not 0 <= shard < n:
-        raise ValueError(
-            f"shard {shard} out of range: {family} has {n} shards at source.tasks_per_shard={src['tasks_per_shard']}"
-        )
-    per = src["tasks_per_shard"]
-    chunk = all_tasks(cfg, family)[shard * per : (shard + 1) * per]
+    chunk = shard_tasks(cfg, family, shard)
     h = src["histories_per_task"]
     learners = [task for _, _, task in chunk for _ in range(h)]  # H independent learners per task
     attrs = root_attrs(cfg, family)

@@ -16,7 +16,7 @@ from . import process
 from .data import open_histories, validate_file
 from .data.sampler import ARRAYS, make_tokens, read_window, window_span
 from .devices import pick_device
-from .evaluate import ModelPolicy, check_dims, load_policy, rollout, test_tasks, tidy, write_rows
+from .evaluate import ModelPolicy, check_dims, evaluated_tasks, load_policy, rollout, tidy, write_rows
 from .progress import say
 
 SECTIONS = ["evaluate"]
@@ -66,7 +66,7 @@ def evaluate_primed(cfg: dict, dataset, model_path, out_path, episodes: int = 4,
     if "episode_stride" not in meta:
         raise ValueError(f"{model_path}: not an AD model (no training stride); prime only AD checkpoints")
     check_dims(model, model_path, info, dataset)
-    tasks, seeds = test_tasks(dataset), ecfg["seeds"]
+    tasks, seeds = evaluated_tasks(dataset, ecfg["split"]), ecfg["seeds"]
     ids, horizon = [tid for tid, _ in tasks], meta["horizon"]
     windows = last_windows(dataset, ids, meta["context_episodes"], meta["episode_stride"])
     device = pick_device(ecfg["device"], "evaluate.device")

@@ -1,16 +1,19 @@
-"""Aggregate statistics over held-out tasks with 95% confidence intervals.
+"""Aggregate statistics over held-out tasks with 95% confidence intervals that contain every source of
+variance a result has: training seeds, held-out tasks and evaluation runs.
 
-Scores are arranged as rliable expects them, a (runs x tasks) matrix: a run is one (training seed,
-evaluation seed) pair, a task one held-out task. rliable (Agarwal et al. 2021) computes the aggregates
-(mean, interquartile mean, optimality gap, probability of improvement) and their stratified-bootstrap
-CIs. The CIs of the aggregates resample tasks as well as the runs within each task
-(`task_bootstrap=True`): held-out tasks are a draw from the family, and a claim about the family
-must carry that draw's uncertainty. The probability of improvement resamples each model's runs within
-each task independently (rliable's only form for two samples). The paired reward-driven gain keeps a
-direct percentile bootstrap over its units (`bootstrap_ci`).
+A model's scores form a (training seeds x tasks x evaluation seeds) array. Every CI here is a
+percentile bootstrap that resamples the three levels in turn (a hierarchical bootstrap): training
+seeds with replacement, then held-out tasks with replacement (the same draw for every seed, as every
+seed was evaluated on the same tasks), then the evaluation runs of each (seed, task) cell. With one
+training seed the first level cannot vary, so a row says how many training seeds it has
+(`training_seeds`) and the claims table calls no verdict on fewer than `claims.MIN_SEEDS`.
+
+The statistics themselves are rliable's (Agarwal et al. 2021): the mean, the interquartile mean, the
+optimality gap and the probability of improvement, computed on the (runs x tasks) matrix a resample
+makes, where a run is one (training seed, evaluation seed) pair. Two models compared resample their
+seeds and evaluation runs independently and share the task draw.
 """
 
-import contextlib
 import logging
 import zlib
 
@@ -18,12 +21,11 @@ import numpy as np
 import pandas as pd
 
 logging.getLogger("absl").setLevel(logging.WARNING)  # rliable logs one INFO line per estimate
-from rliable import library as rly  # noqa: E402
 from rliable import metrics  # noqa: E402
 
 BOOTSTRAP = 2000
 CONFIDENCE = 0.95
-RUN = ["seed", "eval_seed"]
+LEVELS = ["seed", "task", "eval_seed"]
 
 
 def row_seed(seed: int, *key) -> int:
@@ -33,24 +35,46 @@ def row_seed(seed: int, *key) -> int:
     return int(np.random.SeedSequence(words).generate_state(1)[0])
 
 
-@contextlib.contextmanager
-def _numpy_seeded(seed: int):
-    """rliable's resampling draws from numpy's global generator: seed it for the call, then restore it."""
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
-
-
-def score_matrix(units: pd.DataFrame, value: str) -> np.ndarray:
-    """Units with columns seed, eval_seed, task and `value` -> a (runs x tasks) matrix, tasks in sorted order."""
-    matrix = units.pivot_table(index=RUN, columns="task", values=value, aggfunc="mean").sort_index(axis=1)
-    if matrix.isna().any().any():
-        missing = matrix.columns[matrix.isna().any()].tolist()
+def unit_array(units: pd.DataFrame, value: str) -> np.ndarray:
+    """Units with columns seed, task, eval_seed and `value` -> a (seeds x tasks x eval seeds) array, each
+    level in sorted order; every cell must be there."""
+    cube = units.pivot_table(index="seed", columns=["task", "eval_seed"], values=value, aggfunc="mean")
+    cube = cube.sort_index().sort_index(axis=1)
+    tasks = cube.columns.get_level_values("task").unique()
+    evals = cube.columns.get_level_values("eval_seed").unique()
+    cube = cube.reindex(columns=pd.MultiIndex.from_product([tasks, evals], names=["task", "eval_seed"]))
+    if cube.isna().any().any():
+        missing = sorted({t for t, _ in cube.columns[cube.isna().any()]})
         raise ValueError(f"tasks {missing} lack some (seed, eval_seed) runs; rerun their evaluate rules")
-    return matrix.to_numpy()
+    return cube.to_numpy().reshape(len(cube), len(tasks), len(evals))
+
+
+def runs_by_tasks(array: np.ndarray) -> np.ndarray:
+    """(seeds, tasks, evals) -> the (runs x tasks) matrix rliable reads, runs = (seed, eval seed) pairs."""
+    s, t, e = array.shape[-3:]
+    return np.swapaxes(array, -1, -2).reshape(*array.shape[:-3], s * e, t)
+
+
+def _levels(rng: np.random.Generator, shape: tuple, tasks: np.ndarray) -> np.ndarray:
+    """BOOTSTRAP resamples of one model's (seeds, tasks, evals) array, given the task draw (B, T)."""
+    s, t, e = shape
+    seeds = rng.integers(s, size=(BOOTSTRAP, s))
+    evals = rng.integers(e, size=(BOOTSTRAP, s, t, e))
+    return seeds[:, :, None, None], tasks[:, None, :, None], evals
+
+
+def resample(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(B, seeds, tasks, evals): the hierarchical bootstrap's resamples of one array."""
+    tasks = rng.integers(array.shape[1], size=(BOOTSTRAP, array.shape[1]))
+    return array[_levels(rng, array.shape, tasks)]
+
+
+def resample_pair(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Resamples of two models' arrays over the same tasks: one task draw, seeds and runs drawn apart."""
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"two models compared need the same tasks: {x.shape[1]} vs {y.shape[1]}")
+    tasks = rng.integers(x.shape[1], size=(BOOTSTRAP, x.shape[1]))
+    return x[_levels(rng, x.shape, tasks)], y[_levels(rng, y.shape, tasks)]
 
 
 AGGREGATES = {
@@ -60,48 +84,41 @@ AGGREGATES = {
 }
 
 
-def interval(matrix: np.ndarray, aggregate: str, seed: int) -> tuple[float, float, float]:
-    """(point estimate, CI low, CI high) of an aggregate over a (runs x tasks) matrix."""
+def _percentiles(values) -> tuple[float, float]:
+    tail = 100 * (1 - CONFIDENCE) / 2
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def interval(array: np.ndarray, aggregate: str, seed: int) -> tuple[float, float, float]:
+    """(point estimate, CI low, CI high) of an aggregate of a (seeds x tasks x evals) array."""
     func = AGGREGATES[aggregate]
-    with _numpy_seeded(seed):
-        point, ci = rly.get_interval_estimates(
-            {"x": matrix},
-            lambda m: np.array([func(m)]),
-            task_bootstrap=True,
-            reps=BOOTSTRAP,
-            confidence_interval_size=CONFIDENCE,
-        )
-    return float(point["x"][0]), float(ci["x"][0, 0]), float(ci["x"][1, 0])
+    draws = resample(array, np.random.default_rng(seed))
+    return (float(func(runs_by_tasks(array))), *_percentiles([func(m) for m in runs_by_tasks(draws)]))
 
 
 def improvement(x: np.ndarray, y: np.ndarray) -> float:
     """rliable's `metrics.probability_of_improvement` (the Mann-Whitney U statistic over all pairs of runs,
     ties half, divided by the pairs, averaged over tasks) in one vectorised expression: it runs inside
-    every bootstrap resample, where scipy's per-task call costs seconds."""
+    every bootstrap resample, where scipy's per-task call costs seconds. x, y: (runs x tasks)."""
     greater = (x[:, None, :] > y[None, :, :]).mean(axis=(0, 1))
     ties = (x[:, None, :] == y[None, :, :]).mean(axis=(0, 1))
     return float((greater + 0.5 * ties).mean())
 
 
+def _two_sample(x: np.ndarray, y: np.ndarray, stat, seed: int) -> tuple[float, float, float]:
+    dx, dy = resample_pair(x, y, np.random.default_rng(seed))
+    mx, my = runs_by_tasks(dx), runs_by_tasks(dy)
+    point = stat(runs_by_tasks(x), runs_by_tasks(y))
+    return (float(point), *_percentiles([stat(a, b) for a, b in zip(mx, my)]))
+
+
 def probability_of_improvement(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float, float]:
     """P(X > Y): for each task, the probability that a run of X scores above a run of Y (Mann-Whitney U,
-    ties counting half), averaged over tasks; with its stratified-bootstrap CI. x and y: (runs x tasks),
-    the same tasks in the same columns."""
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"P(X > Y) needs the same tasks for both: {x.shape[1]} vs {y.shape[1]} columns")
-    with _numpy_seeded(seed):
-        point, ci = rly.get_interval_estimates(
-            {"xy": (x, y)},
-            improvement,
-            reps=BOOTSTRAP,
-            confidence_interval_size=CONFIDENCE,
-        )
-    return float(point["xy"]), float(np.ravel(ci["xy"])[0]), float(np.ravel(ci["xy"])[1])
+    ties counting half), averaged over tasks; with its hierarchical-bootstrap CI. x and y: (seeds x tasks
+    x evals), the same tasks in the same columns."""
+    return _two_sample(x, y, improvement, seed)
 
 
-def bootstrap_ci(values: np.ndarray, stat, rng: np.random.Generator) -> tuple[float, float]:
-    """95% percentile bootstrap CI of stat over the units in `values` (resampled with replacement)."""
-    idx = rng.integers(len(values), size=(BOOTSTRAP, len(values)))
-    stats = np.array([stat(values[i]) for i in idx])
-    tail = 100 * (1 - CONFIDENCE) / 2
-    return float(np.percentile(stats, tail)), float(np.percentile(stats, 100 - tail))
+def mean_difference(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float, float]:
+    """Mean of X minus mean of Y over the same tasks, with its hierarchical-bootstrap CI."""
+    return _two_sample(x, y, lambda a, b: a.mean() - b.mean(), seed)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from . import statistics
 from .atomic import atomic_path
+from .controls import switch_episode
 
 SUMMARY_COLUMNS = [
     "family",
@@ -20,7 +21,13 @@ SUMMARY_COLUMNS = [
     "first_return",
     "final_return",
     "source_final_return",
+    "source_kind",
     "random_return",
+    "zero_return",
+    "task_blind_return",
+    "floor",
+    "floor_return",
+    "training_seeds",
     "gain",
     "gain_ci_low",
     "gain_ci_high",
@@ -39,10 +46,18 @@ SUMMARY_COLUMNS = [
     "reward_driven_gain",
     "reward_driven_ci_low",
     "reward_driven_ci_high",
+    "switch_recovery",
+    "switch_recovery_ci_low",
+    "switch_recovery_ci_high",
+    "in_context_rl",
 ]
 
 
 RUN = ["seed", "eval_seed", "task"]
+# The trivial policies every score is measured from (the reference rule's rows): a uniform random
+# policy, one that outputs zeros, and one that acts well on the family's average task but is not told
+# the task (see `floors`). Scores run from the strongest of them, per family.
+FLOORS = ("random", "zero", "task_blind")
 # Models without an AD context (online meta-RL baselines) carry context_episodes = 0 in the tables.
 
 
@@ -66,14 +81,28 @@ def load(paths: list) -> pd.DataFrame:
     return df
 
 
-def run_scores(df: pd.DataFrame) -> pd.DataFrame:
-    """Per evaluation run (control, seed, eval_seed, task): mean return of the first and last 10% of episodes."""
-    n = int(df["episode"].max()) + 1
+UNIT = ["family", "arch", "context_episodes", "control", "seed", "eval_seed", "task"]
+
+
+def first_and_final(df: pd.DataFrame, start: int = 0) -> pd.DataFrame:
+    """Per evaluation run (UNIT): mean return of the first and the last 10% (at least one) of its episodes
+    from episode `start` on."""
+    df = df[df["episode"] >= start]
+    n = int(df["episode"].max()) + 1 - start
     k = edge(n)
-    keys = ["family", "arch", "context_episodes", "control", "seed", "eval_seed", "task"]
-    first = df[df["episode"] < k].groupby(keys)["return"].mean().rename("first")
-    last = df[df["episode"] >= n - k].groupby(keys)["return"].mean().rename("final")
+    first = df[df["episode"] < start + k].groupby(UNIT)["return"].mean().rename("first")
+    last = df[df["episode"] >= start + n - k].groupby(UNIT)["return"].mean().rename("final")
     return pd.concat([first, last], axis=1).reset_index()
+
+
+def run_scores(df: pd.DataFrame) -> pd.DataFrame:
+    """Per evaluation run (UNIT): `first` and `final` returns (the first and last 10% of its episodes);
+    under the task_switch control, of the episodes after the switch, whose gain is the recovery."""
+    switched = df["control"] == "task_switch"
+    parts = [first_and_final(df[~switched])]
+    if switched.any():
+        parts.append(first_and_final(df[switched], switch_episode(int(df["episode"].max()) + 1)))
+    return pd.concat(parts, ignore_index=True)
 
 
 def final_episodes(df: pd.DataFrame, by) -> pd.DataFrame:
@@ -83,8 +112,10 @@ def final_episodes(df: pd.DataFrame, by) -> pd.DataFrame:
 
 
 def held_out(refs: pd.DataFrame) -> pd.DataFrame:
-    """Reference rows on test tasks only (the source's train-task curves are for the learning-curve figure)."""
-    return refs[refs["task"].str.startswith("test-")]
+    """Rows on the evaluated tasks only (those anything but the source ran on: the test tasks, or the
+    validation tasks of a tuning run); the source's other curves are for the learning-curve figure."""
+    evaluated = refs.loc[refs["arch"] != "source", "task"].unique()
+    return refs[refs["task"].isin(evaluated)]
 
 
 def source_improvement(refs: pd.DataFrame) -> pd.DataFrame:
@@ -111,29 +142,46 @@ def source_improvement(refs: pd.DataFrame) -> pd.DataFrame:
 MIN_GAP_FRACTION = 0.1
 
 
-def task_levels(refs: pd.DataFrame) -> pd.DataFrame:
-    """Per held-out task: the random policy's mean return, the source's final (last 10% of its history
-    episodes) and the gap the normalised score divides by. A task whose source-random gap is below
-    MIN_GAP_FRACTION of the family's median gap (the source barely learned it, or did worse than random)
-    is divided by that floor instead, so that it neither explodes nor flips the score's sign."""
+def floor_levels(refs: pd.DataFrame) -> pd.DataFrame:
+    """Per family and evaluated task: each floor's mean return (a column per floor the references have)."""
     refs = held_out(refs)
-    rnd = refs[refs["arch"] == "random"].groupby(["family", "task"])["return"].mean().rename("random")
+    floors = refs[refs["arch"].isin(FLOORS)]
+    return floors.pivot_table(index=["family", "task"], columns="arch", values="return", aggfunc="mean").reset_index()
+
+
+def best_floor(levels: pd.DataFrame) -> pd.Series:
+    """Per family: the name of the floor with the highest mean return over the evaluated tasks."""
+    present = [f for f in FLOORS if f in levels]
+    return levels.groupby("family")[present].mean().idxmax(axis=1)
+
+
+def task_levels(refs: pd.DataFrame) -> pd.DataFrame:
+    """Per evaluated task: the best floor's mean return (`floor`, named in `floor_name`), the source's final
+    (last 10% of its history episodes) and the gap the normalised score divides by. A task whose
+    source-floor gap is below MIN_GAP_FRACTION of the family's median gap (the source barely beat the
+    floor there, or did worse) is divided by that instead, so that it neither explodes nor flips the
+    score's sign."""
+    levels = floor_levels(refs)
+    names = best_floor(levels)
+    refs = held_out(refs)
     src = refs[refs["arch"] == "source"]
     src_final = final_episodes(src, "family").groupby(["family", "task"])["return"].mean().rename("source_final")
-    levels = pd.concat([rnd, src_final], axis=1).reset_index()
-    gap = levels["source_final"] - levels["random"]
-    floor = MIN_GAP_FRACTION * gap.groupby(levels["family"]).transform(lambda g: np.median(np.abs(g)))
-    return levels.assign(gap=np.maximum(gap, floor))
+    levels = levels.merge(src_final.reset_index(), on=["family", "task"], how="left")
+    levels["floor_name"] = levels["family"].map(names)
+    levels["floor"] = [levels.at[i, name] for i, name in levels["floor_name"].items()]
+    gap = levels["source_final"] - levels["floor"]
+    least = MIN_GAP_FRACTION * gap.groupby(levels["family"]).transform(lambda g: np.median(np.abs(g)))
+    return levels.assign(gap=np.maximum(gap, least))
 
 
 def normalized_units(models: pd.DataFrame, refs: pd.DataFrame) -> pd.DataFrame:
-    """run_scores with each unit's normalised final return: (final - random) / gap, with its task's levels."""
-    levels = task_levels(refs)[["family", "task", "random", "gap"]]
+    """run_scores with each unit's normalised final return: (final - best floor) / gap, with its task's levels."""
+    levels = task_levels(refs)[["family", "task", "floor", "gap"]]
     units = run_scores(models).merge(levels, on=["family", "task"], how="left", validate="many_to_one")
     if units["gap"].isna().any():
         missing = sorted(units.loc[units["gap"].isna(), "task"].unique())
-        raise ValueError(f"no random or source reference for tasks {missing}; rerun the reference rule")
-    return units.assign(normalized=(units["final"] - units["random"]) / units["gap"]).drop(columns=["random", "gap"])
+        raise ValueError(f"no floor or source reference for tasks {missing}; rerun the reference rule")
+    return units.assign(normalized=(units["final"] - units["floor"]) / units["gap"]).drop(columns=["floor", "gap"])
 
 
 def _with_ci(name: str, estimate: tuple, ci: str | None = None) -> dict:
@@ -142,12 +190,36 @@ def _with_ci(name: str, estimate: tuple, ci: str | None = None) -> dict:
     return {name: estimate[0], f"{ci}_ci_low": estimate[1], f"{ci}_ci_high": estimate[2]}
 
 
+def source_kind(source: str) -> str:
+    """What a source's final return means: a source told each task (an oracle for AD, which is not) or a
+    learner that found the task from rewards, as AD must."""
+    return "told the task" if str(source).startswith("noise_distill") else "learner" if source else ""
+
+
+def unit_interval(units: pd.DataFrame, value: str, aggregate: str, seed: int) -> tuple[float, float, float]:
+    """(point, CI low, CI high) of an aggregate of `value` over the units, by the hierarchical bootstrap."""
+    return statistics.interval(statistics.unit_array(units, value), aggregate, seed)
+
+
+def paired(units: pd.DataFrame, a: str, b: str, value: str) -> pd.DataFrame:
+    """Per unit (training seed, evaluation seed, task): `value` under control a minus under control b."""
+    left = units[units["control"] == a].set_index(RUN)[value]
+    right = units[units["control"] == b].set_index(RUN)[value]
+    return (left - right).dropna().rename("difference").reset_index()
+
+
+def is_in_context_rl(row: dict) -> bool:
+    """In-context RL: the in-context gain and its reward-driven part both have CIs above zero."""
+    return bool(row.get("gain_ci_low", np.nan) > 0 and row.get("reward_driven_ci_low", np.nan) > 0)
+
+
 def summarize(
     models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0, costs: pd.DataFrame | None = None
 ) -> pd.DataFrame:
-    """One row per (family, arch, context): returns, gains and control gains, the normalised final return's
-    IQM and optimality gap, each with a 95% CI (`statistics`), and (given the evaluate stage's cost tables)
-    the source and the environment steps each model's training consumed."""
+    """One row per (family, arch, context): returns, the floors and the source, gains and control gains,
+    the normalised final return's IQM and optimality gap, each with a 95% CI over training seeds, tasks
+    and evaluation runs (`statistics`), whether the row shows in-context RL, and (given the evaluate
+    stage's cost tables) the source and the environment steps each model's training consumed."""
     budget = (
         {}
         if costs is None or "train_env_steps" not in costs
@@ -158,20 +230,18 @@ def summarize(
         if costs is None or "source" not in costs
         else (costs.groupby(["family", "arch", "context_episodes"])["source"].first().to_dict())
     )
+    # the source of a family's histories, whose final return is the score's 1
+    histories = {f: s for (f, _, _), s in sources.items() if s != "online"}
     units = normalized_units(models, refs)
     units = units.assign(gain=units["final"] - units["first"])
-    refs = held_out(refs)
+    levels = task_levels(refs)
     rows = []
     for family, fam in units.groupby("family"):
-        ref = refs[refs["family"] == family]
-        random_level = ref[ref["arch"] == "random"]["return"].mean()
-        src = ref[ref["arch"] == "source"]
-        src_final = final_episodes(src, "family")["return"].mean()
+        lv = levels[levels["family"] == family]
         for (arch, ctx), runs in fam.groupby(["arch", "context_episodes"]):
             # a row's resamples depend on the row alone, not on which other models are in the table
             row_seed = statistics.row_seed(seed, family, arch, ctx)
             g = runs[runs["control"] == "none"]
-            norm = statistics.score_matrix(g, "normalized")
             row = {
                 "family": family,
                 "arch": arch,
@@ -181,30 +251,48 @@ def summarize(
                 "runs": len(g),
                 "first_return": g["first"].mean(),
                 "final_return": g["final"].mean(),
-                "source_final_return": src_final,
-                "random_return": random_level,
-                **_with_ci("gain", statistics.interval(statistics.score_matrix(g, "gain"), "mean", row_seed)),
-                **_with_ci("normalized_final_iqm", statistics.interval(norm, "iqm", row_seed), "normalized"),
-                **_with_ci("optimality_gap", statistics.interval(norm, "optimality_gap", row_seed)),
+                "source_final_return": lv["source_final"].mean(),
+                "source_kind": source_kind(histories.get(family, "")),
+                **{f"{f}_return": lv[f].mean() if f in lv else np.nan for f in FLOORS},
+                "floor": lv["floor_name"].iloc[0],
+                "floor_return": lv["floor"].mean(),
+                "training_seeds": g["seed"].nunique(),
+                **_with_ci("gain", unit_interval(g, "gain", "mean", row_seed)),
+                **_with_ci("normalized_final_iqm", unit_interval(g, "normalized", "iqm", row_seed), "normalized"),
+                **_with_ci("optimality_gap", unit_interval(g, "normalized", "optimality_gap", row_seed)),
             }
             for control, name in (("zero_reward", "zero_reward_gain"), ("other_task_reward", "other_task_gain")):
                 c = runs[runs["control"] == control]
                 if len(c):
-                    row.update(
-                        _with_ci(name, statistics.interval(statistics.score_matrix(c, "gain"), "mean", row_seed))
-                    )
-            other = runs[runs["control"] == "other_task_reward"]
-            if len(other):
+                    row.update(_with_ci(name, unit_interval(c, "gain", "mean", row_seed)))
+            if (runs["control"] == "other_task_reward").any():
                 # final return seeing the true rewards minus seeing another task's, run by run
-                paired = g.set_index(RUN)["final"] - other.set_index(RUN)["final"]
-                driven = paired.dropna().to_numpy()
-                ci = statistics.bootstrap_ci(driven, np.mean, np.random.default_rng(row_seed))
-                row.update(_with_ci("reward_driven_gain", (driven.mean(), *ci), "reward_driven"))
+                driven = paired(runs, "none", "other_task_reward", "final")
+                row.update(
+                    _with_ci(
+                        "reward_driven_gain", unit_interval(driven, "difference", "mean", row_seed), "reward_driven"
+                    )
+                )
+            switched = runs[runs["control"] == "task_switch"]
+            if len(switched):
+                row.update(_with_ci("switch_recovery", unit_interval(switched, "gain", "mean", row_seed)))
+            row["in_context_rl"] = is_in_context_rl(row)
             rows.append(row)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-COMPARISON_COLUMNS = ["family", "context_episodes", "x", "y", "runs", "tasks", "probability", "ci_low", "ci_high"]
+COMPARISON_COLUMNS = [
+    "family",
+    "context_episodes",
+    "x",
+    "y",
+    "training_seeds",
+    "runs",
+    "tasks",
+    "probability",
+    "ci_low",
+    "ci_high",
+]
 
 
 ALL_FAMILIES = "all"
@@ -218,8 +306,7 @@ def compare(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0) -> pd.DataF
     units = normalized_units(models, refs)
     units = units[units["control"] == "none"]
     matrices = {
-        key: statistics.score_matrix(g, "normalized")
-        for key, g in units.groupby(["family", "arch", "context_episodes"])
+        key: statistics.unit_array(g, "normalized") for key, g in units.groupby(["family", "arch", "context_episodes"])
     }
     families = sorted(units["family"].unique())
     contexts = sorted(c for c in units["context_episodes"].unique() if c != NO_CONTEXT)
@@ -232,10 +319,10 @@ def compare(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0) -> pd.DataF
         per_family = [(f, matrices.get((f, x, cx)), matrices.get((f, y, cy))) for f in families]
         per_family = [(f, mx, my) for f, mx, my in per_family if mx is not None and my is not None]
         groups = [(f, [mx], [my]) for f, mx, my in per_family]
-        if len(per_family) > 1 and len({m.shape[0] for _, mx, my in per_family for m in (mx, my)}) == 1:
+        if len(per_family) > 1 and len({(m.shape[0], m.shape[2]) for _, mx, my in per_family for m in (mx, my)}) == 1:
             groups.append((ALL_FAMILIES, [mx for _, mx, _ in per_family], [my for _, _, my in per_family]))
         for family, xs, ys in groups:
-            mx, my = np.hstack(xs), np.hstack(ys)
+            mx, my = np.concatenate(xs, axis=1), np.concatenate(ys, axis=1)
             estimate = statistics.probability_of_improvement(mx, my, statistics.row_seed(seed, family, x, cx, y, cy))
             rows.append(
                 {
@@ -243,7 +330,8 @@ def compare(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0) -> pd.DataF
                     "context_episodes": cx,
                     "x": x,
                     "y": y,
-                    "runs": min(mx.shape[0], my.shape[0]),
+                    "training_seeds": min(mx.shape[0], my.shape[0]),
+                    "runs": min(mx.shape[0] * mx.shape[2], my.shape[0] * my.shape[2]),
                     "tasks": mx.shape[1],
                     "probability": estimate[0],
                     "ci_low": estimate[1],

@@ -1,6 +1,5 @@
 # The one place that knows the config: validation, per-rule settings, target lists, wildcards.
 import json
-import math
 import shlex
 import sys
 from pathlib import Path
@@ -79,8 +78,7 @@ def family_threads(section):
 
 
 def num_shards(family):
-    cfg = adbench_config.for_family(config, family)
-    return math.ceil((cfg["tasks"]["n_train"] + cfg["tasks"]["n_test"]) / cfg["source"]["tasks_per_shard"])
+    return len(adbench_config.shard_sizes(adbench_config.for_family(config, family)))
 
 
 def expert_input(wildcards):

@@ -27,6 +27,7 @@ rule evaluate:
 rule reference:
     input:
         dataset="results/datasets/{family}.h5",
+        expert=expert_input,
     output:
         returns="results/eval/{family}/reference.csv",
         inference="results/eval/{family}/reference.inference.csv",
@@ -39,7 +40,8 @@ rule reference:
         mem_mb=mem_mb("reference", 2000),
         runtime=runtime("reference", 30),
     params:
-        settings=settings("evaluate"),
+        settings=settings("tasks", "source", "evaluate"),
+        expert=lambda wildcards, input: f"--expert {input.expert}" if input.expert else "",
     shell:
         "OMP_NUM_THREADS={threads} python -m adbench reference --settings {params.settings} --dataset {input.dataset} "
-        "--out {output.returns} --inference-out {output.inference} 2> {log}"
+        "--out {output.returns} --inference-out {output.inference} {params.expert} 2> {log}"

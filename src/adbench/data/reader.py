@@ -106,6 +106,7 @@ def _validate(f: h5py.File, path: Path) -> dict:
         "family": str(f.attrs["family"]),
         "n_train": counts["train"],
         "n_test": counts["test"],
+        "n_val": counts["val"],
         "H": shape[0],
         "T": shape[1],
         "E": episodes,

@@ -12,7 +12,7 @@ DATASETS = {
     "episode_returns": ("float32", 2),
     "final_observations": ("float32", 3),  # the observation each episode ended in (after its last step)
 }
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "val")
 ROOT_ATTRS = (
     "family",
     "schema_version",

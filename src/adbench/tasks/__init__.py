@@ -6,7 +6,16 @@ mujoco_quiet.install()
 
 from .base import Family, TaskError  # noqa: E402
 from .batched import BatchedTasks  # noqa: E402
-from .registry import FAMILIES, get_family, make_env, register_all, sample_tasks, split_tasks, task_ids  # noqa: E402
+from .registry import (  # noqa: E402
+    FAMILIES,
+    get_family,
+    make_env,
+    register_all,
+    sample_tasks,
+    split_tasks,
+    task_ids,
+    validation_tasks,
+)
 
 register_all()
 
@@ -20,4 +29,5 @@ __all__ = [
     "sample_tasks",
     "split_tasks",
     "task_ids",
+    "validation_tasks",
 ]

@@ -34,6 +34,13 @@ class BatchedTasks:
         self._groups = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
         self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="physics") if self.threads > 1 else None
 
+    def set_tasks(self, rows, tasks: list) -> None:
+        """Give envs `rows` new tasks (one per row), in effect from their next `reset`: each is rebuilt, as a
+        task may change the dynamics."""
+        for i, task in zip(rows, tasks):
+            self.envs[i] = make_env(self.family.name, task, self.horizon)
+            self.tasks[i] = self.envs[i].task
+
     def reset(self, seed: int | None = None, seeds: list | None = None) -> np.ndarray:
         """Start the next episode of every task: env i seeded with seed + i, or with seeds[i]."""
         if seeds is None:

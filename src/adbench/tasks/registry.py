@@ -55,5 +55,15 @@ def split_tasks(family: str, n_train: int, n_test: int, seed: int) -> tuple[list
     return train, test
 
 
+def validation_tasks(family: str, n_val: int, seed: int, taken: list) -> list:
+    """n_val tasks of their own seeded draw, none equal to a task in `taken` (the train and test tasks):
+    adding validation tasks leaves the train/test draw as it was."""
+    keys = {repr(t) for t in taken}
+    tasks = [t for t in sample_tasks(family, 2 * n_val + 8, seed) if repr(t) not in keys][:n_val]
+    if len(tasks) < n_val:
+        raise TaskError(f"{family}: validation tasks repeat train/test tasks for seed {seed}; use another tasks.seed")
+    return tasks
+
+
 def task_ids(split: str, n: int) -> list:
     return [f"{split}-{i:04d}" for i in range(n)]

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
+from adbench.claims import claims, verdict
 from adbench.figures import make_all
 from adbench.tables import (
     PROBED,
@@ -760,3 +761,44 @@ def test_switch_recovery_is_the_gain_over_the_episodes_after_the_switch():
     s = summarize(pd.concat([_table("mamba", 4, 1.0), after]), _refs()).iloc[0]
     assert s["switch_recovery"] == pytest.approx(12.0)  # episode 9 minus episode 5
     assert s["switch_recovery_ci_low"] == pytest.approx(12.0) and s["gain"] == pytest.approx(9.0)
+
+
+def _model(arch, ctx, level, seeds=(0, 1, 2), seed_spread=0.0):
+    """Returns flat over 10 episodes at `level` (+ task offsets), training seed s shifted by s x seed_spread."""
+    return pd.concat([_table(arch, ctx, 0.0, seeds=(s,), level=level + s * seed_spread).assign(seed=s) for s in seeds])
+
+
+def test_claims_of_a_hand_built_table_get_known_verdicts():
+    """Normalised scale: floor -50 (random), source final -12.5: 37.5 return per unit of score; every
+    model's three training seeds sit at +0, +0.05 and +0.1. Mamba at 8 beats the transformer at 8 by 0.45
+    (supported); at 4 they tie (inconclusive); longer context helps Mamba (+0.2, supported) and hurts the
+    transformer (-0.25, contradicted); against RL^2, Mamba at 8 is ahead (supported), the transformer at 8
+    is 0.25 behind (contradicted, beyond the 0.1 margin); with two seeds, inconclusive whatever the CI."""
+    unit = 37.5
+    levels = {("mamba", 4): 0.5, ("mamba", 8): 0.7, ("transformer", 4): 0.5, ("transformer", 8): 0.25, ("rl2", 0): 0.5}
+    models = pd.concat([_model(a, c, -50 + v * unit, seed_spread=0.05 * unit) for (a, c), v in levels.items()])
+    table = claims(models, _refs()).set_index(["claim", "comparison"])
+    expected = {
+        ("mamba_beats_transformer", "mamba ctx 4 - transformer ctx 4"): (0.0, "inconclusive"),
+        ("mamba_beats_transformer", "mamba ctx 8 - transformer ctx 8"): (0.45, "supported"),
+        ("longer_context_helps", "mamba ctx 8 - mamba ctx 4"): (0.2, "supported"),
+        ("longer_context_helps", "transformer ctx 8 - transformer ctx 4"): (-0.25, "contradicted"),
+        ("competitive_with_online", "mamba ctx 8 - rl2"): (0.2, "supported"),
+        ("competitive_with_online", "transformer ctx 8 - rl2"): (-0.25, "contradicted"),
+    }
+    assert set(table.index) == set(expected)
+    for key, (effect, judged) in expected.items():
+        assert table.loc[key, "effect"] == pytest.approx(effect, abs=1e-6), key
+        assert table.loc[key, "verdict"] == judged, key
+        assert table.loc[key, "ci_low"] <= table.loc[key, "effect"] <= table.loc[key, "ci_high"]
+    tie = table.loc[("mamba_beats_transformer", "mamba ctx 4 - transformer ctx 4")]
+    assert tie["ci_low"] < -0.03 and tie["ci_high"] > 0.03  # the seeds' spread is in the CI
+    assert table.loc[("competitive_with_online", "mamba ctx 8 - rl2"), "threshold"] == -0.1
+    two_seeds = claims(models[models["seed"] < 2], _refs())
+    assert (two_seeds["verdict"] == "inconclusive").all() and (two_seeds["training_seeds"] == 2).all()
+
+
+def test_claim_verdict_rule():
+    assert verdict(0.01, 0.5, 0.0, 3) == "supported" and verdict(-0.5, -0.01, 0.0, 5) == "contradicted"
+    assert verdict(-0.01, 0.5, 0.0, 3) == "inconclusive" and verdict(0.2, 0.5, 0.0, 2) == "inconclusive"
+    assert verdict(-0.09, 0.1, -0.1, 3) == "supported" and verdict(-0.3, -0.11, -0.1, 3) == "contradicted"

@@ -11,6 +11,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
+from .claims import CLAIMS, VERDICTS, claims  # noqa: E402
 from .tables import (  # noqa: E402
     ALL_FAMILIES,
     FLOORS,
@@ -330,6 +331,39 @@ def plot_task_inference(inference: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+VERDICT_COLOURS = dict(zip(VERDICTS, ["tab:green", "0.5", "tab:red"]))
+
+
+def plot_claims(table: pd.DataFrame, path: Path) -> None:
+    """The claims table as a forest plot: a panel per claim, a row per family x comparison, the effect
+    with its 95% CI coloured by verdict, and the line it is judged against."""
+    present = [c for c in CLAIMS if c in set(table["claim"])] or list(CLAIMS[:1])
+    sizes = [max(1, int((table["claim"] == c).sum())) for c in present]
+    fig, axes = plt.subplots(
+        len(present),
+        1,
+        figsize=(7.5, 0.32 * sum(sizes) + 1.2 * len(present)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": sizes},
+    )
+    for ax, claim in zip(axes[:, 0], present):
+        rows = table[table["claim"] == claim]
+        names = [f"{f}: {c} ({s} seeds)" for f, c, s in zip(rows["family"], rows["comparison"], rows["training_seeds"])]
+        _intervals(
+            ax, rows["effect"], rows["ci_low"], rows["ci_high"], names, [VERDICT_COLOURS[v] for v in rows["verdict"]]
+        )
+        for threshold in sorted(set(rows["threshold"])):
+            ax.axvline(threshold, color="black", ls="--", lw=0.8)
+        ax.axvline(0.0, color="grey", lw=0.6)
+        ax.set(title=claim.replace("_", " "), xlabel="difference in mean normalised final return")
+    handles = [plt.Line2D([], [], color=c, marker="o", label=v) for v, c in VERDICT_COLOURS.items()]
+    fig.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.98), frameon=False, fontsize=8, title="verdict"
+    )
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _save(fig, path) -> None:
     """The figure as PNG at `path` and as PDF beside it (same name, .pdf)."""
     path = Path(path)
@@ -366,6 +400,9 @@ def make_all(
     write_table(summary, out / "tables/summary.csv", out / "tables/summary.md")
     comparison = compare(models, refs)
     write_table(comparison, out / "tables/comparison.csv", out / "tables/comparison.md")
+    verdicts = claims(models, refs)
+    write_table(verdicts, out / "tables/claims.csv", out / "tables/claims.md")
+    plot_claims(verdicts, out / "figures/claims.png")
     plot_context_scaling(summary, out / "figures/context_scaling.png")
     plot_aggregates(summary, out / "figures/aggregate_scores.png")
     plot_improvement(comparison, out / "figures/probability_of_improvement.png")

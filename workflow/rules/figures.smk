@@ -7,6 +7,7 @@ FIGURES = [
     "source_learning_curves",
     "aggregate_scores",
     "probability_of_improvement",
+    "claims",
 ]
 
 
@@ -49,7 +50,18 @@ rule figures:
             caption="../report/probability_of_improvement.rst",
             category="Statistics",
         ),
+        claims_figure=report(
+            "results/figures/claims.png",
+            caption="../report/claims.rst",
+            category="Claims",
+        ),
         pdfs=expand("results/figures/{name}.pdf", name=FIGURES),
+        claims=report(
+            "results/tables/claims.csv",
+            caption="../report/claims_table.rst",
+            category="Claims",
+        ),
+        claims_md="results/tables/claims.md",
         comparison=report(
             "results/tables/comparison.csv",
             caption="../report/comparison.rst",

@@ -102,7 +102,7 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     assert rl2_returns["episode"].max() == 5
     assert "env-steps/s" in (results / "logs/train/PointNav/rl2-seed0.log").read_text()
     returns = pd.read_csv(results / "eval/PointNav/mamba-ctx2-seed0.csv")
-    assert set(returns["control"]) == {"none", "zero_reward", "other_task_reward"}
+    assert set(returns["control"]) == {"none", "zero_reward", "other_task_reward", "task_switch"}
     numeric = summary.select_dtypes("number").to_numpy()
     assert np.isfinite(numeric).all()
     for family, head in (("PointNav", "gaussian"), ("HalfCheetahVel", "clipped_gaussian")):  # the override's

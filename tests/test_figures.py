@@ -13,6 +13,7 @@ from adbench.tables import (
     SCALING_COLUMNS,
     SUMMARY_COLUMNS,
     TRAINED,
+    baseline_convergence,
     best_floor,
     compare,
     context_scaling,
@@ -802,3 +803,50 @@ def test_claim_verdict_rule():
     assert verdict(0.01, 0.5, 0.0, 3) == "supported" and verdict(-0.5, -0.01, 0.0, 5) == "contradicted"
     assert verdict(-0.01, 0.5, 0.0, 3) == "inconclusive" and verdict(0.2, 0.5, 0.0, 2) == "inconclusive"
     assert verdict(-0.09, 0.1, -0.1, 3) == "supported" and verdict(-0.3, -0.11, -0.1, 3) == "contradicted"
+
+
+def _rl2_metrics(returns, seeds=(0, 1), steps_per_update=1000):
+    return pd.DataFrame(
+        [
+            {
+                "family": "PointNav",
+                "arch": "rl2",
+                "seed": s,
+                "update": u + 1,
+                "env_steps": (u + 1) * steps_per_update,
+                "last_return": r + s,
+            }
+            for s in seeds
+            for u, r in enumerate(returns)
+        ]
+    )
+
+
+def test_baseline_convergence_reads_the_curve_against_each_ad_models_final():
+    """A baseline curve rising 0, 10, ..., 90 over ten updates (two seeds, +0 and +1: mean +0.5): its last
+    fifth (80.5, 90.5) gained 20 over the fifth before, a fifth of a 100-wide floor-to-source range: not
+    converged. A model ending at 45 is reached when the running mean over two updates first reaches 45
+    (updates 5 and 6: (40.5 + 50.5) / 2 = 45.5, at 6000 steps); one at 200, never."""
+    summary = pd.DataFrame(
+        [
+            {
+                "family": "PointNav",
+                "arch": a,
+                "context_episodes": c,
+                "final_return": f,
+                "train_env_steps": n,
+                "source_final_return": 100.0,
+                "floor_return": 0.0,
+            }
+            for a, c, f, n in (("mamba", 4, 45.0, 500.0), ("transformer", 4, 200.0, 500.0), ("rl2", 0, 70.0, 10000.0))
+        ]
+    )
+    table = baseline_convergence(_rl2_metrics([10.0 * u for u in range(10)]), summary).set_index("model")
+    assert list(table.index) == ["mamba ctx 4", "transformer ctx 4"]
+    row = table.loc["mamba ctx 4"]
+    assert row["seeds"] == 2 and row["env_steps"] == 10000 and row["curve_final_return"] == pytest.approx(85.5)
+    assert row["curve_last_fifth_gain"] == pytest.approx(0.2) and not row["converged"]
+    assert row["baseline_reaches_model_at"] == 6000 and row["baseline_final_return"] == 70.0
+    assert np.isnan(table.loc["transformer ctx 4", "baseline_reaches_model_at"])
+    flat = baseline_convergence(_rl2_metrics([50.0] * 5 + [51.0] * 5), summary)
+    assert flat["converged"].all()  # its last fifth gained 0 of the range

@@ -493,6 +493,25 @@ def test_native_scan_results_do_not_depend_on_the_thread_count():
             assert torch.equal(a, b)
 
 
+def test_the_portable_build_agrees_with_the_native_one_to_float32_rounding(monkeypatch):
+    """ADBENCH_NATIVE_BUILD=portable (no -march=native, no -ffast-math) computes the scan and its gradients
+    as the native build does, up to float32 rounding (docs/performance.md: what this means for tables)."""
+    _needs_native("native")
+    from adbench.models import scan_native
+
+    args = [a.float() for a in _scan_inputs(2, 32, 16, 150)]
+    native = _native_scan_and_gradients(args, 1)
+    monkeypatch.setattr(scan_native, "_libs", {})
+    monkeypatch.setenv("ADBENCH_NATIVE_BUILD", "portable")
+    assert "-ffast-math" not in scan_native.build_flags() and "-march=native" not in scan_native.build_flags()
+    portable = _native_scan_and_gradients(args, 1)
+    for a, b in zip(native, portable):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * a.abs().max().item())
+    monkeypatch.setenv("ADBENCH_NATIVE_BUILD", "fast")
+    with pytest.raises(ValueError, match="ADBENCH_NATIVE_BUILD='fast': use 'native' \\(the default\\) or 'portable'"):
+        scan_native.build_flags()
+
+
 def test_without_a_compiler_the_scan_warns_and_falls_back_to_pytorch(monkeypatch, tmp_path):
     from adbench.models import scan_native
     from adbench.models.scan import scan_implementation

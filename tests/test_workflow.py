@@ -58,6 +58,8 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
         "task_inference",
         "aggregate_scores",
         "probability_of_improvement",
+        "claims",
+        "baseline_convergence",
     ):
         image = Image.open(results / f"figures/{name}.png")
         image.load()
@@ -76,6 +78,15 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     assert improvement.loc[("PointNav", "test"), "histories"] == 4
     summary = pd.read_csv(results / "tables/summary.csv")
     assert list(summary.columns) == SUMMARY_COLUMNS
+    # scores run from the strongest floor, which every row names; one training seed in the smoke config
+    floors = summary[["random_return", "zero_return", "task_blind_return"]].max(axis=1)
+    assert np.allclose(summary["floor_return"], floors) and (summary["training_seeds"] == 1).all()
+    assert summary["switch_recovery_ci_low"].notna().all()
+    verdicts = pd.read_csv(results / "tables/claims.csv")
+    assert set(verdicts["claim"]) == {"mamba_beats_transformer", "longer_context_helps", "competitive_with_online"}
+    assert (verdicts["verdict"] == "inconclusive").all()  # one training seed: no verdict
+    convergence = pd.read_csv(results / "tables/baseline_convergence.csv")
+    assert set(convergence["family"]) == {"PointNav", "HalfCheetahVel"} and (convergence["baseline"] == "rl2").all()
     assert set(summary["arch"]) == {"mamba", "transformer", "rl2"}
     assert set(summary["family"]) == {"PointNav", "HalfCheetahVel"}
     assert (summary["train_env_steps"] > 0).all()

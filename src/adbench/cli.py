@@ -156,6 +156,7 @@ def cmd_figures(args):
         args.inference_costs,
         args.task_inference,
         args.cost_probes,
+        args.baseline_metrics,
     )
     print(summary.to_string(index=False))
 
@@ -235,6 +236,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--references", nargs="+", required=True)
     s.add_argument("--train-metrics", nargs="*", default=[], help="metrics.csv of each training run (cost figure)")
     s.add_argument("--inference-costs", nargs="*", default=[], help="inference cost CSVs of the evaluate stage")
+    s.add_argument(
+        "--baseline-metrics", nargs="*", default=[], help="metrics.csv of each baseline's training (convergence)"
+    )
     s.add_argument(
         "--task-inference",
         nargs="*",

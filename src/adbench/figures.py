@@ -18,8 +18,10 @@ from .tables import (  # noqa: E402
     NO_CONTEXT,
     PROBED,
     TRAINED,
+    baseline_convergence,
     compare,
     context_scaling,
+    curve_by_env_steps,
     final_inference,
     held_out,
     inference_costs,
@@ -331,6 +333,48 @@ def plot_task_inference(inference: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+def plot_baseline_convergence(metrics: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
+    """Return against environment steps, a panel per family: each baseline's training curve (the last 10%
+    of its trials' episodes on the training tasks; thin: a seed, thick: their mean) and its held-out final
+    return (a star at its total steps); each AD model's held-out final return at the env steps behind it
+    (source histories and expert); the strongest floor and the source's final as lines."""
+    families = sorted(metrics["family"].unique())
+    fig, axes = plt.subplots(1, len(families), figsize=(5.2 * len(families) + 1.5, 4.0), squeeze=False)
+    models = summary.assign(model=[label(a, c) for a, c in zip(summary["arch"], summary["context_episodes"])])
+    palette = colours(sorted(models["model"].unique()))
+    for ax, family in zip(axes[0], families):
+        for (arch, _), run in metrics[metrics["family"] == family].groupby(["arch", "seed"]):
+            ax.plot(run["env_steps"], run["last_return"], color=palette.get(arch, "tab:purple"), lw=0.6, alpha=0.4)
+        for arch, curve in curve_by_env_steps(metrics[metrics["family"] == family]).groupby("arch"):
+            ax.plot(curve["env_steps"], curve["last_return"], color=palette.get(arch, "tab:purple"), lw=2)
+        fam = models[models["family"] == family]
+        for _, row in fam.iterrows():
+            marker = "*" if row["context_episodes"] == NO_CONTEXT else "o"
+            ax.plot(
+                [row["train_env_steps"]],
+                [row["final_return"]],
+                marker=marker,
+                ms=10,
+                color=palette[row["model"]],
+                ls="",
+            )
+        if len(fam):
+            ax.axhline(fam["source_final_return"].iloc[0], color="black", ls="--", lw=0.8)
+            ax.axhline(fam["floor_return"].iloc[0], color="grey", ls=":", lw=0.8)
+        ax.set_xscale("log")
+        ax.set(title=family, xlabel="environment steps", ylabel="episode return" if ax is axes[0, 0] else "")
+    handles = [plt.Line2D([], [], color=c, marker="o", label=m) for m, c in palette.items()]
+    handles += [
+        plt.Line2D([], [], color="black", ls="--", label="source final"),
+        plt.Line2D([], [], color="grey", ls=":", label="strongest floor"),
+        plt.Line2D([], [], color="0.3", lw=2, label="baseline training curve (training tasks)"),
+        plt.Line2D([], [], color="0.3", marker="*", ls="", ms=10, label="held-out final (baseline)"),
+    ]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 VERDICT_COLOURS = dict(zip(VERDICTS, ["tab:green", "0.5", "tab:red"]))
 
 
@@ -382,11 +426,13 @@ def make_all(
     inference_costs=(),
     inference_csvs=(),
     cost_probes=(),
+    baseline_metrics=(),
 ) -> pd.DataFrame:
     """Every figure and table under out_dir/{figures,tables}/. `strides`: {family: dataset.episode_stride},
     to place the source's history episodes on the in-context x-axis; the cost figure needs the training
     metrics and inference costs (and draws the cost probes' measurements, where given); the
-    task-inference figure and table the evaluations' diagnostics."""
+    task-inference figure and table the evaluations' diagnostics; the baseline-convergence figure and
+    table the baselines' training metrics."""
     out = Path(out_dir)
     models, refs = load(model_csvs), load(reference_csvs)
     missing = sorted(set(refs["family"]) - set(strides))
@@ -406,6 +452,14 @@ def make_all(
     plot_context_scaling(summary, out / "figures/context_scaling.png")
     plot_aggregates(summary, out / "figures/aggregate_scores.png")
     plot_improvement(comparison, out / "figures/probability_of_improvement.png")
+    if baseline_metrics:
+        curves = pd.concat([pd.read_csv(p) for p in baseline_metrics], ignore_index=True)
+        write_table(
+            baseline_convergence(curves, summary),
+            out / "tables/baseline_convergence.csv",
+            out / "tables/baseline_convergence.md",
+        )
+        plot_baseline_convergence(curves, summary, out / "figures/baseline_convergence.png")
     if inference_csvs:
         inference = pd.concat([pd.read_csv(p) for p in inference_csvs], ignore_index=True)
         write_table(inference_summary(inference), out / "tables/task_inference.csv", out / "tables/task_inference.md")

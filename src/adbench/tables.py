@@ -492,6 +492,70 @@ def context_scaling(
     return rows.sort_values(keys).reindex(columns=SCALING_COLUMNS).reset_index(drop=True)
 
 
+CONVERGENCE_COLUMNS = [
+    "family",
+    "baseline",
+    "seeds",
+    "env_steps",
+    "curve_final_return",
+    "curve_last_fifth_gain",
+    "converged",
+    "baseline_final_return",
+    "model",
+    "model_env_steps",
+    "model_final_return",
+    "baseline_reaches_model_at",
+]
+CONVERGED_FRACTION = 0.02  # of the floor-to-source range: a last fifth that gains less has converged
+
+
+def curve_by_env_steps(metrics: pd.DataFrame) -> pd.DataFrame:
+    """A baseline's training curve per family: the return of the last 10% of its trials' episodes (on the
+    training tasks) against env steps, averaged over its seeds."""
+    keys = ["family", "arch", "env_steps"]
+    return metrics.groupby(keys)["last_return"].mean().reset_index()
+
+
+def baseline_convergence(metrics: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per family x baseline x AD model: the baseline's env steps and the end of its training curve, how
+    much its last fifth of updates gained (as a fraction of the family's floor-to-source range; below
+    CONVERGED_FRACTION: converged), its held-out final return beside each AD model's (and their env
+    steps), and the first env step at which the baseline's training curve reaches that model's held-out
+    final return (empty: it never does)."""
+    rows = []
+    curves = curve_by_env_steps(metrics)
+    for (family, baseline), curve in curves.groupby(["family", "arch"]):
+        fam = summary[summary["family"] == family]
+        base = fam[fam["arch"] == baseline]
+        span = float((fam["source_final_return"] - fam["floor_return"]).iloc[0]) if len(fam) else np.nan
+        ret = curve.sort_values("env_steps")["last_return"].to_numpy()
+        steps = curve.sort_values("env_steps")["env_steps"].to_numpy()
+        fifth = max(1, len(ret) // 5)
+        gain = ret[-fifth:].mean() - ret[-2 * fifth : -fifth].mean() if len(ret) >= 2 * fifth else np.nan
+        smooth = pd.Series(ret).rolling(fifth, min_periods=1).mean().to_numpy()  # a running mean over a fifth
+        for _, model in fam[fam["context_episodes"] != NO_CONTEXT].iterrows():
+            reached = np.nonzero(smooth >= model["final_return"])[0]
+            rows.append(
+                {
+                    "family": family,
+                    "baseline": baseline,
+                    "seeds": int(
+                        metrics.loc[(metrics["family"] == family) & (metrics["arch"] == baseline), "seed"].nunique()
+                    ),
+                    "env_steps": int(steps[-1]),
+                    "curve_final_return": float(ret[-fifth:].mean()),
+                    "curve_last_fifth_gain": float(gain / span) if span > 0 else np.nan,
+                    "converged": bool(span > 0 and gain / span < CONVERGED_FRACTION),
+                    "baseline_final_return": float(base["final_return"].iloc[0]) if len(base) else np.nan,
+                    "model": label(model["arch"], model["context_episodes"]),
+                    "model_env_steps": model["train_env_steps"],
+                    "model_final_return": model["final_return"],
+                    "baseline_reaches_model_at": float(steps[reached[0]]) if len(reached) else np.nan,
+                }
+            )
+    return pd.DataFrame(rows, columns=CONVERGENCE_COLUMNS)
+
+
 def _cell(v) -> str:
     if isinstance(v, float) and v.is_integer() and abs(v) >= 1000:
         return f"{v:,.0f}"  # step counts

@@ -135,8 +135,13 @@ def inference_costs():
 
 
 def train_metrics():
-    """AD training metrics (the cost figure's); baselines log their own under the same folder."""
+    """AD training metrics (the cost figure's)."""
     return [f"results/train/{run}/metrics.csv" for run in ad_runs()]
+
+
+def baseline_metrics():
+    """The baselines' training curves (the convergence figure's)."""
+    return [f"results/train/{run}/metrics.csv" for run in model_runs() if run not in ad_runs()]
 
 
 def task_inference_tables():
@@ -148,21 +153,6 @@ def task_inference_tables():
 
 def reference_tables():
     return expand("results/eval/{family}/reference.csv", family=config["families"])
-
-
-def final_targets():
-    """Figures and tables, and the datasets themselves: a product that users share and that, when
-    deleted, is rebuilt (Snakemake would otherwise skip a missing intermediate whose consumers are done)."""
-    return [
-        "results/figures/in_context_return.png",
-        "results/figures/source_learning_curves.png",
-        "results/figures/context_scaling.png",
-        "results/figures/cost.png",
-        "results/figures/task_inference.png",
-        "results/tables/summary.csv",
-        "results/tables/source_improvement.csv",
-        *expand("results/datasets/{family}.h5", family=config["families"]),
-    ]
 
 
 def episode_strides():

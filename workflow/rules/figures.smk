@@ -8,6 +8,7 @@ FIGURES = [
     "aggregate_scores",
     "probability_of_improvement",
     "claims",
+    "baseline_convergence",
 ]
 
 
@@ -16,6 +17,7 @@ rule figures:
         models=model_tables(),
         references=reference_tables(),
         train_metrics=train_metrics(),
+        baseline_metrics=baseline_metrics(),
         inference_costs=inference_costs(),
         task_inference=task_inference_tables(),
         cost_probes=cost_probes(),
@@ -62,6 +64,13 @@ rule figures:
             category="Claims",
         ),
         claims_md="results/tables/claims.md",
+        convergence_figure=report(
+            "results/figures/baseline_convergence.png",
+            caption="../report/baseline_convergence.rst",
+            category="Claims",
+        ),
+        convergence="results/tables/baseline_convergence.csv",
+        convergence_md="results/tables/baseline_convergence.md",
         comparison=report(
             "results/tables/comparison.csv",
             caption="../report/comparison.rst",
@@ -107,4 +116,4 @@ rule figures:
         "python -m adbench figures --episode-strides {params.strides} --models {input.models} "
         "--references {input.references} --train-metrics {input.train_metrics} "
         "--inference-costs {input.inference_costs} --task-inference {input.task_inference} "
-        "--cost-probes {input.cost_probes} --out-dir results > {log} 2>&1"
+        "--cost-probes {input.cost_probes} --baseline-metrics {input.baseline_metrics} --out-dir results > {log} 2>&1"

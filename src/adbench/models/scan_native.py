@@ -8,6 +8,9 @@ runs the adjoint recurrence in reverse, giving every gradient (u, dt, A, B, C, D
 
 The library is compiled with the system's C compiler (gcc or cc, -O3 -march=native -ffast-math
 -fopenmp) into a cache folder keyed by the source, the flags and the CPU, and loaded with ctypes.
+`ADBENCH_NATIVE_BUILD=portable` builds it without CPU-specific instructions or fast-math instead
+(IEEE arithmetic, the same code on every x86-64 CPU): slower, and how far its results are from the
+native build's is tested (tests/test_models.py) and stated in docs/performance.md.
 Work is split over torch's thread count (batch elements, or channel blocks) and run on OpenMP
 threads: the loader gives the library the libgomp.so.1 that torch has already loaded, so the kernels
 share torch's warm thread pool instead of competing with its spinning workers. Where no compiler is found or the
@@ -31,6 +34,17 @@ import torch
 
 SOURCE = Path(__file__).with_name("scan_native.c")
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp", "-fPIC", "-shared"]
+PORTABLE_FLAGS = ["-O3", "-fopenmp", "-fPIC", "-shared", "-Wno-psabi"]  # ADBENCH_NATIVE_BUILD=portable
+
+
+def build_flags() -> list:
+    """The compiler flags of this process's build: native (default) or portable."""
+    build = os.environ.get("ADBENCH_NATIVE_BUILD", "native")
+    if build not in ("native", "portable"):
+        raise ValueError(f"ADBENCH_NATIVE_BUILD={build!r}: use 'native' (the default) or 'portable'")
+    return PORTABLE_FLAGS if build == "portable" else FLAGS
+
+
 # dtype -> (vector lanes, symbol suffix, defines): float32 with the inlined exp, float64 with libm's
 VARIANTS = {
     torch.float32: (16, "_f32", ["-DREAL=float", "-DW=16", "-DSUFFIX=_f32", "-DEXP=expf", "-DINLINE_EXP"]),
@@ -66,7 +80,7 @@ def _build(dtype) -> Path | None:
         )
         return None
     _, suffix, defines = VARIANTS[dtype]
-    flags = FLAGS + defines
+    flags = build_flags() + defines
     try:
         source = SOURCE.read_bytes()
     except OSError:

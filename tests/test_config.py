@@ -267,3 +267,18 @@ def test_only_antgoal_steers_another_familys_expert():
         cfglib.ConfigError, match=r"HalfCheetahVel: source.noise_distill.expert 'steer' exists only for"
     ):
         cfglib.validate(bad)
+
+
+def test_every_family_has_its_episode_length_in_the_config():
+    assert sorted(cfglib.DEFAULT_HORIZONS) == sorted(FAMILIES)
+    assert all(FAMILIES[name].horizon == h for name, h in cfglib.DEFAULT_HORIZONS.items())
+
+
+def test_the_workflows_config_and_resource_modules_load_no_simulator_and_no_torch():
+    """Snakemake imports adbench.config and adbench.resources into every process it starts."""
+    code = (
+        "import sys, adbench.config, adbench.resources; "
+        "print(sorted(m for m in ('mujoco', 'gymnasium', 'torch', 'h5py') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

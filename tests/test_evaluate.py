@@ -23,9 +23,9 @@ from adbench.evaluate import (
 from adbench.evaluate import (
     evaluated_tasks as held_out_tasks,
 )
+from adbench.measures import edge
 from adbench.models import build, load_checkpoint, state_mib
 from adbench.statistics import interval
-from adbench.tables import edge
 from adbench.tasks import sample_tasks
 
 from .conftest import with_every_task_in
@@ -528,7 +528,7 @@ class ResearchingClimber(RewardHillClimber):
 
 def _recovery(returns, control: int):
     """Switch recovery (tables.run_scores' definition) of one control's runs, with its CI."""
-    from adbench.controls import switch_episode
+    from adbench.measures import switch_episode
 
     episodes = returns.shape[-1]
     after = returns[control, ..., switch_episode(episodes) :]

@@ -8,6 +8,7 @@ from scipy import stats
 
 from adbench.claims import claims, verdict
 from adbench.figures import make_all
+from adbench.measures import edge
 from adbench.tables import (
     PROBED,
     SCALING_COLUMNS,
@@ -17,7 +18,6 @@ from adbench.tables import (
     best_floor,
     compare,
     context_scaling,
-    edge,
     floor_levels,
     inference_costs,
     inference_summary,

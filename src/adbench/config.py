@@ -204,7 +204,7 @@ def _check_contexts_fit(cfg: dict, family: str) -> None:
         cfg["dataset"]["episode_stride"],
         cfg["source"]["episodes"],
     )
-    span = (longest - 1) * stride + 1
+    span = window_span(longest, stride)
     if span > episodes:
         raise ConfigError(
             f"{family}: a context of {longest} episodes at dataset.episode_stride {stride} spans {span} history "
@@ -248,5 +248,20 @@ def digest(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def horizon(cfg: dict, family: str, default: int) -> int:
-    return int(cfg["tasks"].get("horizon", {}).get(family, default))
+# Each family's own episode length in steps (tasks.registry builds the families with these).
+DEFAULT_HORIZONS = {"PointNav": 50, "HalfCheetahVel": 200, "AntDir": 200, "AntGoal": 200, "Walker2dParams": 200}
+
+
+def horizon(cfg: dict, family: str) -> int:
+    """A family's episode length: tasks.horizon.<family> if the config sets it, else the family's own."""
+    return int(cfg["tasks"].get("horizon", {}).get(family, DEFAULT_HORIZONS[family]))
+
+
+def window_span(context_episodes: int, stride: int) -> int:
+    """How many history episodes an AD window of `context_episodes` at `stride` covers."""
+    return (context_episodes - 1) * stride + 1
+
+
+def window_tokens(context_episodes: int, horizon: int) -> int:
+    """The tokens of an AD window (one per step)."""
+    return context_episodes * horizon

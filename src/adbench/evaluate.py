@@ -16,10 +16,10 @@ from tqdm import tqdm
 from . import process
 from .atomic import write_csv
 from .baselines import BASELINES, policy_from_checkpoint
-from .controls import CONTROLS, switch_episode
 from .data import DatasetError, open_histories, task_table, validate_file
 from .devices import pick_device
 from .floors import random_policy, task_blind_policy, zero_policy
+from .measures import CONTROLS, switch_episode
 from .models import from_checkpoint, read_checkpoint, state_mib
 from .progress import say
 from .seeding import derive_seed

@@ -10,7 +10,7 @@ from .progress import say
 from .provenance import git_revision, package_versions
 from .seeding import derive_seed
 from .sources import PPOConfig, TaskExpert, generate_histories, train_task_expert
-from .tasks import get_family, split_tasks, task_ids, validation_tasks
+from .tasks import split_tasks, task_ids, validation_tasks
 
 SECTIONS = ["tasks", "source"]
 
@@ -43,7 +43,7 @@ def expert_env_steps(cfg: dict, family: str) -> int:
     """Environment steps spent training the task-conditioned expert (0 where there is none)."""
     if not cfglib.needs_expert(cfg):
         return 0
-    horizon = cfglib.horizon(cfg, family, get_family(family).horizon)
+    horizon = cfglib.horizon(cfg, family)
     return cfg["tasks"]["n_train"] * cfg["source"]["noise_distill"]["expert_episodes"] * horizon
 
 
@@ -72,7 +72,7 @@ def train_expert(cfg: dict, family: str, out_path, progress=None) -> None:
         )
     torch.set_num_threads(src["threads"])
     train = [task for _, split, task in all_tasks(cfg, family) if split == "train"]
-    horizon = cfglib.horizon(cfg, family, get_family(family).horizon)
+    horizon = cfglib.horizon(cfg, family)
     expert, returns = train_task_expert(
         family,
         train,
@@ -120,7 +120,7 @@ def root_attrs(cfg: dict, family: str) -> dict:
         "config_digest": cfglib.digest({s: cfg[s] for s in SECTIONS}),
         "package_versions": package_versions(),
         "git_revision": git_revision(),
-        "horizon": cfglib.horizon(cfg, family, get_family(family).horizon),
+        "horizon": cfglib.horizon(cfg, family),
         "episodes": src["episodes"],
         "histories_per_task": src["histories_per_task"],
         "expert_env_steps": expert_env_steps(cfg, family),

@@ -10,7 +10,6 @@ what it needs only waits a little longer in the queue.
 import math
 
 from . import config as cfglib
-from .tasks import get_family
 
 # Bytes of activations per (sequence, token, d_model, layer) in training, fp32, with some margin over
 # what benchmarks/backbones.py measured at d_model 128, 4 layers, batch 8, layers checkpointed:
@@ -26,7 +25,7 @@ class ResourceError(ValueError):
 
 
 def window_tokens(cfg: dict, family: str, ctx: int) -> int:
-    return ctx * cfglib.horizon(cfg, family, get_family(family).horizon)
+    return cfglib.window_tokens(ctx, cfglib.horizon(cfg, family))
 
 
 def train_mem_mb(cfg: dict, family: str, arch: str, ctx: int) -> int:

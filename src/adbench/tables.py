@@ -1,7 +1,6 @@
 """Result tables -> the benchmark's summary tables: per-model returns, gains and controls, the normalised
 score, the comparisons between models, the task-inference summary (reads only the tidy CSVs)."""
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +8,7 @@ import pandas as pd
 
 from . import statistics
 from .atomic import atomic_path
-from .controls import switch_episode
+from .measures import edge, switch_episode
 
 SUMMARY_COLUMNS = [
     "family",
@@ -68,11 +67,6 @@ def label(arch: str, ctx: int) -> str:
     return arch if ctx == NO_CONTEXT else f"{arch} ctx {ctx}"
 
 
-def edge(episodes: int) -> int:
-    """How many episodes make the first / last 10% of a run (at least one)."""
-    return max(1, math.ceil(0.1 * episodes))
-
-
 def load(paths: list) -> pd.DataFrame:
     frames = [pd.read_csv(p) for p in paths]
     df = pd.concat(frames, ignore_index=True)
@@ -108,7 +102,7 @@ def run_scores(df: pd.DataFrame) -> pd.DataFrame:
 def final_episodes(df: pd.DataFrame, by) -> pd.DataFrame:
     """The rows in the last 10% of episodes (at least one) of each group `by`: what "final" means here."""
     n = df.groupby(by)["episode"].transform("max") + 1
-    return df[df["episode"] >= n - np.maximum(1, np.ceil(0.1 * n))]
+    return df[df["episode"] >= n - n.map(edge)]
 
 
 def held_out(refs: pd.DataFrame) -> pd.DataFrame:
@@ -122,7 +116,7 @@ def source_improvement(refs: pd.DataFrame) -> pd.DataFrame:
     """Per family and split: on how many histories the last 10% of episodes beat the first 10%."""
     src = refs[refs["arch"] == "source"].assign(split=lambda d: d["task"].str.split("-").str[0])
     n = src.groupby("family")["episode"].transform("max") + 1
-    k = np.maximum(1, np.ceil(0.1 * n))
+    k = n.map(edge)
     first = src[src["episode"] < k].groupby(["family", "split", "task", "seed"])["return"].mean()
     last = src[src["episode"] >= n - k].groupby(["family", "split", "task", "seed"])["return"].mean()
     both = pd.concat([first.rename("first"), last.rename("last")], axis=1).reset_index()

@@ -26,6 +26,7 @@ from .. import config as cfglib
 from .. import process
 from ..atomic import atomic_path, write_csv
 from ..data import open_histories, task_table, validate_file
+from ..measures import edge
 from ..models import checkpoint
 from ..progress import say
 from ..resume import load_progress, save_progress
@@ -308,7 +309,7 @@ def meta_train(
         trainer.env_steps += buf["rewards"].numel()
         trainer.seconds += time.perf_counter() - t0
         episode_returns = buf["rewards"].reshape(env.num_tasks, cfg.trial_episodes, env.horizon).sum(-1).mean(0)
-        e = max(1, math.ceil(0.1 * cfg.trial_episodes))
+        e = edge(cfg.trial_episodes)
         trainer.metrics.append(
             {
                 "update": trainer.update_index,

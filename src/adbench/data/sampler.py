@@ -9,13 +9,9 @@ evaluation feeds them, so training and evaluation see the same kind of sequence.
 import numpy as np
 import torch
 
+from ..config import window_span, window_tokens
 from .reader import open_histories, task_table
 from .schema import DatasetError
-
-
-def window_span(context_episodes: int, stride: int) -> int:
-    """How many history episodes a window of `context_episodes` at `stride` covers."""
-    return (context_episodes - 1) * stride + 1
 
 
 def make_tokens(obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, horizon: int) -> dict:
@@ -94,7 +90,7 @@ class WindowSampler:
 
     @property
     def tokens_per_window(self) -> int:
-        return self.context_episodes * self.horizon
+        return window_tokens(self.context_episodes, self.horizon)
 
     def sample(self) -> dict:
         b, c, k, h = self.batch_size, self.context_episodes, self.stride, self.horizon

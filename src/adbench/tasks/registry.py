@@ -3,16 +3,22 @@
 import gymnasium as gym
 import numpy as np
 
+from ..config import DEFAULT_HORIZONS
 from . import mujoco_families as mj
 from . import pointnav
 from .base import Family, TaskError
 
 FAMILIES = {
     "PointNav": Family(
-        "PointNav", pointnav.PointNavEnv, pointnav.sample, pointnav.check_task, horizon=50, oracle=pointnav.oracle
+        "PointNav",
+        pointnav.PointNavEnv,
+        pointnav.sample,
+        pointnav.check_task,
+        horizon=DEFAULT_HORIZONS["PointNav"],
+        oracle=pointnav.oracle,
     ),
     **{
-        env.family: Family(env.family, env, env.sample, env.check_task, horizon=200)
+        env.family: Family(env.family, env, env.sample, env.check_task, horizon=DEFAULT_HORIZONS[env.family])
         for env in (mj.HalfCheetahVelEnv, mj.AntDirEnv, mj.AntGoalEnv, mj.Walker2dParamsEnv)
     },
 }

@@ -417,3 +417,35 @@ def test_a_history_length_that_is_not_whole_rollouts_is_refused():
     message = r"^source.episodes \(5\) must be a multiple of source.ppo.rollout_episodes \(2\)$"
     with pytest.raises(ValueError, match=message):
         train_ppo("PointNav", sample_tasks("PointNav", 2, 0), 5, 5, PPOConfig(rollout_episodes=2), seed=0)
+
+
+def test_ppo_bootstraps_each_time_limit_cut_from_the_value_of_the_observation_the_episode_ended_in(monkeypatch):
+    """train_ppo's rollouts, captured before each update (the critic and the observation normaliser held
+    fixed, so that V can be recomputed): inside an episode the bootstrap target is V of the next step's
+    observation; where the time limit cut the episode it is V of the episode's final observation (the
+    one `step` returned, stored as final_observations), not of the step's own observation or the next
+    episode's first."""
+    from adbench.sources import ppo
+    from adbench.sources.batched_nets import RunningMeanStd
+    from adbench.tasks import sample_tasks
+
+    batches = []
+    monkeypatch.setattr(RunningMeanStd, "update", lambda self, x: None)
+    monkeypatch.setattr(ppo.BatchedPPO, "update", lambda self, batch, lr_frac: batches.append(batch) or {})
+    horizon, rollout = 10, 2
+    cfg = PPOConfig(rollout_episodes=rollout, hidden=16)
+    hist, agent = ppo.train_ppo("PointNav", sample_tasks("PointNav", 3, 1), horizon, 4, cfg, seed=5)
+    assert len(batches) == 2
+    for u, batch in enumerate(batches):
+        steps = slice(u * rollout * horizon, (u + 1) * rollout * horizon)
+        obs = hist["observations"][:, steps]
+        values = np.stack([agent.value(obs[:, t]) for t in range(obs.shape[1])], 1)
+        np.testing.assert_allclose(batch["values"].numpy(), values, rtol=1e-6)
+        for t in range(rollout * horizon):
+            got = batch["next_values"][:, t].numpy()
+            if (t + 1) % horizon:
+                np.testing.assert_allclose(got, values[:, t + 1], rtol=1e-6)
+            else:  # the time limit: V(final observation)
+                final = hist["final_observations"][:, u * rollout + t // horizon]
+                np.testing.assert_allclose(got, agent.value(final), rtol=1e-6)
+                assert not np.allclose(got, values[:, t])

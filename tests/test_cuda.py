@@ -13,7 +13,7 @@ import torch
 
 from adbench import train
 from adbench.evaluate import evaluate_model
-from adbench.models import build, load_checkpoint
+from adbench.models import build, kernels, load_checkpoint
 from adbench.models.mamba import Mamba
 from adbench.models.scan import scan_implementation, selective_scan, selective_scan_ref
 
@@ -88,8 +88,9 @@ def test_our_mamba_layer_equals_mamba_ssms_forward_backward_and_step():
     _mamba_ssm()
     ours, theirs = _layer_pair()
     x = torch.randn(2, 300, 32, device=CUDA)
-    assert scan_implementation(x.transpose(1, 2), x, x) == "mamba_ssm"
-    y_ours, y_theirs = ours(x), theirs(x)
+    impl = kernels.choose(x, ours.d_state)
+    assert impl == "mamba_ssm" and scan_implementation(impl, x.transpose(1, 2), x, x) == "mamba_ssm"
+    y_ours, y_theirs = ours(x, impl), theirs(x)
     torch.testing.assert_close(y_ours, y_theirs, rtol=1e-4, atol=1e-5)
     w = torch.randn_like(y_ours)
     names = [name for name, _ in ours.named_parameters()]

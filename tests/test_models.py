@@ -9,6 +9,7 @@ from adbench.models import (
     ModelError,
     build,
     count_parameters,
+    kernels,
     load_checkpoint,
     save_checkpoint,
     selective_scan,
@@ -86,11 +87,12 @@ def test_scan_equals_reference_outputs_and_gradients(impl, length, chunk, use_z,
             torch.testing.assert_close(g, rg, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("impl", ["torch", "native"])  # the native kernel hands these to the PyTorch scan
 @pytest.mark.parametrize("kind", ["fixed", "grouped"])
-def test_scan_accepts_fixed_and_grouped_b_c(kind):
+def test_scan_accepts_fixed_and_grouped_b_c(kind, impl):
     u, delta, A, B, C, D, z, bias = _scan_inputs(2, 4, 3, 21, variable_bc=kind != "fixed", grouped=kind == "grouped")
     torch.testing.assert_close(
-        selective_scan(u, delta, A, B, C, D, z, bias, True, chunk=6),
+        selective_scan(u, delta, A, B, C, D, z, bias, True, chunk=6, impl=impl),
         selective_scan_ref(u, delta, A, B, C, D, z, bias, True),
     )
 
@@ -102,7 +104,7 @@ def test_kernel_gradients_with_grouped_b_c_and_long_odd_lengths(impl, d):
         from adbench.models.scan import scan_implementation
 
         u, _, _, B, C, *_ = _scan_inputs(2, d, 3, 5, grouped=True)
-        assert scan_implementation(u, B, C) == "torch"
+        assert scan_implementation("native", u, B, C) == "torch"
         return
     u, delta, A, B, C, D, z, bias = _scan_inputs(2, d, 3, 201, grouped=True)
     leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
@@ -139,21 +141,46 @@ def test_scan_float32_matches_float64_reference(impl):
         torch.testing.assert_close(g32.double(), g64, rtol=1e-3, atol=1e-3 * g64.abs().max().item())
 
 
-def test_scan_picks_the_native_kernel_on_cpu_and_honours_the_override(monkeypatch):
+def test_kernels_pick_native_on_cpu_and_honour_the_override(monkeypatch):
     _needs_native("native")
+    from adbench.models import kernels
     from adbench.models.scan import scan_implementation
 
     u, _, _, B, C, *_ = _scan_inputs(1, 2, 2, 5)
-    assert scan_implementation(u, B, C) == "native"
-    assert scan_implementation(u, torch.randn(2, 2), C) == "torch"  # the C kernel takes variable B only
-    assert scan_implementation(u.half(), B.half(), C.half()) == "torch"  # and float32 or float64
-    assert scan_implementation(u, torch.randn(1, 65, 5), C) == "torch"  # and states of at most 64
+    assert kernels.choose(u, 2) == "native" and scan_implementation("native", u, B, C) == "native"
+    assert scan_implementation("native", u, torch.randn(2, 2), C) == "torch"  # the C kernel takes variable B only
+    assert kernels.choose(u.half(), 2) == "torch"  # and float32 or float64
+    assert kernels.choose(u, 65) == "torch"  # and states of at most 64
     for choice in ("torch", "native"):
         monkeypatch.setenv("ADBENCH_SCAN", choice)
-        assert scan_implementation(u, B, C) == choice
+        assert kernels.choose(u, 2) == choice
     monkeypatch.setenv("ADBENCH_SCAN", "fast")
     with pytest.raises(ValueError, match="ADBENCH_SCAN='fast' is not one of auto, native, torch"):
-        scan_implementation(u, B, C)
+        kernels.choose(u, 2)
+    with pytest.raises(ValueError, match="impl='auto' is not one of mamba_ssm, native, torch"):
+        scan_implementation("auto", u, B, C)
+
+
+def test_a_backbone_forward_decides_its_kernels_once_and_every_layer_runs_on_them(monkeypatch):
+    """One `kernels.choose` per forward, whatever the layer count; the norms, convolutions and scans of
+    every layer receive its pick."""
+    from adbench.models import kernels, mamba, scan
+
+    backbone = MambaBackbone(16, 3)
+    calls, seen = [], []
+    choose = kernels.choose
+    monkeypatch.setattr(kernels, "choose", lambda *a: calls.append(a) or choose(*a))
+    for name in ("rms_norm", "conv_silu"):
+        original = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _f=original, _n=name: seen.append((_n, a[-1])) or _f(*a))
+    original_scan = scan.selective_scan
+    monkeypatch.setattr(
+        mamba, "selective_scan", lambda *a, **k: seen.append(("scan", k["impl"])) or original_scan(*a, **k)
+    )
+    backbone(torch.randn(2, 9, 16))
+    assert len(calls) == 1
+    picked = choose(torch.randn(2, 9, 16), 16)
+    assert sorted(seen) == sorted([("rms_norm", picked)] * 4 + [("conv_silu", picked)] * 3 + [("scan", picked)] * 3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -387,16 +414,15 @@ def test_mamba_layer_checkpointing_in_batch_slices_keeps_outputs_and_gradients(m
 def test_the_mamba_ssm_branch_returns_the_true_last_state_of_a_fixed_b(monkeypatch):
     """mamba_ssm's kernel returns a fixed B's last state without its factor B (seen on an H100 in
     tests/test_cuda.py); `selective_scan` multiplies it back. Here a stand-in kernel with that quirk."""
-    from adbench.models import kernels, scan
+    from adbench.models import kernels
 
     def quirky(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
         out, last = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True)
         return out, last / B
 
-    monkeypatch.setattr(scan, "scan_implementation", lambda *a: "mamba_ssm")
     monkeypatch.setattr(kernels, "mamba_ssm_scan", lambda: quirky)
     u, delta, A, B, C, D, z, bias = _scan_inputs(2, 4, 3, 21, variable_bc=False)
-    _, last = selective_scan(u, delta, A, B, C, D, z, bias, True, return_last_state=True)
+    _, last = selective_scan(u, delta, A, B, C, D, z, bias, True, return_last_state=True, impl="mamba_ssm")
     _, ref_last = selective_scan_ref(u, delta, A, B, C, D, z, bias, True, return_last_state=True)
     torch.testing.assert_close(last, ref_last)
 
@@ -419,7 +445,7 @@ def test_mamba_layer_on_the_native_kernels_equals_the_pytorch_path(
         for choice in ("native", "torch"):
             monkeypatch.setenv("ADBENCH_SCAN", choice)
             leaf = x.clone().requires_grad_()
-            out = layer(leaf)
+            out = layer(leaf, kernels.choose(leaf, layer.d_state))
             results[choice] = [out, *torch.autograd.grad((out * w).sum(), [leaf, *layer.parameters()])]
     for a, b in zip(results["native"], results["torch"]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
@@ -442,7 +468,7 @@ def test_native_checkpointed_block_equals_autograd_on_the_pytorch_path(monkeypat
     native.load_state_dict(reference.state_dict())
     x = torch.randn(batch, 70, d_model, dtype=torch.float64)
     w = torch.randn(batch, 70, d_model, dtype=torch.float64)
-    assert mamba_native.supported(native.layers[0], x)
+    assert mamba_native.supported(native.layers[0], x, kernels.choose(x, 16))
     results = []
     with _torch_threads(threads):
         for model, choice in ((reference, "torch"), (native, "auto")):
@@ -451,7 +477,7 @@ def test_native_checkpointed_block_equals_autograd_on_the_pytorch_path(monkeypat
             out = model(leaf)
             results.append([out, *torch.autograd.grad((out * w).sum(), [leaf, *model.parameters()])])
     monkeypatch.setenv("ADBENCH_SCAN", "torch")
-    assert not mamba_native.supported(native.layers[0], x)
+    assert not mamba_native.supported(native.layers[0], x, kernels.choose(x, 16))
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-10)
 
@@ -514,14 +540,13 @@ def test_the_portable_build_agrees_with_the_native_one_to_float32_rounding(monke
 
 def test_without_a_compiler_the_scan_warns_and_falls_back_to_pytorch(monkeypatch, tmp_path):
     from adbench.models import scan_native
-    from adbench.models.scan import scan_implementation
 
     monkeypatch.setattr(scan_native, "_libs", {})
     monkeypatch.setenv("ADBENCH_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    u, _, _, B, C, *_ = _scan_inputs(1, 2, 2, 5)
+    u, *_ = _scan_inputs(1, 2, 2, 5)
     with pytest.warns(UserWarning, match="building the native scan kernel .* failed"):
-        assert scan_implementation(u, B, C) == "torch"
+        assert kernels.choose(u, 2) == "torch"
     assert not list(tmp_path.glob("*.so"))
 
 

@@ -22,8 +22,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d))
 
-    def forward(self, x):
-        return kernels.rms_norm(x, self.weight, self.eps, kernels.choose(x))
+    def forward(self, x, impl: str):
+        return kernels.rms_norm(x, self.weight, self.eps, impl)
 
 
 class Mamba(nn.Module):
@@ -60,11 +60,11 @@ class Mamba(nn.Module):
         """x (..., d_inner) -> dt (pre-bias), B, C from x_proj."""
         return torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden (b, l, d_model) -> (b, l, d_model), over the whole sequence. Activations stay
-        channel-last, (b, l, d_inner), as the projections make them; the scan takes (b, d_inner, l)
-        views of them (mamba_ssm's layout, transposed without copying)."""
-        impl = kernels.choose(hidden, self.d_state)
+    def forward(self, hidden: torch.Tensor, impl: str) -> torch.Tensor:
+        """hidden (b, l, d_model) -> (b, l, d_model), over the whole sequence, on the kernels `impl`
+        (`kernels.choose`'s pick, made once per backbone forward). Activations stay channel-last,
+        (b, l, d_inner), as the projections make them; the scan takes (b, d_inner, l) views of them
+        (mamba_ssm's layout, transposed without copying)."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (b, l, d_inner) each
         x = kernels.conv_silu(x, self.conv1d.weight, self.conv1d.bias, impl)
         dt, B, C = self._ssm_inputs(x)
@@ -79,6 +79,7 @@ class Mamba(nn.Module):
             z=z.transpose(1, 2),
             delta_bias=self.dt_proj.bias,
             delta_softplus=True,
+            impl=impl,
         )
         return self.out_proj(y.transpose(1, 2))
 
@@ -109,11 +110,11 @@ class Block(nn.Module):
         self.norm = RMSNorm(d_model)
         self.mixer = Mamba(d_model, **mixer_kwargs)
 
-    def forward(self, x):
-        return x + self.mixer(self.norm(x))
+    def forward(self, x, impl: str):
+        return x + self.mixer(self.norm(x, impl), impl)
 
-    def step(self, x, state):
-        y, state = self.mixer.step(self.norm(x), state)
+    def step(self, x, state, impl: str):
+        y, state = self.mixer.step(self.norm(x, impl), state)
         return x + y, state
 
 
@@ -134,27 +135,34 @@ class MambaBackbone(nn.Module):
             Block(d_model, d_state=d_state, d_conv=d_conv, expand=expand) for _ in range(n_layers)
         )
         self.norm_f = RMSNorm(d_model)
+        self.d_state = d_state
         self.checkpoint_layers = checkpoint_layers  # keep only layer inputs for backward: long contexts
 
+    def kernels(self, x: torch.Tensor) -> str:
+        """The implementation of Mamba's hot operations for inputs like x: the one decision of a forward
+        (or a step), passed down to every layer."""
+        return kernels.choose(x, self.d_state)
+
     def forward(self, x):
+        impl = self.kernels(x)
         for layer in self.layers:
             if not (self.checkpoint_layers and torch.is_grad_enabled()):
-                x = layer(x)
-            elif mamba_native.supported(layer, x):  # the fast path: a backward that reruns only what it needs
+                x = layer(x, impl)
+            elif mamba_native.supported(layer, x, impl):  # the fast path: a backward that reruns only what it needs
                 x = mamba_native.checkpointed_block(layer, x)
             else:
-                x = checkpointed(layer, x)
-        return self.norm_f(x)
+                x = checkpointed(layer, x, impl)
+        return self.norm_f(x, impl)
 
     def init_state(self, batch: int, device=None):
         return [layer.mixer.init_state(batch, device) for layer in self.layers]
 
     def step(self, x, state):
-        new_state = []
+        impl, new_state = self.kernels(x), []
         for layer, s in zip(self.layers, state):
-            x, s = layer.step(x, s)
+            x, s = layer.step(x, s, impl)
             new_state.append(s)
-        return self.norm_f(x), new_state
+        return self.norm_f(x, impl), new_state
 
 
 def mamba_layer_params(d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2) -> int:

@@ -3,10 +3,11 @@
 h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,   y_t = C_t h_t + D u_t,   out = y * silu(z)
 
 `selective_scan_ref` is the plain sequential definition (the test oracle). `selective_scan` runs the
-implementation `kernels.choose` picks: mamba_ssm's CUDA kernel, the C kernel of `scan_native`, or the
-chunked PyTorch scan below, where under autograd each chunk is checkpointed (its states are recomputed
-in backward), so at most one chunk of the (batch, d_inner, length, d_state) state exists at a time and
-memory grows linearly, and modestly, with length.
+implementation it is given (`kernels.choose`'s pick for the forward that calls it): mamba_ssm's CUDA
+kernel, the C kernel of `scan_native`, or the chunked PyTorch scan below, where under autograd each
+chunk is checkpointed (its states are recomputed in backward), so at most one chunk of the
+(batch, d_inner, length, d_state) state exists at a time and memory grows linearly, and modestly,
+with length.
 """
 
 import torch
@@ -89,13 +90,14 @@ def _scan_chunk(u, delta, A, B, C, h):
     return y.permute(1, 2, 0), hs[-1]
 
 
-def scan_implementation(u, B, C) -> str:
-    """What `selective_scan` runs for these inputs: `kernels.choose`'s pick, or 'torch' where the C
+def scan_implementation(impl: str, u, B, C) -> str:
+    """What `selective_scan` runs for these inputs on the kernels `impl`: `impl`, or 'torch' where the C
     kernel does not take them (a fixed B or C, channel groups that are not whole vector blocks)."""
-    name = kernels.choose(u, B.shape[-2] if B.dim() >= 3 else B.shape[-1])
-    if name == "native" and not scan_native.supports(u, B, C):
+    if impl not in kernels.IMPLEMENTATIONS:
+        raise ValueError(f"impl={impl!r} is not one of {', '.join(kernels.IMPLEMENTATIONS)} (kernels.choose)")
+    if impl == "native" and not scan_native.supports(u, B, C):
         return "torch"
-    return name
+    return impl
 
 
 def selective_scan(
@@ -110,14 +112,14 @@ def selective_scan(
     delta_softplus=False,
     return_last_state=False,
     chunk: int = CHUNK,
-    impl: str = "auto",
+    *,
+    impl: str,
 ):
     """Memory-lean selective scan. Shapes as in mamba_ssm: u, delta, z (b, d, l); A (d, n);
     B, C (d, n) | (b, n, l) | (b, g, n, l); D, delta_bias (d,). Returns out (b, d, l) [, last_state (b, d, n)].
-    `impl`: 'auto' (`scan_implementation`'s pick) or one of kernels.IMPLEMENTATIONS."""
-    chosen = scan_implementation(u, B, C) if impl == "auto" else impl
-    if chosen not in kernels.IMPLEMENTATIONS:
-        raise ValueError(f"impl={impl!r} is not 'auto' or one of {', '.join(kernels.IMPLEMENTATIONS)}")
+    `impl`: one of kernels.IMPLEMENTATIONS, as `kernels.choose` picked it for the forward that calls this
+    (where the C kernel does not take these inputs, the PyTorch scan runs instead)."""
+    chosen = scan_implementation(impl, u, B, C)
     if chosen == "mamba_ssm":  # CUDA kernels (tests/test_cuda.py; not exercised by the CPU suite)
         result = kernels.mamba_ssm_scan()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
         if return_last_state and B.dim() == 2:

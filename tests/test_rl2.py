@@ -156,3 +156,24 @@ def test_bptt_segment_must_divide_the_trial(cfg, dataset, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "rl2.bptt_steps (7) must divide" in err
+
+
+def test_rl2_advantages_run_across_the_episodes_of_a_trial_and_stop_at_its_end():
+    """Two trials of two 200-step episodes: GAE written as a plain loop with no cut at the episode
+    boundary (step 199 bootstraps from step 200's value) and none after the trial's last step."""
+    from adbench.baselines.rl2 import trial_advantages, trial_ends
+
+    gamma, lam = 0.9, 0.8
+    rng = np.random.default_rng(3)
+    rewards = torch.from_numpy(rng.normal(size=(2, 400)).astype(np.float32))
+    values = torch.from_numpy(rng.normal(size=(2, 400)).astype(np.float32))
+    expected = np.zeros((2, 400))
+    for i in range(2):
+        running = 0.0
+        for t in reversed(range(400)):
+            next_value = values[i, t + 1].item() if t + 1 < 400 else 0.0
+            delta = rewards[i, t].item() + gamma * next_value - values[i, t].item()
+            running = delta + (gamma * lam * running if t + 1 < 400 else 0.0)
+            expected[i, t] = running
+    np.testing.assert_allclose(trial_advantages(rewards, values, gamma, lam).numpy(), expected, rtol=1e-4, atol=1e-5)
+    assert trial_ends(2, 400).nonzero().tolist() == [[0, 399], [1, 399]]

@@ -166,6 +166,20 @@ def collect_trial(env: BatchedTasks, policy: RL2Policy, episodes: int, seed: int
     return buf
 
 
+def trial_ends(k: int, steps: int) -> torch.Tensor:
+    """(K, steps) terminal flags of one trial per row: only its last step; the episodes inside a trial
+    are one meta-episode, whose discounted return runs across their boundaries."""
+    ends = torch.zeros(k, steps, dtype=torch.bool)
+    ends[:, -1] = True
+    return ends
+
+
+def trial_advantages(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """GAE over whole trials (K, steps): bootstrapped across episode ends inside a trial, 0 after its end."""
+    ends = trial_ends(*rewards.shape)
+    return gae(rewards, values, next_values(values, ends, torch.zeros(rewards.shape[0]), {}), ends, gamma, lam)
+
+
 class RL2Trainer:
     """Meta-training state: the policy, Adam, input normalisers, reward scaler and one torch generator
     (exploration noise and minibatch order), all saved in a resumable checkpoint."""
@@ -186,14 +200,11 @@ class RL2Trainer:
         k, steps = buf["rewards"].shape
         if cfg.anneal_lr:
             self.optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - self.update_index / cfg.updates)
-        trial_end = torch.zeros(k, steps, dtype=torch.bool)
-        trial_end[:, -1] = True  # the only terminal: episodes inside a trial are one meta-episode
+        trial_end = trial_ends(k, steps)
         scaled = np.stack(
             [self.reward_scaler(r, e) for r, e in zip(buf["rewards"].T.double().numpy(), trial_end.T.numpy())], 1
         )
-        rewards = torch.as_tensor(scaled, dtype=torch.float32)
-        nxt = next_values(buf["values"], trial_end, torch.zeros(k), {})
-        adv = gae(rewards, buf["values"], nxt, trial_end, cfg.gamma, cfg.gae_lambda)
+        adv = trial_advantages(torch.as_tensor(scaled, dtype=torch.float32), buf["values"], cfg.gamma, cfg.gae_lambda)
         returns = adv + buf["values"]
         seg = cfg.bptt_steps
         n_seg = steps // seg

@@ -282,3 +282,18 @@ def test_the_workflows_config_and_resource_modules_load_no_simulator_and_no_torc
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_every_schema_key_is_described():
+    """config.schema.yaml is the config's reference: each key says what it is."""
+    missing = []
+
+    def walk(node, path):
+        for key, child in node.get("properties", {}).items():
+            where = f"{path}.{key}" if path else key
+            if "description" not in child:
+                missing.append(where)
+            walk(child, where)
+
+    walk(cfglib.schema(), "")
+    assert missing == []

@@ -14,12 +14,12 @@ import torch
 
 from . import process
 from .atomic import write_csv
-from .data import WindowSampler, input_statistics, validate_file
+from .data import validate_file
 from .devices import pick_device
-from .models import build, state_mib
+from .models import state_mib
 from .progress import say
 from .seeding import derive_seed
-from .train import peak_memory_mib, train_step
+from .train import peak_memory_mib, setup, train_step
 
 SECTIONS = ["dataset", "model", "train", "evaluate", "tasks"]
 COLUMNS = [
@@ -44,18 +44,17 @@ def probe(cfg: dict, dataset, arch: str, context_episodes: int, out, progress=No
     process.setup(tcfg["threads"])
     device = pick_device(tcfg["device"])
     key = (info["family"], arch, context_episodes)
-    torch.manual_seed(derive_seed(0, "cost-probe", *key))
-    sampler = WindowSampler(
+    sampler, model, optimizer = setup(
+        cfg,
         dataset,
+        info,
+        arch,
         context_episodes,
-        cfg["dataset"]["episode_stride"],
-        tcfg["batch_size"],
+        derive_seed(0, "cost-probe", *key),
         derive_seed(0, "cost-probe-sampler", *key),
+        device,
     )
     window = sampler.tokens_per_window
-    model = build(arch, info["obs_dim"], info["act_dim"], **{**cfg["model"], "window": window}).to(device)
-    model.set_input_statistics(input_statistics(dataset))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["learning_rate"])
     seconds = []
     # sampled beforehand: a training run's sampler reads from a warm chunk cache, a probe's would not
     batches = [{k: v.to(device) for k, v in sampler.sample().items()} for _ in range(TIMED_STEPS + 1)]

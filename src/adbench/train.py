@@ -66,6 +66,27 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def setup(cfg: dict, dataset, info: dict, arch: str, context_episodes: int, init_seed: int, sampler_seed: int, device):
+    """What a training step needs, as training builds it: the window sampler, the model (seeded by
+    `init_seed`, with the dataset's input statistics, on `device`) and AdamW with weight decay on the
+    weight matrices only (not norms, biases or Mamba's A_log). The cost probe builds the same."""
+    tcfg = cfg["train"]
+    torch.manual_seed(init_seed)
+    sampler = WindowSampler(
+        dataset, context_episodes, cfg["dataset"]["episode_stride"], tcfg["batch_size"], sampler_seed
+    )
+    model = build(arch, info["obs_dim"], info["act_dim"], **{**cfg["model"], "window": sampler.tokens_per_window})
+    model.set_input_statistics(input_statistics(dataset))
+    model.to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "A_log" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "A_log" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tcfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tcfg["learning_rate"],
+    )
+    return sampler, model, optimizer
+
+
 def run(
     cfg: dict,
     dataset,
@@ -83,22 +104,17 @@ def run(
     process.setup(tcfg["threads"])
     device = pick_device(tcfg["device"])
     run_key = (info["family"], arch, context_episodes, seed)
-    torch.manual_seed(derive_seed(seed, "train-init", *run_key))
-    stride = cfg["dataset"]["episode_stride"]
-    sampler = WindowSampler(
-        dataset, context_episodes, stride, tcfg["batch_size"], derive_seed(seed, "train-sampler", *run_key)
+    sampler, model, optimizer = setup(
+        cfg,
+        dataset,
+        info,
+        arch,
+        context_episodes,
+        derive_seed(seed, "train-init", *run_key),
+        derive_seed(seed, "train-sampler", *run_key),
+        device,
     )
     window = sampler.tokens_per_window
-    model_config = {**cfg["model"], "window": window}
-    model = build(arch, info["obs_dim"], info["act_dim"], **model_config)
-    model.set_input_statistics(input_statistics(dataset))
-    model.to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "A_log" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "A_log" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tcfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=tcfg["learning_rate"],
-    )
     settings_digest = cfglib.digest({"cfg": {s: cfg[s] for s in SECTIONS}, "run": list(run_key)})
     ckpt_path, step, rows = out_dir / "checkpoint.pt", 0, []
     saved = load_progress(ckpt_path, settings_digest, progress)
@@ -173,13 +189,13 @@ def run(
         "context_episodes": context_episodes,
         "seed": seed,
         "horizon": sampler.horizon,
-        "episode_stride": stride,
+        "episode_stride": sampler.stride,
         "parameters": count_parameters(model),
         "steps": tcfg["steps"],
     }
     final = out_dir / "model.pt"
     with atomic_path(final) as tmp:
-        save_checkpoint(tmp, model, arch, model_config, {"meta": meta})
+        save_checkpoint(tmp, model, arch, {**cfg["model"], "window": window}, {"meta": meta})
     write_csv(out_dir / "metrics.csv", rows, METRICS)
     ckpt_path.unlink(missing_ok=True)
     return final

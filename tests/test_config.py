@@ -297,3 +297,12 @@ def test_every_schema_key_is_described():
 
     walk(cfglib.schema(), "")
     assert missing == []
+
+
+def test_the_expert_target_needs_a_source_with_an_expert(smoke_config):
+    import copy
+
+    cfg = copy.deepcopy(smoke_config)
+    cfg["train"]["target"] = "expert"  # PointNav's source in the smoke config is ppo
+    with pytest.raises(cfglib.ConfigError, match="PointNav: train.target 'expert' needs a source with an expert"):
+        cfglib.validate(cfg)

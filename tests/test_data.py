@@ -5,6 +5,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from adbench.data import SCHEMA_VERSION, DatasetError, WindowSampler, validate_file
 from adbench.histories import all_tasks, run_shard
@@ -235,3 +236,73 @@ def test_a_sampler_needs_train_tasks_and_takes_a_window_spanning_every_episode(d
     only_test = with_every_task_in("test", dataset, tmp_path / "only-test.h5")
     with pytest.raises(DatasetError, match="no train tasks to sample windows from"):
         WindowSampler(only_test, 2, 1, 2, seed=0)
+
+
+def test_noise_distillation_stores_the_experts_clean_action_for_the_true_task(cfg):
+    """expert_actions: at every step the oracle's action for the true goal at the stored observation,
+    clipped to the box; the executed action is that plus the annealed noise (equal once the noise is 0)."""
+    from adbench.sources import generate_histories
+    from adbench.tasks import get_family, sample_tasks
+
+    tasks = sample_tasks("PointNav", 3, 4)
+    source = {**cfg["source"], "algorithm": "noise_distill", "episodes": 10}
+    source["noise_distill"] = {**source["noise_distill"], "noise": "gaussian", "clean_fraction": 0.2}
+    hist = generate_histories(source, "PointNav", tasks, 50, seed=1)
+    oracle = get_family("PointNav").oracle
+    expected = np.stack(
+        [np.stack([np.clip(oracle(task, o), -1, 1) for o in obs]) for task, obs in zip(tasks, hist["observations"])]
+    )
+    np.testing.assert_allclose(hist["expert_actions"], expected, rtol=1e-6)
+    noisy, clean = slice(0, 50), slice(9 * 50, 10 * 50)  # the first episode, and the last (noise-free)
+    assert not np.allclose(hist["actions"][:, noisy], hist["expert_actions"][:, noisy])
+    np.testing.assert_allclose(hist["actions"][:, clean], hist["expert_actions"][:, clean], rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def distilled(smoke_config, tmp_path_factory):
+    """A PointNav dataset of oracle noise-distillation histories (with expert_actions)."""
+    import copy
+
+    from adbench.histories import merge_shards
+
+    cfg = copy.deepcopy(smoke_config)
+    cfg["source"].update(algorithm="noise_distill", episodes=12, tasks_per_shard=16)
+    cfg["tasks"].update(n_train=4, n_test=2, n_val=0)
+    out = tmp_path_factory.mktemp("distilled")
+    run_shard(cfg, "PointNav", 0, out / "shard-0.h5", progress=False)
+    merge_shards(cfg, "PointNav", [out / "shard-0.h5"], out / "PointNav.h5")
+    return out / "PointNav.h5"
+
+
+def test_the_expert_target_predicts_the_experts_action_and_feeds_the_recorded_one(distilled):
+    """train.target expert: the window's targets are the stored expert_actions, its previous-action
+    inputs the recorded (executed) actions shifted by one step; everything else as with the recorded
+    target, from the same draws."""
+    validate_file(distilled)
+    recorded = WindowSampler(distilled, 3, 2, batch_size=5, seed=7).sample()
+    relabelled = WindowSampler(distilled, 3, 2, batch_size=5, seed=7, target="expert")
+    state = relabelled.rng.bit_generator.state
+    batch = relabelled.sample()
+    for key in ("obs", "prev_action", "prev_reward", "episode_start"):
+        assert torch.equal(batch[key], recorded[key]), key
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    tasks, hists = rng.integers(4, size=5), rng.integers(1, size=5)
+    starts = rng.integers(12 - 4, size=5)
+    with h5py.File(distilled) as f:
+        train = [tid for tid, g in f["tasks"].items() if g.attrs["split"] == "train"]
+        for b, (task, hist, e0) in enumerate(zip(tasks, hists, starts)):
+            g = f["tasks"][train[task]]
+            steps = np.concatenate([np.arange((e0 + 2 * j) * 50, (e0 + 2 * j + 1) * 50) for j in range(3)])
+            np.testing.assert_array_equal(batch["action"][b].numpy(), g["expert_actions"][hist][steps])
+            np.testing.assert_array_equal(batch["prev_action"][b, 1:].numpy(), g["actions"][hist][steps][:-1])
+    assert not torch.equal(batch["action"], recorded["action"])
+
+
+def test_the_expert_target_needs_a_source_with_an_expert(dataset):
+    with pytest.raises(DatasetError, match="has no expert_actions for train.target 'expert': its source has no expert"):
+        WindowSampler(dataset, 2, 2, batch_size=2, seed=0, target="expert")
+    with pytest.raises(
+        ValueError, match=r"unknown training target 'best'; train.target is one of \['recorded', 'expert'\]"
+    ):
+        WindowSampler(dataset, 2, 2, batch_size=2, seed=0, target="best")

@@ -177,6 +177,11 @@ def _check_source(cfg: dict, family: str) -> None:
             f"{family}: source.episodes ({src['episodes']}) must be a multiple of "
             f"source.ppo.rollout_episodes ({rollout})"
         )
+    if src["algorithm"] != "noise_distill" and cfg["train"]["target"] == "expert":
+        raise ConfigError(
+            f"{family}: train.target 'expert' needs a source with an expert (source.algorithm noise_distill); "
+            f"{src['algorithm']} histories have only the recorded actions: use train.target 'recorded'"
+        )
     if src["algorithm"] != "noise_distill":
         return
     expert = src["noise_distill"]["expert"]

@@ -73,7 +73,7 @@ def setup(cfg: dict, dataset, info: dict, arch: str, context_episodes: int, init
     tcfg = cfg["train"]
     torch.manual_seed(init_seed)
     sampler = WindowSampler(
-        dataset, context_episodes, cfg["dataset"]["episode_stride"], tcfg["batch_size"], sampler_seed
+        dataset, context_episodes, cfg["dataset"]["episode_stride"], tcfg["batch_size"], sampler_seed, tcfg["target"]
     )
     model = build(arch, info["obs_dim"], info["act_dim"], **{**cfg["model"], "window": sampler.tokens_per_window})
     model.set_input_statistics(input_statistics(dataset))

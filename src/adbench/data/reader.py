@@ -6,7 +6,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .schema import DATASETS, ROOT_ATTRS, SCHEMA_VERSION, SPLITS, DatasetError
+from .schema import DATASETS, OPTIONAL_DATASETS, ROOT_ATTRS, SCHEMA_VERSION, SPLITS, DatasetError
 
 
 def open_histories(path, chunk_cache_bytes: int = 64 * 2**20) -> h5py.File:
@@ -84,6 +84,11 @@ def _validate(f: h5py.File, path: Path) -> dict:
                 f"{where}: T={t} and episode_returns {g['episode_returns'].shape} do not match horizon {horizon} "
                 f"x episodes {episodes}"
             )
+        for name in OPTIONAL_DATASETS:
+            if name in g and (g[name].dtype != np.dtype("float32") or g[name].shape != g["actions"].shape):
+                raise DatasetError(
+                    f"{where}/{name}: {g[name].dtype} {g[name].shape}, expected float32 {g['actions'].shape}"
+                )
         if g["final_observations"].shape != (h, episodes, this[2]):
             raise DatasetError(
                 f"{where}/final_observations: shape {g['final_observations'].shape}, expected {(h, episodes, this[2])}"

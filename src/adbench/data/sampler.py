@@ -14,8 +14,11 @@ from .reader import open_histories, task_table
 from .schema import DatasetError
 
 
-def make_tokens(obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, horizon: int) -> dict:
-    """(B, L, ...) arrays of consecutive steps -> model inputs and targets."""
+def make_tokens(
+    obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, horizon: int, targets: np.ndarray | None = None
+) -> dict:
+    """(B, L, ...) arrays of consecutive steps -> model inputs and targets: the recorded actions, or
+    `targets` in their place (the previous-action input is always the recorded, executed action)."""
     b, length = rewards.shape
     prev_action = np.zeros_like(actions)
     prev_action[:, 1:] = actions[:, :-1]
@@ -30,7 +33,7 @@ def make_tokens(obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, horiz
             "prev_action": prev_action,
             "prev_reward": prev_reward,
             "episode_start": start,
-            "action": actions,
+            "action": actions if targets is None else targets,
         }.items()
     }
 
@@ -48,6 +51,7 @@ def read_window(arrays: dict, history: int, first: int, context_episodes: int, s
 
 
 ARRAYS = ("observations", "actions", "rewards")
+TARGETS = {"recorded": "actions", "expert": "expert_actions"}  # train.target -> the array a window predicts
 CHUNK_CACHE_BYTES = 2**30  # decompressed chunks kept by all of a sampler's arrays together (at most)
 
 
@@ -58,8 +62,11 @@ class WindowSampler:
     reads one episode per stride from a compressed chunk that holds many, so a chunk decompressed once
     serves many windows; a freshly opened array would decompress it again for every episode read."""
 
-    def __init__(self, path, context_episodes: int, stride: int, batch_size: int, seed: int):
+    def __init__(self, path, context_episodes: int, stride: int, batch_size: int, seed: int, target: str = "recorded"):
         self.path, self.context_episodes, self.stride, self.batch_size = path, context_episodes, stride, batch_size
+        if target not in TARGETS:
+            raise ValueError(f"unknown training target {target!r}; train.target is one of {list(TARGETS)}")
+        self.names = ARRAYS if target == "recorded" else (*ARRAYS, TARGETS[target])
         self.rng = np.random.default_rng(seed)
         self._file, self._arrays = None, None
         with open_histories(path) as f:
@@ -68,6 +75,11 @@ class WindowSampler:
             if not self.train_ids:
                 raise DatasetError(f"{path}: no train tasks to sample windows from")
             self.histories = f["tasks"][self.train_ids[0]]["rewards"].shape[0]
+            if TARGETS[target] not in f["tasks"][self.train_ids[0]]:
+                raise DatasetError(
+                    f"{path} has no {TARGETS[target]} for train.target '{target}': its source has no expert; use "
+                    f"source.algorithm noise_distill, or train.target 'recorded'"
+                )
         span = window_span(context_episodes, stride)
         if span > self.episodes:
             raise DatasetError(
@@ -80,9 +92,9 @@ class WindowSampler:
     def arrays(self) -> list:
         """[{name: open dataset}] per train task, opened once with their share of the chunk cache."""
         if self._arrays is None:
-            share = max(2**20, CHUNK_CACHE_BYTES // (len(self.train_ids) * len(ARRAYS)))
+            share = max(2**20, CHUNK_CACHE_BYTES // (len(self.train_ids) * len(self.names)))
             self._file = open_histories(self.path, chunk_cache_bytes=share)
-            self._arrays = [{name: self._file["tasks"][tid][name] for name in ARRAYS} for tid in self.train_ids]
+            self._arrays = [{name: self._file["tasks"][tid][name] for name in self.names} for tid in self.train_ids]
         return self._arrays
 
     def __getstate__(self):  # a worker opens its own handles
@@ -98,8 +110,9 @@ class WindowSampler:
         hists = self.rng.integers(self.histories, size=b)
         starts = self.rng.integers(self.episodes - window_span(c, k) + 1, size=b)
         windows = [read_window(self.arrays[task], hist, e0, c, k, h) for task, hist, e0 in zip(tasks, hists, starts)]
-        arrays = {name: np.stack([w[name] for w in windows]) for name in ARRAYS}
-        return make_tokens(arrays["observations"], arrays["actions"], arrays["rewards"], h)
+        arrays = {name: np.stack([w[name] for w in windows]) for name in self.names}
+        targets = arrays.get(TARGETS["expert"])
+        return make_tokens(arrays["observations"], arrays["actions"], arrays["rewards"], h, targets)
 
 
 def input_statistics(path) -> dict:

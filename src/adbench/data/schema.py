@@ -12,6 +12,9 @@ DATASETS = {
     "episode_returns": ("float32", 2),
     "final_observations": ("float32", 3),  # the observation each episode ended in (after its last step)
 }
+# Present where the source has an expert (noise_distill): its clean action for the true task at every
+# step, the target of `train.target: expert` (the recorded action stays the model's previous-action input).
+OPTIONAL_DATASETS = {"expert_actions": ("float32", 3)}
 SPLITS = ("train", "test", "val")
 ROOT_ATTRS = (
     "family",

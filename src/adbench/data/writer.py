@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 
 from ..atomic import atomic_path
-from .schema import DATASETS, SCHEMA_VERSION
+from .schema import DATASETS, OPTIONAL_DATASETS, SCHEMA_VERSION
 
 CHUNK_STEPS = 4096
 
@@ -36,7 +36,8 @@ def write_task(f: h5py.File, task_id: str, task: dict, split: str, arrays: dict)
     g.attrs["task"] = json.dumps(task, sort_keys=True)
     for key, value in task.items():
         g.attrs[f"task.{key}"] = np.asarray(value)
-    for name, (dtype, _rank) in DATASETS.items():
+    optional = {name: spec for name, spec in OPTIONAL_DATASETS.items() if name in arrays}
+    for name, (dtype, _rank) in {**DATASETS, **optional}.items():
         data = np.asarray(arrays[name], dtype=dtype)
         chunks = (1, min(data.shape[1], CHUNK_STEPS)) + data.shape[2:]
         # track_times=False keeps files byte-identical across runs of the same config.

@@ -3,11 +3,16 @@
 import numpy as np
 
 
-def empty_history(learners: int, episodes: int, horizon: int, obs_dim: int, act_dim: int) -> dict:
+def empty_history(
+    learners: int, episodes: int, horizon: int, obs_dim: int, act_dim: int, expert_actions: bool = False
+) -> dict:
     """observations (K,T,obs), actions (K,T,act) (executed, clipped), rewards, terminated, truncated (K,T)
-    with T = episodes x horizon, and final_observations (K,E,obs): the observation each episode ended in."""
+    with T = episodes x horizon, and final_observations (K,E,obs): the observation each episode ended in;
+    with `expert_actions`, also those (K,T,act): a source expert's clean action for the true task."""
     steps = episodes * horizon
+    extra = {"expert_actions": np.zeros((learners, steps, act_dim), np.float32)} if expert_actions else {}
     return {
+        **extra,
         "observations": np.zeros((learners, steps, obs_dim), np.float32),
         "actions": np.zeros((learners, steps, act_dim), np.float32),
         "rewards": np.zeros((learners, steps), np.float32),

@@ -7,8 +7,9 @@ episode to 0 at (1 - clean_fraction) of the history and stays 0. For continuous 
 may instead be Gaussian, added to the expert's action with standard deviation epsilon * noise_std:
 a Gaussian action head can then represent each step's action distribution (expert action, current
 noise level; exactly with the clipped head, as actions are clipped to the box), where the uniform
-mixture it can only blur. The return rises by the schedule
-alone, so a model that imitates it needs no rewards to "improve": the controls tell the two apart.
+mixture it can only blur. Beside the executed actions the histories store the expert's clean action
+for the true task at every step (`expert_actions`), the target of `train.target: expert`. The return
+rises by the schedule alone, so a model that imitates it needs no rewards to "improve": the controls tell the two apart.
 """
 
 from dataclasses import dataclass
@@ -82,9 +83,10 @@ def run_noise_distill(
         if oracle is None:
             raise ValueError(f"{family} has no analytic oracle; set source.noise_distill.expert to 'ppo'")
         expert = lambda obs: np.stack([oracle(task, o) for task, o in zip(env.tasks, obs)])  # noqa: E731
+        clean = expert
     elif cfg.expert == "ppo":
         agent = train_ppo(family, tasks, horizon, cfg.expert_episodes, ppo, seed, progress, threads)[1]
-        expert = agent.mean_action
+        expert = clean = agent.mean_action
     elif cfg.expert == "task_ppo":
         if task_expert is None or task_expert.family != family:
             raise ValueError(
@@ -93,17 +95,19 @@ def run_noise_distill(
             )
         true_features = told_features = np.stack([task_features(family, t) for t in env.tasks]).astype(np.float32)
         expert = lambda obs: task_expert.mean_action(obs, told_features)  # noqa: E731  (the task told this episode)
+        clean = lambda obs: task_expert.mean_action(obs, true_features)  # noqa: E731
     elif cfg.expert == "steer":
         if task_expert is None or family != "AntGoal" or task_expert.family != "AntDir":
             raise ValueError("source.noise_distill.expert 'steer' steers AntDir's trained expert on AntGoal (--expert)")
         true_features = told_features = np.stack([task_features(family, t) for t in env.tasks]).astype(np.float32)
         expert = steering(task_expert, lambda: told_features)  # the goals told this episode
+        clean = steering(task_expert, true_features)
     else:
         raise ValueError(
             f"unknown source.noise_distill.expert {cfg.expert!r}; use 'oracle', 'ppo', 'task_ppo' or 'steer'"
         )
     rng = np.random.default_rng(seed)
-    hist = empty_history(env.num_tasks, episodes, env.horizon, env.obs_dim, env.act_dim)
+    hist = empty_history(env.num_tasks, episodes, env.horizon, env.obs_dim, env.act_dim, expert_actions=True)
     t = 0
     for episode in tqdm(
         range(episodes), desc=f"noise distillation {family}", file=progress, mininterval=5, disable=not progress
@@ -124,5 +128,6 @@ def run_noise_distill(
                 action[noisy] = rng.uniform(-1.0, 1.0, size=(int(noisy.sum()), env.act_dim))
             next_obs, reward, term, trunc = env.step(action)
             record_step(hist, t, obs, action, reward, term, trunc, next_obs)
+            hist["expert_actions"][:, t] = np.clip(clean(obs), -1.0, 1.0)  # the true task's, without noise
             obs, t = next_obs, t + 1
     return finish_history(hist, episodes)

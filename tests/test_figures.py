@@ -26,6 +26,8 @@ from adbench.tables import (
     task_levels,
 )
 
+from .conftest import REPO
+
 
 def _table(arch, ctx, slope, episodes=10, tasks=6, seeds=(0, 1), level=-50.0, control="none"):
     rows = []
@@ -850,3 +852,15 @@ def test_baseline_convergence_reads_the_curve_against_each_ad_models_final():
     assert np.isnan(table.loc["transformer ctx 4", "baseline_reaches_model_at"])
     flat = baseline_convergence(_rl2_metrics([50.0] * 5 + [51.0] * 5), summary)
     assert flat["converged"].all()  # its last fifth gained 0 of the range
+
+
+def test_every_figure_and_table_has_its_report_caption():
+    from adbench import outputs
+
+    report = REPO / "workflow/report"
+    missing = [n for n in outputs.FIGURES if not (report / f"{n}.rst").exists()]
+    missing += [f"{n}_table" for n in outputs.TABLES if not (report / f"{n}_table.rst").exists()]
+    assert missing == []
+    assert outputs.figure("results", "claims").as_posix() == "results/figures/claims.png"
+    with pytest.raises(KeyError, match="'claim' is not a table of outputs.TABLES"):
+        outputs.table("results", "claim")

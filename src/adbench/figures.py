@@ -12,6 +12,7 @@ import seaborn as sns  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 from .claims import CLAIMS, VERDICTS, claims  # noqa: E402
+from .outputs import figure, table  # noqa: E402
 from .tables import (  # noqa: E402
     ALL_FAMILIES,
     FLOORS,
@@ -438,37 +439,33 @@ def make_all(
     missing = sorted(set(refs["family"]) - set(strides))
     if missing:
         raise ValueError(f"no episode stride given for families {missing}")
-    plot_in_context(models, refs, strides, out / "figures/in_context_return.png")
-    plot_source_curves(refs, out / "figures/source_learning_curves.png")
-    write_table(source_improvement(refs), out / "tables/source_improvement.csv", out / "tables/source_improvement.md")
+    plot_in_context(models, refs, strides, figure(out, "in_context_return"))
+    plot_source_curves(refs, figure(out, "source_learning_curves"))
+    write_table(source_improvement(refs), *table(out, "source_improvement"))
     costs = pd.concat([pd.read_csv(p) for p in inference_costs]) if inference_costs else None
     summary = summarize(models, refs, costs=costs)
-    write_table(summary, out / "tables/summary.csv", out / "tables/summary.md")
+    write_table(summary, *table(out, "summary"))
     comparison = compare(models, refs)
-    write_table(comparison, out / "tables/comparison.csv", out / "tables/comparison.md")
+    write_table(comparison, *table(out, "comparison"))
     verdicts = claims(models, refs)
-    write_table(verdicts, out / "tables/claims.csv", out / "tables/claims.md")
-    plot_claims(verdicts, out / "figures/claims.png")
-    plot_context_scaling(summary, out / "figures/context_scaling.png")
-    plot_aggregates(summary, out / "figures/aggregate_scores.png")
-    plot_improvement(comparison, out / "figures/probability_of_improvement.png")
+    write_table(verdicts, *table(out, "claims"))
+    plot_claims(verdicts, figure(out, "claims"))
+    plot_context_scaling(summary, figure(out, "context_scaling"))
+    plot_aggregates(summary, figure(out, "aggregate_scores"))
+    plot_improvement(comparison, figure(out, "probability_of_improvement"))
     if baseline_metrics:
         curves = pd.concat([pd.read_csv(p) for p in baseline_metrics], ignore_index=True)
-        write_table(
-            baseline_convergence(curves, summary),
-            out / "tables/baseline_convergence.csv",
-            out / "tables/baseline_convergence.md",
-        )
-        plot_baseline_convergence(curves, summary, out / "figures/baseline_convergence.png")
+        write_table(baseline_convergence(curves, summary), *table(out, "baseline_convergence"))
+        plot_baseline_convergence(curves, summary, figure(out, "baseline_convergence"))
     if inference_csvs:
         inference = pd.concat([pd.read_csv(p) for p in inference_csvs], ignore_index=True)
-        write_table(inference_summary(inference), out / "tables/task_inference.csv", out / "tables/task_inference.md")
-        plot_task_inference(inference, out / "figures/task_inference.png")
+        write_table(inference_summary(inference), *table(out, "task_inference"))
+        plot_task_inference(inference, figure(out, "task_inference"))
     if train_metrics:
         probes = pd.concat([pd.read_csv(p) for p in cost_probes]) if cost_probes else None
         metrics = pd.concat([pd.read_csv(p) for p in train_metrics])
         scaling = context_scaling(summary, metrics, probes, costs)
-        write_table(scaling, out / "tables/context_scaling.csv", out / "tables/context_scaling.md")
+        write_table(scaling, *table(out, "context_scaling"))
         if inference_costs:
-            plot_cost(metrics, costs, out / "figures/cost.png", probes)
+            plot_cost(metrics, costs, figure(out, "cost"), probes)
     return summary

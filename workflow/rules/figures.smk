@@ -1,15 +1,19 @@
-# Every figure is written as PNG and as PDF (figures._save)
-FIGURES = [
-    "in_context_return",
-    "context_scaling",
-    "cost",
-    "task_inference",
-    "source_learning_curves",
-    "aggregate_scores",
-    "probability_of_improvement",
-    "claims",
-    "baseline_convergence",
-]
+# Every figure (PNG and PDF) and table (CSV and markdown) the figures stage writes, as listed once in
+# adbench.outputs, with its report caption (workflow/report/<name>.rst, <name>_table.rst for a table)
+from adbench import outputs as adbench_outputs
+
+
+def stage_outputs():
+    out = {}
+    for name, category in adbench_outputs.FIGURES.items():
+        png = str(adbench_outputs.figure("results", name))
+        out[f"{name}_figure"] = report(png, caption=f"../report/{name}.rst", category=category)
+        out[f"{name}_pdf"] = png.removesuffix(".png") + ".pdf"
+    for name, category in adbench_outputs.TABLES.items():
+        csv, md = (str(p) for p in adbench_outputs.table("results", name))
+        out[f"{name}_table"] = report(csv, caption=f"../report/{name}_table.rst", category=category)
+        out[f"{name}_md"] = md
+    return out
 
 
 rule figures:
@@ -22,86 +26,7 @@ rule figures:
         task_inference=task_inference_tables(),
         cost_probes=cost_probes(),
     output:
-        in_context=report(
-            "results/figures/in_context_return.png",
-            caption="../report/in_context_return.rst",
-            category="In-context RL",
-        ),
-        scaling=report(
-            "results/figures/context_scaling.png",
-            caption="../report/context_scaling.rst",
-            category="In-context RL",
-        ),
-        cost=report(
-            "results/figures/cost.png",
-            caption="../report/cost.rst",
-            category="Cost",
-        ),
-        task_inference=report(
-            "results/figures/task_inference.png",
-            caption="../report/task_inference.rst",
-            category="In-context RL",
-        ),
-        aggregates=report(
-            "results/figures/aggregate_scores.png",
-            caption="../report/aggregate_scores.rst",
-            category="Statistics",
-        ),
-        improvement=report(
-            "results/figures/probability_of_improvement.png",
-            caption="../report/probability_of_improvement.rst",
-            category="Statistics",
-        ),
-        claims_figure=report(
-            "results/figures/claims.png",
-            caption="../report/claims.rst",
-            category="Claims",
-        ),
-        pdfs=expand("results/figures/{name}.pdf", name=FIGURES),
-        claims=report(
-            "results/tables/claims.csv",
-            caption="../report/claims_table.rst",
-            category="Claims",
-        ),
-        claims_md="results/tables/claims.md",
-        convergence_figure=report(
-            "results/figures/baseline_convergence.png",
-            caption="../report/baseline_convergence.rst",
-            category="Claims",
-        ),
-        convergence="results/tables/baseline_convergence.csv",
-        convergence_md="results/tables/baseline_convergence.md",
-        comparison=report(
-            "results/tables/comparison.csv",
-            caption="../report/comparison.rst",
-            category="Tables",
-        ),
-        comparison_md="results/tables/comparison.md",
-        task_inference_table="results/tables/task_inference.csv",
-        task_inference_md="results/tables/task_inference.md",
-        source_curves=report(
-            "results/figures/source_learning_curves.png",
-            caption="../report/source_learning_curves.rst",
-            category="Learning histories",
-        ),
-        summary=report(
-            "results/tables/summary.csv",
-            caption="../report/summary.rst",
-            category="Tables",
-        ),
-        summary_md="results/tables/summary.md",
-        context_scaling=report(
-            "results/tables/context_scaling.csv",
-            caption="../report/context_scaling_table.rst",
-            category="Tables",
-        ),
-        context_scaling_md="results/tables/context_scaling.md",
-        source_improvement=report(
-            "results/tables/source_improvement.csv",
-            caption="../report/source_improvement.rst",
-            category="Tables",
-        ),
-        source_improvement_md="results/tables/source_improvement.md",
+        **stage_outputs(),
     log:
         "results/logs/figures.log",
     conda:

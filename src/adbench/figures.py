@@ -393,7 +393,10 @@ def plot_claims(table: pd.DataFrame, path: Path) -> None:
     )
     for ax, claim in zip(axes[:, 0], present):
         rows = table[table["claim"] == claim]
-        names = [f"{f}: {c} ({s} seeds)" for f, c, s in zip(rows["family"], rows["comparison"], rows["training_seeds"])]
+        names = [
+            f"{f}: {c} ({s} seed{'s' if s != 1 else ''})"
+            for f, c, s in zip(rows["family"], rows["comparison"], rows["training_seeds"])
+        ]
         _intervals(
             ax, rows["effect"], rows["ci_low"], rows["ci_high"], names, [VERDICT_COLOURS[v] for v in rows["verdict"]]
         )

@@ -570,3 +570,34 @@ def test_a_tuning_run_evaluates_the_validation_tasks(cfg, dataset, models, tmp_p
     assert set(pd.read_csv(tmp_path / "e.csv")["task"]) == val
     refs = pd.read_csv(tmp_path / "ref.csv")
     assert set(refs.loc[refs["arch"] == "random", "task"]) == val
+
+
+def test_mambas_sliding_context_acts_as_a_fresh_state_fed_only_the_last_episodes():
+    """window 2, episodes of 3 steps: in episode 4 the sliding policy's actions are those of a fresh
+    state fed episode 3's tokens then episode 4's; before the window fills it is the plain recurrence."""
+    torch.manual_seed(0)
+    model = build("mamba", 3, 2, d_model=8, n_layers=2).eval()
+    rng = np.random.default_rng(1)
+    episodes = [
+        [
+            (
+                rng.normal(size=(2, 3)).astype(np.float32),
+                rng.normal(size=(2, 2)).astype(np.float32),
+                rng.normal(size=2).astype(np.float32),
+                np.full(2, float(t == 0), np.float32),
+            )
+            for t in range(3)
+        ]
+        for _ in range(5)
+    ]
+    sliding, recurrent = ModelPolicy(model, 2, False, window_episodes=2), ModelPolicy(model, 2, False)
+    actions = {"sliding": [], "recurrent": []}
+    for episode in episodes:
+        for token in episode:
+            actions["sliding"].append(sliding(*token, None))
+            actions["recurrent"].append(recurrent(*token, None))
+    np.testing.assert_array_equal(np.stack(actions["sliding"][:6]), np.stack(actions["recurrent"][:6]))
+    fresh = ModelPolicy(model, 2, False)
+    expected = [fresh(*token, None) for token in episodes[3] + episodes[4]][3:]
+    np.testing.assert_allclose(np.stack(actions["sliding"][12:]), np.stack(expected), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.stack(actions["sliding"][12:]), np.stack(actions["recurrent"][12:]))

@@ -120,11 +120,19 @@ def rollout(
 
 class ModelPolicy:
     """Adapts an AD policy (or a baseline with the same interface) to `rollout`: one batched recurrent
-    step per call, on `device`; the action noise is drawn on the CPU so that it does not depend on it."""
+    step per call, on `device`; the action noise is drawn on the CPU so that it does not depend on it.
 
-    def __init__(self, model, batch: int, sample: bool, device: torch.device | None = None):
+    With `window_episodes` = C (`evaluate.mamba_context: sliding`), the recurrent state holds no more
+    than the last C episodes, as the transformer's cache holds the last C episodes' tokens: at the start
+    of every episode past the C-th the state is rebuilt from zero over the previous C - 1 episodes'
+    tokens (their cost counted as the model's)."""
+
+    def __init__(
+        self, model, batch: int, sample: bool, device: torch.device | None = None, window_episodes: int | None = None
+    ):
         device = torch.device("cpu") if device is None else device
         self.model, self.sample, self.device = model.eval().to(device), sample, device
+        self.batch, self.window, self.episodes, self.seen = batch, window_episodes, [], 0
         self.state = model.init_state(batch, device)
         self.step_seconds, self.steps = 0.0, 0
         self.episode_seconds: list = []  # per in-context episode: the model's seconds over its steps
@@ -133,6 +141,8 @@ class ModelPolicy:
     def __call__(self, obs, prev_action, prev_reward, start, generator):
         t0 = time.perf_counter()
         inputs = [torch.from_numpy(x).to(self.device) for x in (obs, prev_action, prev_reward, start)]
+        if self.window is not None:
+            self._slide(inputs, bool(start[0]))
         mean, log_std, self.state = self.model.step(*inputs, self.state)
         action = self.model.act(
             mean.float().cpu(), None if log_std is None else log_std.float().cpu(), self.sample, generator
@@ -146,6 +156,17 @@ class ModelPolicy:
         self.step_seconds += seconds
         self.steps += 1
         return action
+
+    def _slide(self, inputs: list, episode_start: bool) -> None:
+        """Keep the tokens of the last `window` episodes; once one leaves, restart the state on the rest."""
+        if episode_start:
+            self.seen += 1
+            self.episodes = [*self.episodes, []][-self.window :]
+            if self.seen > self.window:
+                self.state = self.model.init_state(self.batch, self.device)
+                for token in (t for episode in self.episodes[:-1] for t in episode):
+                    _, _, self.state = self.model.step(*token, self.state)
+        self.episodes[-1].append(inputs)
 
     def ms_per_step_in_episode(self, episode: int, horizon: int) -> float:
         """Milliseconds per batched step over one in-context episode (Mamba's are flat; a transformer's
@@ -260,7 +281,9 @@ def evaluate_model(
     batch = len(controls) * len(tasks) * len(seeds)
     device = pick_device(ecfg["device"], "evaluate.device")
     say(f"{ckpt['arch']} on {device}", progress)
-    policy = ModelPolicy(model, batch, ecfg["sample_actions"], device)
+    sliding = ckpt["arch"] == "mamba" and ecfg["mamba_context"] == "sliding"
+    window = meta["context_episodes"] if sliding else None
+    policy = ModelPolicy(model, batch, ecfg["sample_actions"], device, window_episodes=window)
     returns, obs_mean, obs_last = rollout(
         info["family"],
         [t for _, t in tasks],

@@ -306,3 +306,16 @@ def test_the_expert_target_needs_a_source_with_an_expert(smoke_config):
     cfg["train"]["target"] = "expert"  # PointNav's source in the smoke config is ppo
     with pytest.raises(cfglib.ConfigError, match="PointNav: train.target 'expert' needs a source with an expert"):
         cfglib.validate(cfg)
+
+
+def test_a_searching_source_needs_a_told_expert_and_a_search_step(smoke_config):
+    import copy
+
+    cfg = copy.deepcopy(smoke_config)
+    cfg["overrides"]["HalfCheetahVel"]["source"]["noise_distill"].update(search=True, task_noise=0.0)
+    with pytest.raises(
+        cfglib.ConfigError, match="HalfCheetahVel: source.noise_distill.search needs a task_ppo or steer"
+    ):
+        cfglib.validate(cfg)
+    cfg["overrides"]["HalfCheetahVel"]["source"]["noise_distill"]["task_noise"] = 0.5
+    cfglib.validate(cfg)

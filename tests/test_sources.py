@@ -449,3 +449,65 @@ def test_ppo_bootstraps_each_time_limit_cut_from_the_value_of_the_observation_th
                 final = hist["final_observations"][:, u * rollout + t // horizon]
                 np.testing.assert_allclose(got, agent.value(final), rtol=1e-6)
                 assert not np.allclose(got, values[:, t])
+
+
+class GoalExpert:
+    """A stand-in task-conditioned expert on PointNav (its task features are the goal): heads for the goal
+    it is told, and records what it was told (each step: the acting call, then the clean call for the
+    true goal that `expert_actions` stores)."""
+
+    family = "PointNav"
+
+    def __init__(self):
+        self.told = []
+
+    def mean_action(self, obs, features):
+        self.told.append(np.array(features))
+        return np.clip((features - obs) / 0.1, -1.0, 1.0).astype(np.float32)
+
+
+def _searching_histories(search: bool, expert=None):
+    from adbench.sources.noise_distill import NoiseDistillConfig, run_noise_distill
+    from adbench.tasks import sample_tasks
+
+    tasks = sample_tasks("PointNav", 6, 2)
+    cfg = NoiseDistillConfig(expert="task_ppo", noise="gaussian", noise_std=0.3, task_noise=1.0, search=search)
+    hist = run_noise_distill(
+        "PointNav", tasks, 20, 40, cfg, seed=3, ppo=PPOConfig(), task_expert=expert or GoalExpert()
+    )
+    return tasks, hist
+
+
+def test_a_searching_source_finds_the_task_from_its_returns_without_being_told_it():
+    """search: the told goal starts as a draw and moves to the best-returning one; by the clean tail the
+    expert heads for a goal near the true one, and the return has risen from the first episodes'."""
+    expert = GoalExpert()
+    tasks, hist = _searching_histories(True, expert)
+    goals = np.array([t["goal"] for t in tasks])
+    acting = expert.told[0::2]
+    first_told, last_told = acting[0], acting[-1]  # (tasks, 2) at the first and the last step
+    assert np.linalg.norm(first_told - goals, axis=1).min() > 1e-3  # the true goal is not what it starts from
+    assert np.median(np.linalg.norm(last_told - goals, axis=1)) < 0.25
+    returns = hist["episode_returns"]
+    assert returns[:, -4:].mean() > returns[:, :4].mean() + 3.0
+
+
+def test_a_searching_source_keeps_what_earned_most():
+    """The told goal of the clean tail (no draw mixed in) is the told goal of the best-returning episode
+    before it, for every task."""
+    expert = GoalExpert()
+    _, hist = _searching_histories(True, expert)
+    steps = 20
+    told = np.stack(expert.told[0::2][::steps])  # (episodes, tasks, 2): each episode's told goal
+    tail = told[-1]
+    best = hist["episode_returns"][:, :-4].argmax(1)  # epsilon reaches 0 at episode 36 of 40
+    np.testing.assert_allclose(tail, told[best, np.arange(len(best))], atol=1e-6)
+
+
+def test_antdir_blends_stay_directions():
+    from adbench.tasks.inference import project_features
+
+    blend = 0.5 * np.array([[1.0, 0.0], [0.0, 1.0]]) + 0.5 * np.array([[0.0, 1.0], [0.0, -1.0]])
+    out = project_features("AntDir", blend)
+    np.testing.assert_allclose(out, [[np.sqrt(0.5), np.sqrt(0.5)], [0.0, 0.0]])  # the opposite pair stays 0
+    np.testing.assert_array_equal(project_features("HalfCheetahVel", blend), blend)

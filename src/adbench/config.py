@@ -195,6 +195,13 @@ def _check_source(cfg: dict, family: str) -> None:
             f"{family}: source.noise_distill.expert 'oracle' exists only for {list(ORACLE_FAMILIES)}; "
             f"use 'task_ppo' (a task-conditioned expert) or 'ppo'"
         )
+    if src["noise_distill"]["search"] and (
+        expert not in ("task_ppo", "steer") or src["noise_distill"]["task_noise"] == 0
+    ):
+        raise ConfigError(
+            f"{family}: source.noise_distill.search needs a task_ppo or steer expert and task_noise > 0 "
+            f"(the search's step), got expert {expert!r} and task_noise {src['noise_distill']['task_noise']}"
+        )
     if expert in ("ppo", "task_ppo") and src["noise_distill"]["expert_episodes"] % rollout:
         raise ConfigError(
             f"{family}: source.noise_distill.expert_episodes ({src['noise_distill']['expert_episodes']}) "

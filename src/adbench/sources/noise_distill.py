@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..tasks import BatchedTasks, get_family
-from ..tasks.inference import task_features
+from ..tasks.inference import project_features, task_features
 from .history import empty_history, finish_history, record_step
 from .ppo import PPOConfig, train_ppo
 from .task_expert import TaskExpert
@@ -42,7 +42,13 @@ class NoiseDistillConfig:
     task_noise: float = 0.0
     """'task_ppo' and 'steer': the expert is told a task between the true one and a task drawn afresh each episode,
     (1 - w) f_true + w f_drawn with w = task_noise * epsilon in feature space, so that early episodes pursue
-    other tasks and the histories show behaviour being corrected towards the true task (0: always the true task)."""
+    other tasks and the histories show behaviour being corrected towards the true task (0: always the true task).
+    Blends are projected back onto the family's task set (`tasks.inference.project_features`)."""
+    search: bool = False
+    """'task_ppo' and 'steer': the told task searches from the returns instead of converging on the true one,
+    which is never told: each episode blends the told task that has earned the best episode return so far with
+    a fresh draw, by task_noise * epsilon, so that the histories change behaviour when returns are low and
+    keep it when they are high (the clean tail acts on the best task found)."""
 
 
 def steering(walker: TaskExpert, goals: np.ndarray):
@@ -108,16 +114,22 @@ def run_noise_distill(
         )
     rng = np.random.default_rng(seed)
     hist = empty_history(env.num_tasks, episodes, env.horizon, env.obs_dim, env.act_dim, expert_actions=True)
+    told_noise = cfg.expert in ("task_ppo", "steer") and cfg.task_noise > 0
+    if cfg.search:
+        if not told_noise:
+            raise ValueError("source.noise_distill.search needs a task_ppo or steer expert and task_noise > 0")
+        best = _features(family, get_family(family).sample(rng, env.num_tasks))  # a first guess, drawn
+        best_return = np.full(env.num_tasks, -np.inf)
     t = 0
     for episode in tqdm(
         range(episodes), desc=f"noise distillation {family}", file=progress, mininterval=5, disable=not progress
     ):
         eps = epsilon(episode, episodes, cfg.clean_fraction)
-        if cfg.expert in ("task_ppo", "steer") and cfg.task_noise > 0:
-            drawn = get_family(family).sample(rng, env.num_tasks)
-            drawn_features = np.stack([task_features(family, t) for t in drawn]).astype(np.float32)
+        if told_noise:
+            drawn = _features(family, get_family(family).sample(rng, env.num_tasks))
             w = cfg.task_noise * eps
-            told_features = (1 - w) * true_features + w * drawn_features
+            centre = best if cfg.search else true_features
+            told_features = project_features(family, (1 - w) * centre + w * drawn)
         obs = env.reset(seed=int(rng.integers(2**31)))
         for _ in range(env.horizon):
             action = np.clip(expert(obs), -1.0, 1.0)
@@ -130,4 +142,12 @@ def run_noise_distill(
             record_step(hist, t, obs, action, reward, term, trunc, next_obs)
             hist["expert_actions"][:, t] = np.clip(clean(obs), -1.0, 1.0)  # the true task's, without noise
             obs, t = next_obs, t + 1
+        if cfg.search:  # the returns are the search's only signal
+            earned = hist["rewards"][:, t - env.horizon : t].sum(1)
+            better = earned > best_return
+            best[better], best_return[better] = told_features[better], earned[better]
     return finish_history(hist, episodes)
+
+
+def _features(family: str, tasks: list) -> np.ndarray:
+    return np.stack([task_features(family, t) for t in tasks]).astype(np.float32)

@@ -47,6 +47,16 @@ def task_features(family: str, task: dict) -> np.ndarray:
     raise ValueError(f"no task features for family {family!r}")
 
 
+def project_features(family: str, features: np.ndarray) -> np.ndarray:
+    """(n, dim) task features moved onto the family's own task set where a blend of two tasks leaves it:
+    AntDir's (cos, sin) back onto the unit circle (a zero vector stays zero). Other families' task sets
+    are convex in their features."""
+    if family != "AntDir":
+        return features
+    norm = np.linalg.norm(features, axis=-1, keepdims=True)
+    return np.where(norm > 1e-6, features / np.maximum(norm, 1e-6), features).astype(features.dtype)
+
+
 def _wrapped(angle: np.ndarray) -> np.ndarray:
     return np.abs((angle + math.pi) % (2 * math.pi) - math.pi)
 

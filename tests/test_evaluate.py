@@ -482,6 +482,7 @@ def test_cost_file_against_a_known_clock_and_the_models_horizon(cfg, dataset, mo
     assert cost["state_mib"] == pytest.approx(state_mib(model.init_state(batch)))  # Mamba's state: fixed size
     assert cost["train_env_steps"] == info["n_train"] * info["H"] * info["T"] + info["expert_env_steps"]
     assert cost["source"] == info["source"] and cost["seed"] == 0
+    assert cost["episode_stride"] == contents["meta"]["episode_stride"]  # where the figures place the source
 
 
 def test_each_episode_starts_from_its_own_seeded_state_the_same_under_every_control():

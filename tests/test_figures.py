@@ -123,6 +123,7 @@ def test_make_all_writes_a_figure_and_tables(tmp_path):
                 "ms_per_step": c * 0.5,
                 "train_env_steps": 1000,
                 "source": "ppo",
+                "episode_stride": 4,
             }
             for a in ("mamba", "transformer")
             for c in (2, 4)
@@ -143,7 +144,6 @@ def test_make_all_writes_a_figure_and_tables(tmp_path):
     metrics.to_csv(tmp_path / "metrics.csv", index=False)
     costs.to_csv(tmp_path / "costs.csv", index=False)
     make_all(
-        {"PointNav": 4},
         [tmp_path / "m.csv"],
         [tmp_path / "r.csv"],
         tmp_path,
@@ -864,3 +864,18 @@ def test_every_figure_and_table_has_its_report_caption():
     assert outputs.figure("results", "claims").as_posix() == "results/figures/claims.png"
     with pytest.raises(KeyError, match="'claim' is not a table of outputs.TABLES"):
         outputs.table("results", "claim")
+
+
+def test_the_in_context_figure_reads_the_training_stride_from_the_cost_tables():
+    from adbench.tables import episode_strides
+
+    costs = pd.DataFrame(
+        [
+            {"family": "A", "arch": "mamba", "context_episodes": 4, "episode_stride": 8},
+            {"family": "A", "arch": "rl2", "context_episodes": 0, "episode_stride": np.nan},
+            {"family": "B", "arch": "transformer", "context_episodes": 2, "episode_stride": 3},
+        ]
+    )
+    assert episode_strides(costs) == {"A": 8, "B": 3}
+    with pytest.raises(ValueError, match="cost tables \\(with episode_stride\\) are needed; rerun the evaluate rules"):
+        episode_strides(costs.drop(columns="episode_stride"))

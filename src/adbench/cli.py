@@ -141,14 +141,7 @@ def cmd_reference(args):
 def cmd_figures(args):
     from .figures import make_all
 
-    strides = {}
-    for item in args.episode_strides:
-        family, _, k = item.partition("=")
-        if not k.isdigit() or int(k) < 1:
-            raise cfglib.ConfigError(f"--episode-strides takes FAMILY=K with K >= 1, got {item!r}")
-        strides[family] = int(k)
     summary = make_all(
-        strides,
         args.models,
         args.references,
         args.out_dir,
@@ -225,13 +218,6 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--inference-out", help="CSV of the task-inference diagnostic of every episode")
     s.add_argument("--expert", help="the source's trained expert (the expert stage's output): the task-blind floor")
     s = stage("figures", cmd_figures, "figures and summary tables from the result CSVs")
-    s.add_argument(
-        "--episode-strides",
-        nargs="+",
-        required=True,
-        metavar="FAMILY=K",
-        help="each family's AD subsampling stride (dataset.episode_stride)",
-    )
     s.add_argument("--models", nargs="+", required=True)
     s.add_argument("--references", nargs="+", required=True)
     s.add_argument("--train-metrics", nargs="*", default=[], help="metrics.csv of each training run (cost figure)")

@@ -239,6 +239,7 @@ COST_COLUMNS = [
     "state_mib",
     "train_env_steps",
     "source",
+    "episode_stride",
 ]
 
 
@@ -347,6 +348,7 @@ def evaluate_model(
                     "state_mib": state_mib(policy.state),
                     "train_env_steps": train_env_steps(info, ckpt),
                     "source": "online" if ckpt["arch"] in BASELINES else info["source"],
+                    "episode_stride": meta.get("episode_stride", ""),  # AD's windows; none for a baseline
                 }
             ],
             COST_COLUMNS,

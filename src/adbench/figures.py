@@ -23,6 +23,7 @@ from .tables import (  # noqa: E402
     compare,
     context_scaling,
     curve_by_env_steps,
+    episode_strides,
     final_inference,
     held_out,
     inference_costs,
@@ -422,7 +423,6 @@ def _save(fig, path) -> None:
 
 
 def make_all(
-    strides: dict,
     model_csvs: list,
     reference_csvs: list,
     out_dir,
@@ -432,20 +432,22 @@ def make_all(
     cost_probes=(),
     baseline_metrics=(),
 ) -> pd.DataFrame:
-    """Every figure and table under out_dir/{figures,tables}/. `strides`: {family: dataset.episode_stride},
-    to place the source's history episodes on the in-context x-axis; the cost figure needs the training
-    metrics and inference costs (and draws the cost probes' measurements, where given); the
+    """Every figure and table under out_dir/{figures,tables}/. The evaluations' cost tables give the
+    models' env steps and training stride (where the source's history episodes sit on the in-context
+    x-axis); the cost figure needs the training metrics too (and draws the cost probes' measurements,
+    where given); the
     task-inference figure and table the evaluations' diagnostics; the baseline-convergence figure and
     table the baselines' training metrics."""
     out = Path(out_dir)
     models, refs = load(model_csvs), load(reference_csvs)
+    costs = pd.concat([pd.read_csv(p) for p in inference_costs]) if inference_costs else None
+    strides = episode_strides(costs)
     missing = sorted(set(refs["family"]) - set(strides))
     if missing:
-        raise ValueError(f"no episode stride given for families {missing}")
+        raise ValueError(f"no AD model's cost table gives the episode stride of {missing}; rerun their evaluate rules")
     plot_in_context(models, refs, strides, figure(out, "in_context_return"))
     plot_source_curves(refs, figure(out, "source_learning_curves"))
     write_table(source_improvement(refs), *table(out, "source_improvement"))
-    costs = pd.concat([pd.read_csv(p) for p in inference_costs]) if inference_costs else None
     summary = summarize(models, refs, costs=costs)
     write_table(summary, *table(out, "summary"))
     comparison = compare(models, refs)

@@ -550,6 +550,15 @@ def baseline_convergence(metrics: pd.DataFrame, summary: pd.DataFrame) -> pd.Dat
     return pd.DataFrame(rows, columns=CONVERGENCE_COLUMNS)
 
 
+def episode_strides(costs: pd.DataFrame | None) -> dict:
+    """{family: the AD models' dataset.episode_stride}, from the evaluate stage's cost tables: where the
+    in-context figure places the source's history episode e (at e / stride)."""
+    if costs is None or "episode_stride" not in costs:
+        raise ValueError("the evaluate stage's cost tables (with episode_stride) are needed; rerun the evaluate rules")
+    ad = costs[costs["context_episodes"] != NO_CONTEXT].dropna(subset=["episode_stride"])
+    return {family: int(g["episode_stride"].iloc[0]) for family, g in ad.groupby("family")}
+
+
 def _cell(v) -> str:
     if isinstance(v, float) and v.is_integer() and abs(v) >= 1000:
         return f"{v:,.0f}"  # step counts

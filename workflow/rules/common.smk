@@ -155,13 +155,6 @@ def reference_tables():
     return expand("results/eval/{family}/reference.csv", family=config["families"])
 
 
-def episode_strides():
-    """`Family=k` for every family: figures place the source's history episode e at e / k."""
-    return " ".join(
-        f"{f}={adbench_config.for_family(config, f)['dataset']['episode_stride']}" for f in config["families"]
-    )
-
-
 def mem_mb(rule, estimate):
     """A rule's memory request: resources.mem_mb.<rule> if the config fixes it, else `estimate`."""
     return adbench_resources.requested(config, rule, "mem_mb", estimate)

@@ -35,10 +35,8 @@ rule figures:
     resources:
         mem_mb=mem_mb("figures", 2000),
         runtime=runtime("figures", 15),
-    params:
-        strides=episode_strides(),
     shell:
-        "python -m adbench figures --episode-strides {params.strides} --models {input.models} "
+        "python -m adbench figures --models {input.models} "
         "--references {input.references} --train-metrics {input.train_metrics} "
         "--inference-costs {input.inference_costs} --task-inference {input.task_inference} "
         "--cost-probes {input.cost_probes} --baseline-metrics {input.baseline_metrics} --out-dir results > {log} 2>&1"

@@ -48,7 +48,7 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     info = validate_file(results / "datasets/PointNav.h5")
     assert info["n_train"] == 8 and info["n_test"] == 4 and info["source"] == "ppo"
     info = validate_file(results / "datasets/HalfCheetahVel.h5")
-    assert info["source"] == "noise_distill(task_ppo)" and info["horizon"] == 20
+    assert info["source"] == "noise_distill(task_ppo, search)" and info["horizon"] == 20
     assert info["expert_env_steps"] == 8 * 4 * 20  # training tasks x expert episodes x horizon
     for name in (
         "in_context_return",
@@ -91,7 +91,10 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     assert set(summary["family"]) == {"PointNav", "HalfCheetahVel"}
     assert (summary["train_env_steps"] > 0).all()
     sources = summary[summary["context_episodes"] != 3].set_index(["family", "arch"])["source"]
-    assert sources[("PointNav", "mamba")] == "ppo" and sources[("HalfCheetahVel", "mamba")] == "noise_distill(task_ppo)"
+    assert (
+        sources[("PointNav", "mamba")] == "ppo"
+        and sources[("HalfCheetahVel", "mamba")] == "noise_distill(task_ppo, search)"
+    )
     assert sources[("HalfCheetahVel", "rl2")] == "online"
     hcv = summary[(summary["family"] == "HalfCheetahVel") & (summary["context_episodes"] != 3)].set_index("arch")
     assert hcv.loc["mamba", "train_env_steps"] == 8 * 16 * 20 + 8 * 4 * 20  # histories + the expert's training

@@ -185,9 +185,13 @@ def _with_ci(name: str, estimate: tuple, ci: str | None = None) -> dict:
 
 
 def source_kind(source: str) -> str:
-    """What a source's final return means: a source told each task (an oracle for AD, which is not) or a
-    learner that found the task from rewards, as AD must."""
-    return "told the task" if str(source).startswith("noise_distill") else "learner" if source else ""
+    """What a source's final return means: a source told each task (an oracle for AD, which is not told),
+    or one that found the task from rewards, as AD must (a learner, or an expert searching the tasks)."""
+    if not source:
+        return ""
+    if str(source).startswith("noise_distill") and "search" not in str(source):
+        return "told the task"
+    return "found the task from rewards"
 
 
 def unit_interval(units: pd.DataFrame, value: str, aggregate: str, seed: int) -> tuple[float, float, float]:

@@ -124,8 +124,10 @@ def _validate(f: h5py.File, path: Path) -> dict:
 
 
 def source_label(f: h5py.File) -> str:
-    """The source algorithm as results name it: `ppo`, or `noise_distill(<expert>)`."""
+    """The source algorithm as results name it: `ppo`, `noise_distill(<expert>)`, or
+    `noise_distill(<expert>, search)` for an expert whose told task searches from the returns."""
     algorithm = str(f.attrs.get("source_algorithm", "unknown"))
     if algorithm == "noise_distill" and "source_settings" in f.attrs:
-        return f"{algorithm}({json.loads(f.attrs['source_settings'])['noise_distill']['expert']})"
+        settings = json.loads(f.attrs["source_settings"])["noise_distill"]
+        return f"{algorithm}({settings['expert']}{', search' if settings.get('search') else ''})"
     return algorithm

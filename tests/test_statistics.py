@@ -9,8 +9,8 @@ from scipy import stats
 
 from adbench.statistics import (
     BOOTSTRAP,
+    difference,
     interval,
-    mean_difference,
     probability_of_improvement,
     row_seed,
     runs_by_tasks,
@@ -101,14 +101,15 @@ def test_probability_of_improvement_by_hand():
         probability_of_improvement(a, b[:, :4], 0)
 
 
-def test_mean_difference_shares_the_task_draw_and_resamples_each_models_seeds():
+def test_a_difference_shares_the_task_draw_and_resamples_each_models_seeds():
     """Two models that differ by exactly 1 on every task and run: the tasks' spread cancels (one draw of
     tasks for both), and with one seed and no run noise the CI is the point."""
     levels = np.random.default_rng(5).normal(0, 10, size=(1, 12, 1))
     x, y = levels + 1.0, levels.copy()
-    assert mean_difference(x, y, 3) == pytest.approx((1.0, 1.0, 1.0))
+    assert difference(x, y, "mean", 3) == pytest.approx((1.0, 1.0, 1.0))
+    assert difference(x, y, "iqm", 3) == pytest.approx((1.0, 1.0, 1.0))
     seeds = np.array([0.0, 6.0])[:, None, None]  # x's two training seeds differ: the CI must show it
-    _, low, high = mean_difference(levels + 1.0 + seeds, y, 3)
+    _, low, high = difference(levels + 1.0 + seeds, y, "mean", 3)
     assert low < 2 and high > 6
 
 

@@ -5,8 +5,9 @@
 3. `competitive_with_online`: per family, each AD architecture at its longest context minus the online
    meta-RL baseline (RL^2), judged as non-inferiority within `MARGIN`.
 
-Each effect is a difference of mean normalised final returns with the hierarchical bootstrap's 95% CI
-(`statistics.mean_difference`: training seeds and evaluation runs of each model resampled apart, the
+Each effect is a difference of the interquartile means of the normalised final returns (robust to the
+few tasks whose small floor-to-source gap makes their scores large) with the hierarchical bootstrap's
+95% CI (`statistics.difference`: training seeds and evaluation runs of each model resampled apart, the
 held-out tasks drawn once for both). The verdict rule (docs/methods.md):
 - fewer than MIN_SEEDS training seeds on either side: `inconclusive` (the CI cannot hold seed variance);
 - claims 1 and 2: `supported` if the CI lies above 0, `contradicted` if below 0, else `inconclusive`;
@@ -75,7 +76,7 @@ def claims(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0) -> pd.DataFr
     rows = []
     for claim, family, x, y, threshold in _pairs(arrays):
         ax, ay = arrays[(family, *x)], arrays[(family, *y)]
-        effect, low, high = statistics.mean_difference(ax, ay, statistics.row_seed(seed, claim, family, *x, *y))
+        effect, low, high = statistics.difference(ax, ay, "iqm", statistics.row_seed(seed, claim, family, *x, *y))
         seeds = min(ax.shape[0], ay.shape[0])
         rows.append(
             {

@@ -404,7 +404,7 @@ def plot_claims(table: pd.DataFrame, path: Path) -> None:
         for threshold in sorted(set(rows["threshold"])):
             ax.axvline(threshold, color="black", ls="--", lw=0.8)
         ax.axvline(0.0, color="grey", lw=0.6)
-        ax.set(title=claim.replace("_", " "), xlabel="difference in mean normalised final return")
+        ax.set(title=claim.replace("_", " "), xlabel="difference in IQM of the normalised final return")
     handles = [plt.Line2D([], [], color=c, marker="o", label=v) for v, c in VERDICT_COLOURS.items()]
     fig.legend(
         handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.98), frameon=False, fontsize=8, title="verdict"

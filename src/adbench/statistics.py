@@ -119,6 +119,7 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray, seed: int) -> tuple
     return _two_sample(x, y, improvement, seed)
 
 
-def mean_difference(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float, float]:
-    """Mean of X minus mean of Y over the same tasks, with its hierarchical-bootstrap CI."""
-    return _two_sample(x, y, lambda a, b: a.mean() - b.mean(), seed)
+def difference(x: np.ndarray, y: np.ndarray, aggregate: str, seed: int) -> tuple[float, float, float]:
+    """An aggregate (AGGREGATES) of X minus the same of Y over the same tasks, with its hierarchical-bootstrap CI."""
+    func = AGGREGATES[aggregate]
+    return _two_sample(x, y, lambda a, b: func(a) - func(b), seed)

@@ -602,3 +602,9 @@ def test_mambas_sliding_context_acts_as_a_fresh_state_fed_only_the_last_episodes
     expected = [fresh(*token, None) for token in episodes[3] + episodes[4]][3:]
     np.testing.assert_allclose(np.stack(actions["sliding"][12:]), np.stack(expected), rtol=1e-5, atol=1e-6)
     assert not np.allclose(np.stack(actions["sliding"][12:]), np.stack(actions["recurrent"][12:]))
+
+
+def test_the_switch_comes_half_way_rounded_down():
+    from adbench.measures import switch_episode
+
+    assert [switch_episode(n) for n in (1, 2, 7, 24, 25)] == [1, 1, 3, 12, 12]

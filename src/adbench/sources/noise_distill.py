@@ -133,6 +133,8 @@ def run_noise_distill(
         obs = env.reset(seed=int(rng.integers(2**31)))
         for _ in range(env.horizon):
             action = np.clip(expert(obs), -1.0, 1.0)
+            # the true task's action, without noise: the told one's, unless the told task moves
+            hist["expert_actions"][:, t] = np.clip(clean(obs), -1.0, 1.0) if told_noise else action
             if cfg.noise == "gaussian":
                 action = np.clip(action + eps * cfg.noise_std * rng.standard_normal(action.shape), -1.0, 1.0)
             else:
@@ -140,7 +142,6 @@ def run_noise_distill(
                 action[noisy] = rng.uniform(-1.0, 1.0, size=(int(noisy.sum()), env.act_dim))
             next_obs, reward, term, trunc = env.step(action)
             record_step(hist, t, obs, action, reward, term, trunc, next_obs)
-            hist["expert_actions"][:, t] = np.clip(clean(obs), -1.0, 1.0)  # the true task's, without noise
             obs, t = next_obs, t + 1
         if cfg.search:  # the returns are the search's only signal
             earned = hist["rewards"][:, t - env.horizon : t].sum(1)

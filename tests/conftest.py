@@ -45,8 +45,12 @@ def cfg(smoke_config) -> dict:
 
 @pytest.fixture(scope="session")
 def dataset(smoke_config, tmp_path_factory) -> Path:
-    """A real PointNav dataset at smoke scale (PPO histories of 8 train + 4 test tasks)."""
+    """A real PointNav dataset at smoke scale (PPO histories of 8 train + 4 test tasks). Mutation runs
+    may name a copy built once in ADBENCH_TEST_DATASET (docs/testing.md); tests get a copy of it."""
     out = tmp_path_factory.mktemp("data")
+    if prebuilt := os.environ.get("ADBENCH_TEST_DATASET"):
+        shutil.copy(prebuilt, out / "PointNav.h5")
+        return out / "PointNav.h5"
     shards = []
     for i in range(len(shard_sizes(smoke_config))):
         shards.append(out / f"shard-{i}.h5")

@@ -397,6 +397,33 @@ def test_train_ppo_records_its_rollouts_and_updates_on_them_as_taken(monkeypatch
     assert any((batch["actions"].abs() > 1).any() for batch, _ in updates)
     assert hist["episode_returns"].shape == (3, episodes)
     np.testing.assert_allclose(hist["episode_returns"], hist["rewards"].reshape(3, episodes, horizon).sum(-1))
+    # the stored flags: every episode cut by the time limit at its last step, none terminated
+    np.testing.assert_array_equal(hist["truncated"], np.tile(ends[:, :horizon], (1, episodes)))
+    assert not hist["terminated"].any()
+
+
+def test_ppo_logs_its_progress_and_steps_the_physics_on_the_threads_it_is_given(monkeypatch):
+    """The histories job's log gets a bar named for the family and learner count that ends on the last
+    episode's mean return; the batched physics gets the job's threads (one unless told)."""
+    import io
+
+    from adbench.sources import ppo
+    from adbench.tasks import sample_tasks
+
+    threads, original = [], ppo.BatchedTasks
+
+    def spy(family, tasks, horizon, threads_given=1):
+        threads.append(threads_given)
+        return original(family, tasks, horizon, threads_given)
+
+    monkeypatch.setattr(ppo, "BatchedTasks", spy)
+    cfg, tasks, log = PPOConfig(rollout_episodes=2, update_epochs=1), sample_tasks("PointNav", 3, seed=0), io.StringIO()
+    hist = ppo.run_ppo("PointNav", tasks, 5, 4, cfg, seed=0, progress=log)
+    ppo.run_ppo("PointNav", tasks, 5, 2, cfg, seed=0, threads=2)
+    ppo.train_ppo("PointNav", tasks, 5, 2, cfg, seed=0)
+    assert threads == [1, 2, 1]
+    assert "ppo PointNav x3" in log.getvalue()
+    assert f"last_return={hist['episode_returns'][:, -1].mean():.1f}" in log.getvalue()
 
 
 def test_each_epoch_takes_one_adam_step_per_minibatch():

@@ -25,6 +25,7 @@ from adbench.evaluate import (
 )
 from adbench.measures import edge
 from adbench.models import build, load_checkpoint, state_mib
+from adbench.provenance import git_revision
 from adbench.statistics import interval
 from adbench.tasks import sample_tasks
 
@@ -483,6 +484,10 @@ def test_cost_file_against_a_known_clock_and_the_models_horizon(cfg, dataset, mo
     assert cost["train_env_steps"] == info["n_train"] * info["H"] * info["T"] + info["expert_env_steps"]
     assert cost["source"] == info["source"] and cost["seed"] == 0
     assert cost["episode_stride"] == contents["meta"]["episode_stride"]  # where the figures place the source
+    # the commits behind the row: the histories', the training's (this checkout's) and the evaluation's
+    with h5py.File(dataset) as f:
+        assert cost["dataset_commit"] == f.attrs["git_revision"]
+    assert cost["model_commit"] == contents["meta"]["commit"] == git_revision() == cost["evaluate_commit"]
 
 
 def test_each_episode_starts_from_its_own_seeded_state_the_same_under_every_control():

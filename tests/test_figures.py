@@ -879,3 +879,23 @@ def test_the_in_context_figure_reads_the_training_stride_from_the_cost_tables():
     assert episode_strides(costs) == {"A": 8, "B": 3}
     with pytest.raises(ValueError, match="cost tables \\(with episode_stride\\) are needed; rerun the evaluate rules"):
         episode_strides(costs.drop(columns="episode_stride"))
+
+
+def test_the_provenance_table_names_the_commits_behind_every_model():
+    from adbench.tables import provenance
+
+    row = {"family": "A", "context_episodes": 4, "seed": 0}
+    costs = pd.DataFrame(
+        [
+            {**row, "arch": "transformer", "dataset_commit": "d1", "model_commit": "m2", "evaluate_commit": "e3"},
+            {**row, "arch": "mamba", "dataset_commit": "d1", "model_commit": "m1-dirty", "evaluate_commit": "e3"},
+            {**row, "arch": "rl2", "context_episodes": 0, "dataset_commit": "d1"},  # an older file: no model commit
+        ]
+    )
+    table = provenance(costs, "t9")
+    assert table["arch"].tolist() == ["mamba", "rl2", "transformer"]
+    assert table["model_commit"].tolist() == ["m1-dirty", "unknown", "m2"]
+    assert table["evaluate_commit"].tolist() == ["e3", "unknown", "e3"]
+    assert set(table["dataset_commit"]) == {"d1"} and set(table["tables_commit"]) == {"t9"}
+    older = provenance(costs.drop(columns=["dataset_commit", "model_commit", "evaluate_commit"]), "t9")
+    assert older["dataset_commit"].tolist() == ["unknown"] * 3

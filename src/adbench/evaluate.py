@@ -22,6 +22,7 @@ from .floors import random_policy, task_blind_policy, zero_policy
 from .measures import CONTROLS, switch_episode
 from .models import from_checkpoint, read_checkpoint, state_mib
 from .progress import say
+from .provenance import git_revision
 from .seeding import derive_seed
 from .tasks import BatchedTasks
 from .tasks.inference import diagnose
@@ -240,6 +241,9 @@ COST_COLUMNS = [
     "train_env_steps",
     "source",
     "episode_stride",
+    "dataset_commit",
+    "model_commit",
+    "evaluate_commit",
 ]
 
 
@@ -349,6 +353,9 @@ def evaluate_model(
                     "train_env_steps": train_env_steps(info, ckpt),
                     "source": "online" if ckpt["arch"] in BASELINES else info["source"],
                     "episode_stride": meta.get("episode_stride", ""),  # AD's windows; none for a baseline
+                    "dataset_commit": info["commit"],
+                    "model_commit": meta.get("commit", "unknown"),
+                    "evaluate_commit": git_revision(),
                 }
             ],
             COST_COLUMNS,

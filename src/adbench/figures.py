@@ -13,6 +13,7 @@ import seaborn as sns  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
 from .claims import CLAIMS, VERDICTS, claims  # noqa: E402
 from .outputs import figure, table  # noqa: E402
+from .provenance import git_revision  # noqa: E402
 from .tables import (  # noqa: E402
     ALL_FAMILIES,
     FLOORS,
@@ -30,6 +31,7 @@ from .tables import (  # noqa: E402
     inference_summary,
     label,
     load,
+    provenance,
     source_improvement,
     summarize,
     training_costs,
@@ -445,6 +447,7 @@ def make_all(
     missing = sorted(set(refs["family"]) - set(strides))
     if missing:
         raise ValueError(f"no AD model's cost table gives the episode stride of {missing}; rerun their evaluate rules")
+    write_table(provenance(costs, git_revision()), *table(out, "provenance"))
     plot_in_context(models, refs, strides, figure(out, "in_context_return"))
     plot_source_curves(refs, figure(out, "source_learning_curves"))
     write_table(source_improvement(refs), *table(out, "source_improvement"))

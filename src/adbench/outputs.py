@@ -26,6 +26,7 @@ TABLES = {
     "source_improvement": "Tables",
     "claims": "Claims",
     "baseline_convergence": "Claims",
+    "provenance": "Tables",
 }
 
 

@@ -554,6 +554,20 @@ def baseline_convergence(metrics: pd.DataFrame, summary: pd.DataFrame) -> pd.Dat
     return pd.DataFrame(rows, columns=CONVERGENCE_COLUMNS)
 
 
+PROVENANCE_COLUMNS = ["family", "arch", "context_episodes", "seed", "dataset_commit", "model_commit", "evaluate_commit"]
+
+
+def provenance(costs: pd.DataFrame, tables_commit: str) -> pd.DataFrame:
+    """The commits behind each model's rows, from the evaluate stage's cost tables: its dataset's (the
+    histories), its training's and its evaluation's, beside the commit that made these tables;
+    `unknown` where a file made before they were recorded does not say."""
+    out = costs.reindex(columns=PROVENANCE_COLUMNS)
+    commits = PROVENANCE_COLUMNS[4:]
+    out[commits] = out[commits].astype(object).fillna("unknown")
+    out["tables_commit"] = tables_commit
+    return out.sort_values(PROVENANCE_COLUMNS[:4]).reset_index(drop=True)
+
+
 def episode_strides(costs: pd.DataFrame | None) -> dict:
     """{family: the AD models' dataset.episode_stride}, from the evaluate stage's cost tables: where the
     in-context figure places the source's history episode e (at e / stride)."""

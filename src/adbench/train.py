@@ -21,6 +21,7 @@ from .data import WindowSampler, input_statistics, validate_file
 from .devices import pick_device
 from .models import build, count_parameters, save_checkpoint
 from .progress import say
+from .provenance import git_revision
 from .resume import load_progress, save_progress
 from .seeding import derive_seed
 
@@ -192,6 +193,7 @@ def run(
         "episode_stride": sampler.stride,
         "parameters": count_parameters(model),
         "steps": tcfg["steps"],
+        "commit": git_revision(),
     }
     final = out_dir / "model.pt"
     with atomic_path(final) as tmp:

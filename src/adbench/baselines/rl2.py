@@ -29,6 +29,7 @@ from ..data import open_histories, task_table, validate_file
 from ..measures import edge
 from ..models import checkpoint
 from ..progress import say
+from ..provenance import git_revision
 from ..resume import load_progress, save_progress
 from ..seeding import derive_seed
 from ..sources.batched_nets import RunningMeanStd
@@ -425,6 +426,7 @@ def run(cfg: dict, dataset, seed: int, out_dir, progress=None, stop_after: int |
         "train_env_steps": trainer.env_steps,
         "trial_episodes": rl2_cfg.trial_episodes,
         "parameters": sum(p.numel() for p in trainer.policy.parameters()),
+        "commit": git_revision(),
     }
     with atomic_path(out_dir / "model.pt") as tmp:
         save_policy(tmp, trainer, meta)

@@ -120,6 +120,7 @@ def _validate(f: h5py.File, path: Path) -> dict:
         "act_dim": shape[3],
         "source": source_label(f),
         "expert_env_steps": int(f.attrs.get("expert_env_steps", 0)),
+        "commit": str(f.attrs.get("git_revision", "unknown")),
     }
 
 

@@ -437,6 +437,41 @@ def test_each_epoch_takes_one_adam_step_per_minibatch():
     assert {int(agent.optimizer.state[p]["step"]) for p in agent.params} == {3 * 4}
 
 
+def test_each_epoch_visits_every_sample_once_in_its_minibatches(monkeypatch):
+    from adbench.sources import ppo
+
+    seen = []
+    original = ppo.clipped_losses
+
+    def spy(logp, old_logp, adv, *rest, **kwargs):
+        seen.append(adv.detach().clone())
+        return original(logp, old_logp, adv, *rest, **kwargs)
+
+    monkeypatch.setattr(ppo, "clipped_losses", spy)
+    cfg = PPOConfig(update_epochs=2, minibatches=4)
+    agent = BatchedPPO(2, 3, 2, cfg, seed=0)
+    obs = np.random.default_rng(0).normal(size=(2, 40, 3))
+    actions = torch.randn(2, 40, 2, generator=torch.Generator().manual_seed(0))
+    old = agent.log_prob(agent.normalize_obs(obs), actions).detach()
+    adv = torch.arange(80.0).reshape(2, 40)  # every sample told apart by its advantage
+    agent.optimize(obs, actions, old, adv, torch.zeros(2, 40), lr_frac=1.0)
+    assert len(seen) == 2 * 4
+    for epoch in (seen[:4], seen[4:]):
+        assert torch.equal(torch.cat(epoch, 1).sort(1).values, adv)
+
+
+def test_an_entropy_bonus_widens_the_policy_where_nothing_else_moves_it():
+    """With zero advantages and a critic already exact, the only gradient is the entropy bonus's."""
+    cfg = PPOConfig(update_epochs=1, minibatches=1, ent_coef=0.1, vf_coef=0.0)
+    agent = BatchedPPO(2, 3, 2, cfg, seed=0)
+    obs = np.random.default_rng(0).normal(size=(2, 8, 3))
+    actions = torch.randn(2, 8, 2, generator=torch.Generator().manual_seed(0))
+    old = agent.log_prob(agent.normalize_obs(obs), actions).detach()
+    before = agent.log_std.detach().clone()
+    agent.optimize(obs, actions, old, torch.zeros(2, 8), torch.zeros(2, 8), lr_frac=1.0)
+    assert (agent.log_std.detach() > before).all()
+
+
 def test_a_history_length_that_is_not_whole_rollouts_is_refused():
     from adbench.sources.ppo import train_ppo
     from adbench.tasks import sample_tasks

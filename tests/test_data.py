@@ -29,8 +29,10 @@ def test_dataset_meets_the_contract(dataset, smoke_config):
         "act_dim": 2,
         "source": "ppo",
         "expert_env_steps": 0,
+        "commit": info["commit"],
     }
     with h5py.File(dataset) as f:
+        assert info["commit"] == f.attrs["git_revision"] != ""  # the commit that made the histories
         assert f.attrs["schema_version"] == SCHEMA_VERSION
         assert json.loads(f.attrs["source_settings"])["ppo"]["learning_rate"] == s["ppo"]["learning_rate"]
         assert "torch" in json.loads(f.attrs["package_versions"])

@@ -554,18 +554,18 @@ def baseline_convergence(metrics: pd.DataFrame, summary: pd.DataFrame) -> pd.Dat
     return pd.DataFrame(rows, columns=CONVERGENCE_COLUMNS)
 
 
-PROVENANCE_COLUMNS = ["family", "arch", "context_episodes", "seed", "dataset_commit", "model_commit", "evaluate_commit"]
+MODEL_KEYS = ["family", "arch", "context_episodes", "seed"]
+COMMITS = ["dataset_commit", "model_commit", "evaluate_commit"]  # the evaluate stage's cost-table columns
 
 
 def provenance(costs: pd.DataFrame, tables_commit: str) -> pd.DataFrame:
     """The commits behind each model's rows, from the evaluate stage's cost tables: its dataset's (the
     histories), its training's and its evaluation's, beside the commit that made these tables;
     `unknown` where a file made before they were recorded does not say."""
-    out = costs.reindex(columns=PROVENANCE_COLUMNS)
-    commits = PROVENANCE_COLUMNS[4:]
-    out[commits] = out[commits].astype(object).fillna("unknown")
+    out = costs.reindex(columns=MODEL_KEYS + COMMITS)
+    out[COMMITS] = out[COMMITS].astype(object).fillna("unknown")
     out["tables_commit"] = tables_commit
-    return out.sort_values(PROVENANCE_COLUMNS[:4]).reset_index(drop=True)
+    return out.sort_values(MODEL_KEYS).reset_index(drop=True)
 
 
 def episode_strides(costs: pd.DataFrame | None) -> dict:

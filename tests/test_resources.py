@@ -78,3 +78,20 @@ def test_paper_config_plans_the_full_experiment_with_per_job_requests(tmp_path):
     assert mem["HalfCheetahVel/mamba-ctx64-seed0"] > mem["HalfCheetahVel/mamba-ctx4-seed0"]
     rl2 = [j for j in jobs if j.lstrip().startswith("rule rl2_train:")]
     assert rl2 and not any("gpu=1" in j for j in rl2)  # RL^2 steps MuJoCo on the CPU
+
+
+def test_the_longest_jobs_start_first_when_cores_are_short(tmp_path):
+    """The default's training and RL^2 jobs carry their runtime request as priority (makespan on 2 cores)."""
+    run = snakemake_cli(tmp_path, "--configfile", str(REPO / "config.yaml"), "-n", timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    jobs = re.split(r"^\[.*\]$", run.stdout, flags=re.M)
+    priority = {
+        re.search(r"output: results/train/(\S+)/model.pt", j).group(1): int(re.search(r"priority: (\d+)", j).group(1))
+        for j in jobs
+        if j.lstrip().startswith(("rule train:", "rule rl2_train:"))
+    }
+    for family in ("PointNav", "HalfCheetahVel"):
+        for arch in ("mamba", "transformer"):
+            assert priority[f"{family}/{arch}-ctx8-seed0"] > priority[f"{family}/{arch}-ctx4-seed0"] > 0
+        assert priority[f"{family}/rl2-seed0"] > priority[f"{family}/mamba-ctx4-seed0"]
+    assert not any("priority:" in j for j in jobs if j.lstrip().startswith("rule evaluate:"))

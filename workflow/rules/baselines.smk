@@ -8,6 +8,7 @@ rule rl2_train:
         "results/logs/train/{family}/rl2-seed{seed}.log",
     benchmark:
         "results/benchmarks/train/{family}/rl2-seed{seed}.tsv"
+    priority: runtime("rl2_train", 240)
     conda:
         "../../envs/train.yaml"
     threads: family_threads("rl2")

@@ -171,6 +171,8 @@ def train_mem_mb(wildcards):
 
 
 def train_runtime(wildcards):
+    """Training's wall-time request, estimated per job; also its priority: when fewer cores than ready jobs,
+    the longest start first, so the run ends sooner (its makespan is not left to one long job at the end)."""
     return runtime(
         "train", adbench_resources.train_runtime_min(config, wildcards.family, wildcards.arch, int(wildcards.ctx))
     )

@@ -8,6 +8,7 @@ rule train:
         "results/logs/train/{family}/{arch}-ctx{ctx}-seed{seed}.log",
     benchmark:
         "results/benchmarks/train/{family}/{arch}-ctx{ctx}-seed{seed}.tsv"
+    priority: train_runtime
     conda:
         TRAIN_ENV
     threads: family_threads("train")

@@ -190,6 +190,32 @@ def test_the_oracle_families_are_those_with_an_analytic_expert():
     assert sorted(cfglib.ORACLE_FAMILIES) == sorted(name for name, fam in FAMILIES.items() if fam.oracle is not None)
 
 
+def test_the_dynamics_families_are_those_whose_task_leaves_the_reward_alone():
+    from adbench.tasks import make_env, sample_tasks
+
+    varies = {name: make_env(name, sample_tasks(name, 1, 0)[0]).reward_varies for name in FAMILIES}
+    assert sorted(cfglib.DYNAMICS_FAMILIES) == sorted(name for name, v in varies.items() if not v)
+
+
+def test_the_counterfactual_target_needs_counterfactual_histories_of_a_reward_family():
+    base = cfglib.load([REPO / "config.yaml"])
+    no_cf = cfglib.deep_merge(base, {"overrides": {"HalfCheetahVel": {"train": {"target": "counterfactual"}}}})
+    with pytest.raises(cfglib.ConfigError, match=r"HalfCheetahVel: train.target 'counterfactual' needs histories"):
+        cfglib.validate(no_cf)
+    pointnav = cfglib.deep_merge(base, {"train": {"target": "counterfactual"}})  # PPO histories
+    with pytest.raises(cfglib.ConfigError, match=r"PointNav: train.target 'counterfactual' needs histories"):
+        cfglib.validate(pointnav)
+    cf = {"source": {"noise_distill": {"counterfactuals": 2}}, "train": {"target": "counterfactual"}}
+    cfglib.validate(cfglib.deep_merge(base, {"overrides": {"HalfCheetahVel": cf}}))
+    walker = cfglib.deep_merge(
+        base, {"families": ["Walker2dParams"], "overrides": {"Walker2dParams": {"source": cf["source"]}}}
+    )
+    with pytest.raises(
+        cfglib.ConfigError, match=r"Walker2dParams: source.noise_distill.counterfactuals needs a family"
+    ):
+        cfglib.validate(walker)
+
+
 def test_a_family_without_an_oracle_cannot_have_the_oracle_expert():
     cfg = cfglib.deep_merge(
         cfglib.load([REPO / "config.yaml"]),

@@ -301,10 +301,71 @@ def test_the_expert_target_predicts_the_experts_action_and_feeds_the_recorded_on
     assert not torch.equal(batch["action"], recorded["action"])
 
 
-def test_the_expert_target_needs_a_source_with_an_expert(dataset):
+def test_the_expert_target_needs_a_source_with_an_expert(dataset, distilled):
     with pytest.raises(DatasetError, match="has no expert_actions for train.target 'expert': its source has no expert"):
         WindowSampler(dataset, 2, 2, batch_size=2, seed=0, target="expert")
     with pytest.raises(
-        ValueError, match=r"unknown training target 'best'; train.target is one of \['recorded', 'expert'\]"
+        DatasetError, match="has no counterfactual_rewards for train.target 'counterfactual': set source.noise_distill"
+    ):
+        WindowSampler(distilled, 2, 2, batch_size=2, seed=0, target="counterfactual")
+    with pytest.raises(
+        ValueError,
+        match=r"unknown training target 'best'; train.target is one of \['recorded', 'expert', 'counterfactual'\]",
     ):
         WindowSampler(dataset, 2, 2, batch_size=2, seed=0, target="best")
+
+
+@pytest.fixture(scope="module")
+def counterfactual(smoke_config, tmp_path_factory):
+    """The `distilled` dataset's settings with two counterfactual tasks per history."""
+    import copy
+
+    from adbench.histories import merge_shards
+
+    cfg = copy.deepcopy(smoke_config)
+    cfg["source"].update(algorithm="noise_distill", episodes=12, tasks_per_shard=16)
+    cfg["source"]["noise_distill"]["counterfactuals"] = 2
+    cfg["tasks"].update(n_train=4, n_test=2, n_val=0)
+    out = tmp_path_factory.mktemp("counterfactual")
+    run_shard(cfg, "PointNav", 0, out / "shard-0.h5", progress=False)
+    merge_shards(cfg, "PointNav", [out / "shard-0.h5"], out / "PointNav.h5")
+    return out / "PointNav.h5"
+
+
+def test_the_counterfactual_target_tells_each_window_its_task_or_another_by_the_rewards(counterfactual):
+    """train.target counterfactual: the windows of the expert target, each with the rewards and the
+    expert's actions of its true task or of one of its counterfactual tasks (drawn uniformly after the
+    windows); the observations and the previous actions (the executed ones) are the recorded ones."""
+    validate_file(counterfactual)
+    plain = WindowSampler(counterfactual, 3, 2, batch_size=64, seed=4, target="expert").sample()
+    sampler = WindowSampler(counterfactual, 3, 2, batch_size=64, seed=4, target="counterfactual")
+    rng = np.random.default_rng()
+    rng.bit_generator.state = sampler.rng.bit_generator.state
+    batch = sampler.sample()
+    for key in ("obs", "prev_action", "episode_start"):
+        assert torch.equal(batch[key], plain[key]), key
+    tasks, hists, starts = rng.integers(4, size=64), rng.integers(1, size=64), rng.integers(12 - 4, size=64)
+    told = rng.integers(3, size=64)
+    with h5py.File(counterfactual) as f:
+        train = [g for g in f["tasks"].values() if g.attrs["split"] == "train"]
+        for b, (task, hist, e0) in enumerate(zip(tasks, hists, starts)):
+            g = train[task]
+            steps = np.concatenate([np.arange((e0 + 2 * j) * 50, (e0 + 2 * j + 1) * 50) for j in range(3)])
+            if told[b] == 0:
+                rewards, actions = g["rewards"][hist][steps], g["expert_actions"][hist][steps]
+            else:
+                rewards = g["counterfactual_rewards"][hist][steps, told[b] - 1]
+                actions = g["counterfactual_actions"][hist][steps, told[b] - 1]
+                assert not np.allclose(rewards, g["rewards"][hist][steps])
+            np.testing.assert_array_equal(batch["prev_reward"][b, 1:].numpy(), rewards[:-1])
+            np.testing.assert_array_equal(batch["action"][b].numpy(), actions)
+    assert np.bincount(told, minlength=3).min() >= 10  # each of the three told tasks, about a third
+
+
+def test_a_file_with_one_counterfactual_array_is_refused(counterfactual, tmp_path):
+    damaged = tmp_path / "damaged.h5"
+    shutil.copy(counterfactual, damaged)
+    with h5py.File(damaged, "a") as f:
+        del f["tasks/train-0000/counterfactual_actions"]
+    with pytest.raises(DatasetError, match="train-0000: one counterfactual array without the other"):
+        validate_file(damaged)

@@ -573,3 +573,85 @@ def test_antdir_blends_stay_directions():
     out = project_features("AntDir", blend)
     np.testing.assert_allclose(out, [[np.sqrt(0.5), np.sqrt(0.5)], [0.0, 0.0]])  # the opposite pair stays 0
     np.testing.assert_array_equal(project_features("HalfCheetahVel", blend), blend)
+
+
+def goal_from_rewards(next_positions: np.ndarray, rewards: np.ndarray) -> np.ndarray:
+    """The PointNav goal g that rewards -|p' - g| imply (least squares on |p'|^2 - r^2 = 2 p'.g - |g|^2)."""
+    design = np.column_stack([2 * next_positions, -np.ones(len(rewards))])
+    solution = np.linalg.lstsq(design, (next_positions**2).sum(1) - rewards.astype(np.float64) ** 2, rcond=None)[0]
+    return solution[:2]
+
+
+def next_positions(hist: dict, learner: int, horizon: int) -> np.ndarray:
+    """PointNav's position after each step of one history (its observation is the position)."""
+    obs = hist["observations"][learner].reshape(-1, horizon, 2)
+    after = np.concatenate([obs[:, 1:], hist["final_observations"][learner][:, None]], 1)
+    return after.reshape(-1, 2).astype(np.float64)
+
+
+@pytest.mark.parametrize("expert", ["oracle", "task_ppo"])
+def test_counterfactuals_store_each_steps_reward_and_the_experts_action_under_other_tasks(expert):
+    """counterfactuals: C: the recorded history is the one without them; for each of C other goals (one
+    per history, the same at every step) the stored rewards are what each executed step earns under that
+    goal, and the stored actions are the expert's for that goal at the recorded observation."""
+    from adbench.sources.noise_distill import NoiseDistillConfig, run_noise_distill
+    from adbench.tasks import get_family, sample_tasks
+
+    tasks, horizon = sample_tasks("PointNav", 3, 5), 10
+    settings = dict(expert=expert, noise="gaussian", noise_std=0.3)
+    if expert == "task_ppo":
+        settings["task_noise"] = 1.0
+    plain, with_cf = (
+        run_noise_distill(
+            "PointNav",
+            tasks,
+            horizon,
+            6,
+            NoiseDistillConfig(**settings, counterfactuals=c),
+            seed=2,
+            ppo=PPOConfig(),
+            task_expert=GoalExpert(),
+        )
+        for c in (0, 2)
+    )
+    for name, array in plain.items():
+        np.testing.assert_array_equal(with_cf[name], array, err_msg=name)
+    assert set(with_cf) - set(plain) == {"counterfactual_rewards", "counterfactual_actions"}
+    assert with_cf["counterfactual_rewards"].shape == (3, 60, 2)
+    assert with_cf["counterfactual_actions"].shape == (3, 60, 2, 2)
+    act = (
+        get_family("PointNav").oracle
+        if expert == "oracle"
+        else lambda task, o: GoalExpert().mean_action(o, np.array(task["goal"], np.float32))
+    )
+    goals = []
+    for i, task in enumerate(tasks):
+        after = next_positions(with_cf, i, horizon)
+        for k in range(2):
+            rewards = with_cf["counterfactual_rewards"][i, :, k]
+            goal = goal_from_rewards(after, rewards)
+            np.testing.assert_allclose(rewards, -np.linalg.norm(after - goal, axis=1), atol=1e-4)
+            assert np.linalg.norm(goal - task["goal"]) > 0.05  # another task than the history's
+            expected = np.stack([np.clip(act({"goal": goal.tolist()}, o), -1, 1) for o in with_cf["observations"][i]])
+            np.testing.assert_allclose(with_cf["counterfactual_actions"][i, :, k], expected, atol=2e-3)
+            goals.append(goal)
+    assert min(np.linalg.norm(a - b) for j, a in enumerate(goals) for b in goals[j + 1 :]) > 0.05
+
+
+def test_counterfactuals_need_a_reward_that_the_task_changes_and_an_expert_told_any_task():
+    from adbench.sources.noise_distill import NoiseDistillConfig, run_noise_distill
+    from adbench.tasks import sample_tasks
+
+    for family, expert in (("PointNav", "ppo"), ("Walker2dParams", "task_ppo")):
+        with pytest.raises(
+            ValueError, match=f"counterfactuals needs a family whose task .* got {family} and '{expert}'"
+        ):
+            run_noise_distill(
+                family,
+                sample_tasks(family, 2, 0),
+                5,
+                2,
+                NoiseDistillConfig(expert=expert, counterfactuals=1),
+                seed=0,
+                ppo=PPOConfig(),
+            )

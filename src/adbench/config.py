@@ -166,6 +166,8 @@ def expert_family(cfg: dict, family: str) -> str | None:
 # Families with an analytic expert (tasks.Family.oracle); tests check this against the registry, which
 # the config does not import (it would load MuJoCo into every Snakemake process).
 ORACLE_FAMILIES = ("PointNav",)
+# Families whose task changes the dynamics, not the reward (no counterfactual reward); tested likewise.
+DYNAMICS_FAMILIES = ("Walker2dParams",)
 
 
 def _check_source(cfg: dict, family: str) -> None:
@@ -182,9 +184,21 @@ def _check_source(cfg: dict, family: str) -> None:
             f"{family}: train.target 'expert' needs a source with an expert (source.algorithm noise_distill); "
             f"{src['algorithm']} histories have only the recorded actions: use train.target 'recorded'"
         )
+    counterfactuals = src["algorithm"] == "noise_distill" and src["noise_distill"]["counterfactuals"] > 0
+    if cfg["train"]["target"] == "counterfactual" and not counterfactuals:
+        raise ConfigError(
+            f"{family}: train.target 'counterfactual' needs histories with counterfactual tasks: set "
+            f"source.algorithm noise_distill and source.noise_distill.counterfactuals above 0"
+        )
     if src["algorithm"] != "noise_distill":
         return
     expert = src["noise_distill"]["expert"]
+    if counterfactuals and (family in DYNAMICS_FAMILIES or expert == "ppo"):
+        raise ConfigError(
+            f"{family}: source.noise_distill.counterfactuals needs a family whose task changes the reward (not "
+            f"{list(DYNAMICS_FAMILIES)}) and an expert that can be told any task (oracle, task_ppo, steer), got "
+            f"expert {expert!r}; set counterfactuals to 0"
+        )
     if expert == "steer" and family not in STEERED_BY:
         raise ConfigError(
             f"{family}: source.noise_distill.expert 'steer' exists only for {list(STEERED_BY)}; "

@@ -45,6 +45,23 @@ def validate_file(path) -> dict:
         raise DatasetError(f"{path}: corrupt or truncated HDF5 ({e}); delete it and rerun the workflow") from None
 
 
+def _validate_optional(g: h5py.Group, where: str) -> None:
+    """The expert's arrays, where present: shapes that match the recorded ones, and both counterfactual
+    arrays or neither, over the same number of other tasks."""
+    (h, t, act), cf = g["actions"].shape, g.get("counterfactual_rewards")
+    if ("counterfactual_actions" in g) != (cf is not None):
+        raise DatasetError(f"{where}: one counterfactual array without the other; regenerate the dataset")
+    n_cf = cf.shape[-1] if cf is not None and cf.ndim == 3 else 0
+    expected = {
+        "expert_actions": (h, t, act),
+        "counterfactual_rewards": (h, t, n_cf),
+        "counterfactual_actions": (h, t, n_cf, act),
+    }
+    for name in OPTIONAL_DATASETS:
+        if name in g and (g[name].dtype != np.dtype("float32") or g[name].shape != expected[name]):
+            raise DatasetError(f"{where}/{name}: {g[name].dtype} {g[name].shape}, expected float32 {expected[name]}")
+
+
 def _validate(f: h5py.File, path: Path) -> dict:
     missing = [a for a in ROOT_ATTRS if a not in f.attrs]
     if missing:
@@ -84,11 +101,7 @@ def _validate(f: h5py.File, path: Path) -> dict:
                 f"{where}: T={t} and episode_returns {g['episode_returns'].shape} do not match horizon {horizon} "
                 f"x episodes {episodes}"
             )
-        for name in OPTIONAL_DATASETS:
-            if name in g and (g[name].dtype != np.dtype("float32") or g[name].shape != g["actions"].shape):
-                raise DatasetError(
-                    f"{where}/{name}: {g[name].dtype} {g[name].shape}, expected float32 {g['actions'].shape}"
-                )
+        _validate_optional(g, where)
         if g["final_observations"].shape != (h, episodes, this[2]):
             raise DatasetError(
                 f"{where}/final_observations: shape {g['final_observations'].shape}, expected {(h, episodes, this[2])}"

@@ -51,7 +51,15 @@ def read_window(arrays: dict, history: int, first: int, context_episodes: int, s
 
 
 ARRAYS = ("observations", "actions", "rewards")
-TARGETS = {"recorded": "actions", "expert": "expert_actions"}  # train.target -> the array a window predicts
+# train.target -> the arrays a window reads beyond ARRAYS, and how to make a dataset that has them
+TARGETS = {
+    "recorded": ((), ""),
+    "expert": (("expert_actions",), "its source has no expert; use source.algorithm noise_distill"),
+    "counterfactual": (
+        ("expert_actions", "counterfactual_rewards", "counterfactual_actions"),
+        "set source.noise_distill.counterfactuals above 0 and regenerate the histories",
+    ),
+}
 CHUNK_CACHE_BYTES = 2**30  # decompressed chunks kept by all of a sampler's arrays together (at most)
 
 
@@ -66,7 +74,7 @@ class WindowSampler:
         self.path, self.context_episodes, self.stride, self.batch_size = path, context_episodes, stride, batch_size
         if target not in TARGETS:
             raise ValueError(f"unknown training target {target!r}; train.target is one of {list(TARGETS)}")
-        self.names = ARRAYS if target == "recorded" else (*ARRAYS, TARGETS[target])
+        self.target, self.names = target, (*ARRAYS, *TARGETS[target][0])
         self.rng = np.random.default_rng(seed)
         self._file, self._arrays = None, None
         with open_histories(path) as f:
@@ -75,10 +83,11 @@ class WindowSampler:
             if not self.train_ids:
                 raise DatasetError(f"{path}: no train tasks to sample windows from")
             self.histories = f["tasks"][self.train_ids[0]]["rewards"].shape[0]
-            if TARGETS[target] not in f["tasks"][self.train_ids[0]]:
+            missing = [name for name in self.names if name not in f["tasks"][self.train_ids[0]]]
+            if missing:
                 raise DatasetError(
-                    f"{path} has no {TARGETS[target]} for train.target '{target}': its source has no expert; use "
-                    f"source.algorithm noise_distill, or train.target 'recorded'"
+                    f"{path} has no {missing[0]} for train.target '{target}': {TARGETS[target][1]}, or use "
+                    f"train.target 'recorded'"
                 )
         span = window_span(context_episodes, stride)
         if span > self.episodes:
@@ -111,8 +120,23 @@ class WindowSampler:
         starts = self.rng.integers(self.episodes - window_span(c, k) + 1, size=b)
         windows = [read_window(self.arrays[task], hist, e0, c, k, h) for task, hist, e0 in zip(tasks, hists, starts)]
         arrays = {name: np.stack([w[name] for w in windows]) for name in self.names}
-        targets = arrays.get(TARGETS["expert"])
-        return make_tokens(arrays["observations"], arrays["actions"], arrays["rewards"], h, targets)
+        rewards, targets = arrays["rewards"], arrays.get("expert_actions")
+        if self.target == "counterfactual":
+            rewards, targets = self._relabel(arrays)
+        return make_tokens(arrays["observations"], arrays["actions"], rewards, h, targets)
+
+    def _relabel(self, arrays: dict) -> tuple:
+        """train.target counterfactual: each window told one of its C + 1 tasks, uniformly: the true one
+        (its rewards, the expert's actions for it) or a counterfactual one (the rewards the same steps earn
+        under it, the expert's actions for it). The executed actions stay the model's input: in C of
+        C + 1 windows they pursue the history's own task, not the one the rewards and targets are for, so
+        only the rewards tell the model which task to act for."""
+        told = self.rng.integers(arrays["counterfactual_rewards"].shape[-1] + 1, size=self.batch_size)
+        rewards, targets = arrays["rewards"].copy(), arrays["expert_actions"].copy()
+        for b in np.flatnonzero(told):
+            rewards[b] = arrays["counterfactual_rewards"][b, :, told[b] - 1]
+            targets[b] = arrays["counterfactual_actions"][b, :, told[b] - 1]
+        return rewards, targets
 
 
 def input_statistics(path) -> dict:

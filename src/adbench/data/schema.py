@@ -13,8 +13,14 @@ DATASETS = {
     "final_observations": ("float32", 3),  # the observation each episode ended in (after its last step)
 }
 # Present where the source has an expert (noise_distill): its clean action for the true task at every
-# step, the target of `train.target: expert` (the recorded action stays the model's previous-action input).
-OPTIONAL_DATASETS = {"expert_actions": ("float32", 3)}
+# step, the target of `train.target: expert` (the recorded action stays the model's previous-action input);
+# with source.noise_distill.counterfactuals C > 0, each step's reward under C other tasks, (H, T, C), and the
+# expert's clean action for them, (H, T, C, act_dim): the windows of `train.target: counterfactual`.
+OPTIONAL_DATASETS = {
+    "expert_actions": ("float32", 3),
+    "counterfactual_rewards": ("float32", 3),
+    "counterfactual_actions": ("float32", 4),
+}
 SPLITS = ("train", "test", "val")
 ROOT_ATTRS = (
     "family",

@@ -4,13 +4,24 @@ import numpy as np
 
 
 def empty_history(
-    learners: int, episodes: int, horizon: int, obs_dim: int, act_dim: int, expert_actions: bool = False
+    learners: int,
+    episodes: int,
+    horizon: int,
+    obs_dim: int,
+    act_dim: int,
+    expert_actions: bool = False,
+    counterfactuals: int = 0,
 ) -> dict:
     """observations (K,T,obs), actions (K,T,act) (executed, clipped), rewards, terminated, truncated (K,T)
     with T = episodes x horizon, and final_observations (K,E,obs): the observation each episode ended in;
-    with `expert_actions`, also those (K,T,act): a source expert's clean action for the true task."""
+    with `expert_actions`, also those (K,T,act): a source expert's clean action for the true task; with
+    C `counterfactuals`, counterfactual_rewards (K,T,C) and counterfactual_actions (K,T,C,act): each step's
+    reward under C other tasks and the expert's clean action for them."""
     steps = episodes * horizon
     extra = {"expert_actions": np.zeros((learners, steps, act_dim), np.float32)} if expert_actions else {}
+    if counterfactuals:
+        extra["counterfactual_rewards"] = np.zeros((learners, steps, counterfactuals), np.float32)
+        extra["counterfactual_actions"] = np.zeros((learners, steps, counterfactuals, act_dim), np.float32)
     return {
         **extra,
         "observations": np.zeros((learners, steps, obs_dim), np.float32),

@@ -8,8 +8,11 @@ may instead be Gaussian, added to the expert's action with standard deviation ep
 a Gaussian action head can then represent each step's action distribution (expert action, current
 noise level; exactly with the clipped head, as actions are clipped to the box), where the uniform
 mixture it can only blur. Beside the executed actions the histories store the expert's clean action
-for the true task at every step (`expert_actions`), the target of `train.target: expert`. The return
-rises by the schedule alone, so a model that imitates it needs no rewards to "improve": the controls tell the two apart.
+for the true task at every step (`expert_actions`), the target of `train.target: expert`, and, with
+`counterfactuals` K > 0, the rewards each executed step would have earned under K other tasks and the
+expert's clean actions for them (`counterfactual_rewards`, `counterfactual_actions`): windows relabelled
+to another task, for `train.target: counterfactual`. The return rises by the schedule alone, so a model
+that imitates it needs no rewards to "improve": the controls tell the two apart.
 """
 
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from ..seeding import derive_seed
 from ..tasks import BatchedTasks, get_family
 from ..tasks.inference import project_features, task_features
 from .history import empty_history, finish_history, record_step
@@ -49,6 +53,11 @@ class NoiseDistillConfig:
     which is never told: each episode blends the told task that has earned the best episode return so far with
     a fresh draw, by task_noise * epsilon, so that the histories change behaviour when returns are low and
     keep it when they are high (the clean tail acts on the best task found)."""
+    counterfactuals: int = 0
+    """K other tasks per history (drawn once per history from the family's task distribution, by a generator
+    of their own, so that the recorded history does not change): at every step, the reward the executed step
+    would have earned under each and the expert's clean action for each at the same observation. Families
+    whose task changes the reward, with an expert that can be told any task ('oracle', 'task_ppo', 'steer')."""
 
 
 def steering(walker: TaskExpert, goals: np.ndarray):
@@ -84,12 +93,18 @@ def run_noise_distill(
     task_expert: TaskExpert | None = None,
 ) -> dict:
     env = BatchedTasks(family, tasks, horizon, threads)
+    if cfg.counterfactuals and (cfg.expert == "ppo" or not env.reward_varies):
+        raise ValueError(
+            f"source.noise_distill.counterfactuals needs a family whose task changes the reward and an expert "
+            f"that can be told any task (oracle, task_ppo, steer); got {family} and {cfg.expert!r}"
+        )
+    acting_for = None  # tasks -> the expert's clean policy for them (experts that can be told any task)
     if cfg.expert == "oracle":
         oracle = get_family(family).oracle
         if oracle is None:
             raise ValueError(f"{family} has no analytic oracle; set source.noise_distill.expert to 'ppo'")
-        expert = lambda obs: np.stack([oracle(task, o) for task, o in zip(env.tasks, obs)])  # noqa: E731
-        clean = expert
+        acting_for = lambda told: lambda obs: np.stack([oracle(t, o) for t, o in zip(told, obs)])  # noqa: E731
+        expert = clean = acting_for(env.tasks)
     elif cfg.expert == "ppo":
         agent = train_ppo(family, tasks, horizon, cfg.expert_episodes, ppo, seed, progress, threads)[1]
         expert = clean = agent.mean_action
@@ -99,21 +114,35 @@ def run_noise_distill(
                 f"source.noise_distill.expert 'task_ppo' needs the trained {family} expert (the `expert` "
                 f"stage's output, passed as --expert)"
             )
-        true_features = told_features = np.stack([task_features(family, t) for t in env.tasks]).astype(np.float32)
+        true_features = told_features = _features(family, env.tasks)
         expert = lambda obs: task_expert.mean_action(obs, told_features)  # noqa: E731  (the task told this episode)
-        clean = lambda obs: task_expert.mean_action(obs, true_features)  # noqa: E731
+        acting_for = lambda told: _told(task_expert, _features(family, told))  # noqa: E731
+        clean = acting_for(env.tasks)
     elif cfg.expert == "steer":
         if task_expert is None or family != "AntGoal" or task_expert.family != "AntDir":
             raise ValueError("source.noise_distill.expert 'steer' steers AntDir's trained expert on AntGoal (--expert)")
-        true_features = told_features = np.stack([task_features(family, t) for t in env.tasks]).astype(np.float32)
+        true_features = told_features = _features(family, env.tasks)
         expert = steering(task_expert, lambda: told_features)  # the goals told this episode
-        clean = steering(task_expert, true_features)
+        acting_for = lambda told: steering(task_expert, _features(family, told))  # noqa: E731
+        clean = acting_for(env.tasks)
     else:
         raise ValueError(
             f"unknown source.noise_distill.expert {cfg.expert!r}; use 'oracle', 'ppo', 'task_ppo' or 'steer'"
         )
     rng = np.random.default_rng(seed)
-    hist = empty_history(env.num_tasks, episodes, env.horizon, env.obs_dim, env.act_dim, expert_actions=True)
+    hist = empty_history(
+        env.num_tasks,
+        episodes,
+        env.horizon,
+        env.obs_dim,
+        env.act_dim,
+        expert_actions=True,
+        counterfactuals=cfg.counterfactuals,
+    )
+    if cfg.counterfactuals:
+        cf_rng = np.random.default_rng(derive_seed(seed, "counterfactual tasks"))
+        cf_tasks = [get_family(family).sample(cf_rng, env.num_tasks) for _ in range(cfg.counterfactuals)]
+        cf_experts = [acting_for(told) for told in cf_tasks]
     told_noise = cfg.expert in ("task_ppo", "steer") and cfg.task_noise > 0
     if cfg.search:
         if not told_noise:
@@ -142,12 +171,20 @@ def run_noise_distill(
                 action[noisy] = rng.uniform(-1.0, 1.0, size=(int(noisy.sum()), env.act_dim))
             next_obs, reward, term, trunc = env.step(action)
             record_step(hist, t, obs, action, reward, term, trunc, next_obs)
+            for k in range(cfg.counterfactuals):  # the same step, told another task
+                hist["counterfactual_actions"][:, t, k] = np.clip(cf_experts[k](obs), -1.0, 1.0)
+                hist["counterfactual_rewards"][:, t, k] = env.rewards_under(cf_tasks[k])
             obs, t = next_obs, t + 1
         if cfg.search:  # the returns are the search's only signal
             earned = hist["rewards"][:, t - env.horizon : t].sum(1)
             better = earned > best_return
             best[better], best_return[better] = told_features[better], earned[better]
     return finish_history(hist, episodes)
+
+
+def _told(task_expert: TaskExpert, features: np.ndarray):
+    """The task-conditioned expert's clean policy for the tasks of `features` (one row per env)."""
+    return lambda obs: task_expert.mean_action(obs, features)
 
 
 def _features(family: str, tasks: list) -> np.ndarray:

@@ -129,9 +129,9 @@ def test_model_and_dataset_dims_must_match(cfg, dataset, tmp_path):
 def test_sampling_uses_the_predicted_std(dataset, models):
     model, _ = load_checkpoint(models["mamba"])
     mean, log_std = torch.zeros(1000, 2), torch.full((1000, 2), np.log(0.3))
-    actions = model.act(mean, log_std, sample=True, generator=torch.Generator().manual_seed(0))
+    actions = model.act((mean, log_std), sample=True, generator=torch.Generator().manual_seed(0))
     assert actions.std().item() == pytest.approx(0.3, rel=0.1)
-    assert torch.equal(model.act(mean, log_std, sample=False), mean)
+    assert torch.equal(model.act((mean, log_std), sample=False), mean)
 
 
 class EpisodeSchedulePolicy:

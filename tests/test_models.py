@@ -1,3 +1,4 @@
+import math
 import shutil
 from contextlib import contextmanager
 
@@ -17,7 +18,7 @@ from adbench.models import (
     state_mib,
 )
 from adbench.models.mamba import MambaBackbone
-from adbench.models.policy import clipped_gaussian_nll, gaussian_nll
+from adbench.models.policy import clipped_gaussian_nll, gaussian_nll, mixture_nll
 from adbench.models.transformer import TransformerBackbone
 
 HAS_COMPILER = shutil.which("gcc") is not None or shutil.which("cc") is not None
@@ -691,3 +692,57 @@ def test_clipped_gaussian_head_trains_on_the_clipped_likelihood():
     torch.testing.assert_close(model.loss(batch), clipped_gaussian_nll(batch["action"], mean, log_std).mean())
     first, last = _loss_before_and_after(model, batch)
     assert last < first - 0.5
+
+
+def test_mixture_nll_is_the_mixtures_negative_log_likelihood():
+    torch.manual_seed(0)
+    mean, log_std, logits = torch.randn(5, 3, 2), 0.3 * torch.randn(5, 3, 2), torch.randn(5, 3)
+    target = torch.randn(5, 2)
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=logits),
+        torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp()), 1),
+    )
+    constant = 2 * 0.5 * math.log(2 * math.pi)  # act_dim x log(2 pi) / 2, left out as gaussian_nll leaves it out
+    torch.testing.assert_close(mixture_nll(target, mean, log_std, logits), -mixture.log_prob(target) - constant)
+    # one component: the Gaussian's NLL
+    one = mixture_nll(target, mean[:, :1], log_std[:, :1], logits[:, :1])
+    torch.testing.assert_close(one, gaussian_nll(target, mean[:, 0], log_std[:, 0]).sum(-1))
+
+
+def test_a_mixture_head_keeps_two_modes_that_a_gaussian_averages():
+    """Actions +0.8 or -0.8 at random, whatever the observation: the Gaussian head's mean settles
+    near 0 (an action no data took); the mixture's samples sit near the two modes, each about half
+    the time, and its step-by-step parameters are those of the whole sequence."""
+    torch.manual_seed(0)
+    sign = torch.where(torch.rand(4, 30, 1) < 0.5, -1.0, 1.0)
+    batch = _batch_acting_on_obs(lambda x: 0.8 * sign.expand(-1, -1, 2))
+    gaussian = build("transformer", 3, 2, d_model=16, n_layers=1)
+    torch.manual_seed(0)  # a fit that finds both modes (from some starts one broad component wins)
+    mixture = build("transformer", 3, 2, d_model=16, n_layers=1, head="gaussian_mixture", mixture_components=2)
+    assert mixture.head.out_features == 2 * (2 * 2 + 1)
+    for model in (gaussian, mixture):
+        _loss_before_and_after(model, batch, steps=300)
+    inputs = (batch["obs"], batch["prev_action"], batch["prev_reward"], batch["episode_start"])
+    with torch.no_grad():
+        assert gaussian(*inputs)[0].abs().mean() < 0.3
+        mean, log_std, logits = mixture(*inputs)
+        state = mixture.init_state(4)
+        for t in range(30):
+            *head, state = mixture.step(*(x[:, t] for x in inputs), state)
+            for got, want in zip(head, (mean[:, t], log_std[:, t], logits[:, t])):
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    gen = torch.Generator().manual_seed(1)
+    rows = (mean[:, 5].repeat(500, 1, 1), log_std[:, 5].repeat(500, 1, 1), logits[:, 5].repeat(500, 1))
+    actions = mixture.act(rows, sample=True, generator=gen)
+    assert (actions.abs() > 0.5).float().mean() > 0.9
+    assert 0.3 < (actions[:, 0] > 0).float().mean() < 0.7
+
+
+def test_a_mixture_acts_by_its_weights_or_on_its_most_probable_component():
+    model = build("mamba", 3, 1, d_model=16, n_layers=1, head="gaussian_mixture", mixture_components=2)
+    n = 4000
+    mean = torch.tensor([[-1.0], [1.0]]).expand(n, 2, 1)
+    log_std, logits = torch.full((n, 2, 1), -5.0), torch.log(torch.tensor([0.25, 0.75])).expand(n, 2)
+    sampled = model.act((mean, log_std, logits), sample=True, generator=torch.Generator().manual_seed(0))
+    assert (sampled > 0).float().mean().item() == pytest.approx(0.75, abs=0.03)
+    assert torch.equal(model.act((mean, log_std, logits), sample=False), torch.ones(n, 1))

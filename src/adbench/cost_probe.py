@@ -108,7 +108,7 @@ def _full_context_inference(model, info: dict, window: int, batch: int, device):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-        mean, _, state = model.step(obs, act, reward, start, state)
+        *_, state = model.step(obs, act, reward, start, state)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return 1000 * (time.perf_counter() - t0) / timed, state

@@ -144,10 +144,9 @@ class ModelPolicy:
         inputs = [torch.from_numpy(x).to(self.device) for x in (obs, prev_action, prev_reward, start)]
         if self.window is not None:
             self._slide(inputs, bool(start[0]))
-        mean, log_std, self.state = self.model.step(*inputs, self.state)
-        action = self.model.act(
-            mean.float().cpu(), None if log_std is None else log_std.float().cpu(), self.sample, generator
-        ).numpy()
+        *head, self.state = self.model.step(*inputs, self.state)
+        head = tuple(None if x is None else x.float().cpu() for x in head)
+        action = self.model.act(head, self.sample, generator).numpy()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0

@@ -108,7 +108,8 @@ class RL2Policy(nn.Module):
         return mean, self.log_std.expand_as(mean), state
 
     @torch.no_grad()
-    def act(self, mean, log_std, sample: bool, generator=None):
+    def act(self, head: tuple, sample: bool, generator=None):
+        mean, log_std = head
         if not sample:
             return mean
         return mean + log_std.exp() * torch.randn(mean.shape, generator=generator, device=mean.device)

@@ -29,6 +29,7 @@ def build(
     expand: int = 2,
     n_heads: int = 4,
     head: str = "gaussian",
+    mixture_components: int = 4,
     window: int = 1024,
     checkpoint_layers: bool = False,
 ) -> ADPolicy:
@@ -49,7 +50,7 @@ def build(
         )
     else:
         raise ModelError(f"unknown architecture {arch!r}; known architectures: {list(ARCHITECTURES)}")
-    return ADPolicy(obs_dim, act_dim, backbone, d_model, head)
+    return ADPolicy(obs_dim, act_dim, backbone, d_model, head, mixture_components)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -119,7 +119,7 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     assert set(returns["control"]) == {"none", "zero_reward", "other_task_reward", "task_switch"}
     numeric = summary.select_dtypes("number").to_numpy()
     assert np.isfinite(numeric).all()
-    for family, head in (("PointNav", "gaussian"), ("HalfCheetahVel", "clipped_gaussian")):  # the override's
+    for family, head in (("PointNav", "gaussian_mixture"), ("HalfCheetahVel", "clipped_gaussian")):  # the override's
         model, _ = load_checkpoint(results / f"train/{family}/mamba-ctx2-seed0/model.pt")
         assert model.head_kind == head
     for arch in ("mamba", "transformer"):

@@ -165,7 +165,7 @@ class ModelPolicy:
             if self.seen > self.window:
                 self.state = self.model.init_state(self.batch, self.device)
                 for token in (t for episode in self.episodes[:-1] for t in episode):
-                    _, _, self.state = self.model.step(*token, self.state)
+                    *_, self.state = self.model.step(*token, self.state)
         self.episodes[-1].append(inputs)
 
     def ms_per_step_in_episode(self, episode: int, horizon: int) -> float:

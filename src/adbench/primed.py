@@ -50,7 +50,7 @@ def prime(policy: ModelPolicy, windows: dict, horizon: int) -> None:
     model, device = policy.model, policy.device
     for t in range(tokens["obs"].shape[1]):
         inputs = [tokens[k][:, t].to(device) for k in ("obs", "prev_action", "prev_reward", "episode_start")]
-        _, _, policy.state = model.step(*inputs, policy.state)
+        *_, policy.state = model.step(*inputs, policy.state)
 
 
 def evaluate_primed(cfg: dict, dataset, model_path, out_path, episodes: int = 4, progress=None) -> None:

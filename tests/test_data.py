@@ -260,20 +260,24 @@ def test_noise_distillation_stores_the_experts_clean_action_for_the_true_task(cf
     np.testing.assert_allclose(hist["actions"][:, clean], hist["expert_actions"][:, clean], rtol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def distilled(smoke_config, tmp_path_factory):
-    """A PointNav dataset of oracle noise-distillation histories (with expert_actions)."""
+def oracle_distilled_dataset(smoke_config, out, counterfactuals: int = 0):
+    """A PointNav dataset of oracle noise-distillation histories (with expert_actions) in `out`."""
     import copy
 
     from adbench.histories import merge_shards
 
     cfg = copy.deepcopy(smoke_config)
     cfg["source"].update(algorithm="noise_distill", episodes=12, tasks_per_shard=16)
+    cfg["source"]["noise_distill"]["counterfactuals"] = counterfactuals
     cfg["tasks"].update(n_train=4, n_test=2, n_val=0)
-    out = tmp_path_factory.mktemp("distilled")
     run_shard(cfg, "PointNav", 0, out / "shard-0.h5", progress=False)
     merge_shards(cfg, "PointNav", [out / "shard-0.h5"], out / "PointNav.h5")
     return out / "PointNav.h5"
+
+
+@pytest.fixture(scope="module")
+def distilled(smoke_config, tmp_path_factory):
+    return oracle_distilled_dataset(smoke_config, tmp_path_factory.mktemp("distilled"))
 
 
 def test_the_expert_target_predicts_the_experts_action_and_feeds_the_recorded_one(distilled):
@@ -318,18 +322,7 @@ def test_the_expert_target_needs_a_source_with_an_expert(dataset, distilled):
 @pytest.fixture(scope="module")
 def counterfactual(smoke_config, tmp_path_factory):
     """The `distilled` dataset's settings with two counterfactual tasks per history."""
-    import copy
-
-    from adbench.histories import merge_shards
-
-    cfg = copy.deepcopy(smoke_config)
-    cfg["source"].update(algorithm="noise_distill", episodes=12, tasks_per_shard=16)
-    cfg["source"]["noise_distill"]["counterfactuals"] = 2
-    cfg["tasks"].update(n_train=4, n_test=2, n_val=0)
-    out = tmp_path_factory.mktemp("counterfactual")
-    run_shard(cfg, "PointNav", 0, out / "shard-0.h5", progress=False)
-    merge_shards(cfg, "PointNav", [out / "shard-0.h5"], out / "PointNav.h5")
-    return out / "PointNav.h5"
+    return oracle_distilled_dataset(smoke_config, tmp_path_factory.mktemp("counterfactual"), counterfactuals=2)
 
 
 def test_the_counterfactual_target_tells_each_window_its_task_or_another_by_the_rewards(counterfactual):

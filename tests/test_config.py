@@ -199,7 +199,9 @@ def test_the_dynamics_families_are_those_whose_task_leaves_the_reward_alone():
 
 def test_the_counterfactual_target_needs_counterfactual_histories_of_a_reward_family():
     base = cfglib.load([REPO / "config.yaml"])
-    no_cf = cfglib.deep_merge(base, {"overrides": {"HalfCheetahVel": {"train": {"target": "counterfactual"}}}})
+    no_cf = cfglib.deep_merge(
+        base, {"overrides": {"HalfCheetahVel": {"source": {"noise_distill": {"counterfactuals": 0}}}}}
+    )
     with pytest.raises(cfglib.ConfigError, match=r"HalfCheetahVel: train.target 'counterfactual' needs histories"):
         cfglib.validate(no_cf)
     pointnav = cfglib.deep_merge(base, {"train": {"target": "counterfactual"}})  # PPO histories

@@ -29,6 +29,24 @@ def test_every_shipped_config_is_valid_for_each_family_it_sets_up(extra):
     cfglib.validate(cfglib.deep_merge(cfg, {"families": families}))
 
 
+def test_a_configfile_overriding_one_family_leaves_the_others_alone():
+    """Snakemake updates config.yaml's dicts in place with each --configfile: no dict may be shared."""
+    from snakemake.common.configfile import load_configfile
+    from snakemake.utils import update_config
+
+    config = load_configfile(str(REPO / "config.yaml"))
+    before = yaml.safe_load((REPO / "config.yaml").read_text())
+    families = list(config["overrides"])
+    for family in families:
+        update_config(
+            config, {"overrides": {family: {section: {"probe": family} for section in config["overrides"][family]}}}
+        )
+    for family in families:
+        for section, value in config["overrides"][family].items():
+            if isinstance(before["overrides"][family][section], dict):
+                assert value == {**before["overrides"][family][section], "probe": family}, (family, section)
+
+
 def test_schema_enums_match_the_registries():
     props = cfglib.schema()["properties"]
     assert props["families"]["items"]["enum"] == sorted(FAMILIES)

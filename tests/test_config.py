@@ -275,7 +275,8 @@ def test_expert_episodes_must_split_into_ppo_rollouts():
 
 
 @pytest.mark.parametrize(
-    "stage,sections", [("train", ["dataset", "model", "train"]), ("evaluate", ["evaluate"]), ("rl2-train", ["rl2"])]
+    "stage,sections",
+    [("train", ["dataset", "model", "train"]), ("evaluate", ["evaluate"]), ("rl2", ["rl2"]), ("varibad", ["varibad"])],
 )
 def test_cli_with_config_files_applies_the_dataset_familys_overrides_as_the_workflow_does(tmp_path, stage, sections):
     import argparse

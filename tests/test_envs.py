@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adbench import config as cfglib
+
 from .conftest import REPO, snakemake_cli
 
 pytestmark = pytest.mark.slow
@@ -20,13 +22,19 @@ SMOKE = str(REPO / "workflow/configs/smoke.yaml")
 
 
 def _rules_by_env() -> dict:
-    """{env file stem: [rule, ...]} from the rules' `conda:` directives (TRAIN_ENV: train.yaml on a CPU)."""
+    """{env file stem: [rule, ...]} from the rules' `conda:` directives (TRAIN_ENV: train.yaml on a CPU).
+    A rule defined in the loop over baselines (`name: f"{baseline}_train"`) stands for each baseline."""
+    baselines = cfglib.schema()["properties"]["baselines"]["items"]["enum"]
     out: dict = {}
     for path in sorted((REPO / "workflow/rules").glob("*.smk")):
-        for rule, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", path.read_text(), re.M):
+        for _indent, rule, body in re.findall(r"^([ \t]*)rule ?(\w*):\n((?:\1[ \t]+.*\n|\n)*)", path.read_text(), re.M):
+            names = [rule]
+            if not rule:
+                suffix = re.search(r'name:\s*\n\s*f"\{baseline\}(\w+)"', body).group(1)
+                names = [f"{b}{suffix}" for b in baselines]
             env = re.search(r'conda:\s*\n\s*(?:"[./]*/envs/([\w-]+)\.yaml"|(TRAIN_ENV))', body)
             if env:
-                out.setdefault(env.group(1) or "train", []).append(rule)
+                out.setdefault(env.group(1) or "train", []).extend(names)
     return out
 
 
@@ -61,7 +69,9 @@ def test_every_rule_names_an_env_file_and_every_env_file_is_tested():
     rules = _rules_by_env()
     assert set(rules) == {"sim", "train", "figures", "export"}
     assert {"expert", "histories", "dataset", "reference"} <= set(rules["sim"])
-    assert {"train", "evaluate", "rl2_train"} <= set(rules["train"]) and rules["figures"] == ["figures"]
+    assert {"train", "evaluate", "rl2_train", "varibad_train"} <= set(rules["train"]) and rules["figures"] == [
+        "figures"
+    ]
     assert rules["export"] == ["minari"]
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from adbench import cli
-from adbench.baselines.rl2 import RL2Config, RL2Policy, RL2Trainer, collect_trial, meta_train, run
+from adbench.baselines.online import collect_trial, meta_train, run
+from adbench.baselines.rl2 import RL2Config, RL2Policy, RL2Trainer
 from adbench.evaluate import COLUMNS, COST_COLUMNS, evaluate_model
 from adbench.tasks import BatchedTasks, split_tasks
 
@@ -99,7 +100,7 @@ def test_meta_training_improves_pointnav_trials():
     cfg = RL2Config(
         updates=30, trial_episodes=4, hidden=64, learning_rate=3e-3, bptt_steps=25, update_epochs=4, minibatches=4
     )
-    trainer = meta_train("PointNav", tasks, 25, cfg, seed=0)
+    trainer = meta_train(RL2Trainer, "PointNav", tasks, 25, cfg, seed=0)
     first = np.mean([(m["first_return"] + m["last_return"]) / 2 for m in trainer.metrics[:3]])
     last = np.mean([(m["first_return"] + m["last_return"]) / 2 for m in trainer.metrics[-3:]])
     assert last > first + 3.0, (first, last)
@@ -110,12 +111,12 @@ def test_interrupted_meta_training_resumes_to_the_same_weights(tmp_path):
     cfg = RL2Config(
         updates=4, trial_episodes=2, hidden=16, bptt_steps=10, minibatches=2, update_epochs=1, checkpoint_every=2
     )
-    whole = meta_train("PointNav", tasks, 10, cfg, seed=3)
+    whole = meta_train(RL2Trainer, "PointNav", tasks, 10, cfg, seed=3)
     ckpt = tmp_path / "checkpoint.pt"
     with pytest.raises(KeyboardInterrupt):
-        meta_train("PointNav", tasks, 10, cfg, seed=3, checkpoint=ckpt, settings_digest="x", stop_after=3)
+        meta_train(RL2Trainer, "PointNav", tasks, 10, cfg, seed=3, checkpoint=ckpt, settings_digest="x", stop_after=3)
     assert ckpt.exists()
-    resumed = meta_train("PointNav", tasks, 10, cfg, seed=3, checkpoint=ckpt, settings_digest="x")
+    resumed = meta_train(RL2Trainer, "PointNav", tasks, 10, cfg, seed=3, checkpoint=ckpt, settings_digest="x")
     for a, b in zip(whole.policy.state_dict().values(), resumed.policy.state_dict().values()):
         assert torch.equal(a, b)
     assert resumed.metrics == whole.metrics and resumed.env_steps == whole.env_steps
@@ -123,7 +124,7 @@ def test_interrupted_meta_training_resumes_to_the_same_weights(tmp_path):
 
 def test_rl2_trains_on_the_dataset_and_evaluates_through_the_ad_path(cfg, dataset, tmp_path):
     cfg["rl2"].update(updates=2, trial_episodes=2, hidden=16, bptt_steps=50)
-    model = run(cfg, dataset, seed=0, out_dir=tmp_path / "rl2", progress=False)
+    model = run(RL2Trainer, cfg, dataset, seed=0, out_dir=tmp_path / "rl2", progress=False)
     metrics = pd.read_csv(tmp_path / "rl2/metrics.csv")
     assert list(metrics["update"]) == [1, 2] and metrics["env_steps"].iloc[-1] == 2 * 8 * 2 * 50
     assert not (tmp_path / "rl2/checkpoint.pt").exists()
@@ -142,7 +143,9 @@ def test_bptt_segment_must_divide_the_trial(cfg, dataset, tmp_path, capsys):
     cfg["rl2"].update(updates=1, trial_episodes=1, bptt_steps=7)
     code = cli.main(
         [
-            "rl2-train",
+            "baseline-train",
+            "--baseline",
+            "rl2",
             "--settings",
             json.dumps({"rl2": cfg["rl2"]}),
             "--dataset",
@@ -161,7 +164,7 @@ def test_bptt_segment_must_divide_the_trial(cfg, dataset, tmp_path, capsys):
 def test_rl2_advantages_run_across_the_episodes_of_a_trial_and_stop_at_its_end():
     """Two trials of two 200-step episodes: GAE written as a plain loop with no cut at the episode
     boundary (step 199 bootstraps from step 200's value) and none after the trial's last step."""
-    from adbench.baselines.rl2 import trial_advantages, trial_ends
+    from adbench.baselines.online import trial_advantages, trial_ends
 
     gamma, lam = 0.9, 0.8
     rng = np.random.default_rng(3)

@@ -97,10 +97,13 @@ def cmd_train(args):
     run(_settings(args, SECTIONS), args.dataset, args.arch, args.ctx, args.seed, args.out_dir, progress=sys.stderr)
 
 
-def cmd_rl2_train(args):
-    from .baselines.rl2 import SECTIONS, run
+def cmd_baseline_train(args):
+    from .baselines import BASELINES, run
 
-    run(_settings(args, SECTIONS), args.dataset, args.seed, args.out_dir, progress=sys.stderr)
+    if args.baseline not in BASELINES:
+        raise cfglib.ConfigError(f"--baseline {args.baseline} is unknown; choose one of {', '.join(BASELINES)}")
+    trainer = BASELINES[args.baseline]
+    run(trainer, _settings(args, [args.baseline]), args.dataset, args.seed, args.out_dir, progress=sys.stderr)
 
 
 def cmd_evaluate(args):
@@ -197,7 +200,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--ctx", type=int, required=True, help="context length in episodes")
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out-dir", required=True)
-    s = stage("rl2-train", cmd_rl2_train, "meta-train the RL^2 baseline on a dataset's training tasks")
+    s = stage("baseline-train", cmd_baseline_train, "meta-train an online baseline on a dataset's training tasks")
+    s.add_argument("--baseline", required=True, help="the baseline's name, as in the config's `baselines`")
     s.add_argument("--dataset", required=True)
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out-dir", required=True)

@@ -87,8 +87,11 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     assert set(verdicts["claim"]) == {"mamba_beats_transformer", "longer_context_helps", "competitive_with_online"}
     assert (verdicts["verdict"] == "inconclusive").all()  # one training seed: no verdict
     convergence = pd.read_csv(results / "tables/baseline_convergence.csv")
-    assert set(convergence["family"]) == {"PointNav", "HalfCheetahVel"} and (convergence["baseline"] == "rl2").all()
-    assert set(summary["arch"]) == {"mamba", "transformer", "rl2"}
+    assert set(convergence["family"]) == {"PointNav", "HalfCheetahVel"}
+    assert set(convergence["baseline"]) == {"rl2", "varibad"}
+    assert set(summary["arch"]) == {"mamba", "transformer", "rl2", "varibad"}
+    online = verdicts[verdicts["claim"] == "competitive_with_online"]["comparison"]
+    assert online.str.endswith("- rl2").any() and online.str.endswith("- varibad").any()
     assert set(summary["family"]) == {"PointNav", "HalfCheetahVel"}
     assert (summary["train_env_steps"] > 0).all()
     sources = summary[summary["context_episodes"] != 3].set_index(["family", "arch"])["source"]
@@ -96,7 +99,7 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
         sources[("PointNav", "mamba")] == "ppo"
         and sources[("HalfCheetahVel", "mamba")] == "noise_distill(task_ppo, search)"
     )
-    assert sources[("HalfCheetahVel", "rl2")] == "online"
+    assert sources[("HalfCheetahVel", "rl2")] == sources[("HalfCheetahVel", "varibad")] == "online"
     hcv = summary[(summary["family"] == "HalfCheetahVel") & (summary["context_episodes"] != 3)].set_index("arch")
     assert hcv.loc["mamba", "train_env_steps"] == 8 * 16 * 20 + 8 * 4 * 20  # histories + the expert's training
     inference = pd.read_csv(results / "tables/task_inference.csv")
@@ -105,6 +108,7 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
         "mamba ctx 3",
         "transformer ctx 2",
         "rl2",
+        "varibad",
         "source",
         "random",
     }
@@ -115,7 +119,10 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
     rl2_returns = pd.read_csv(results / "eval/PointNav/rl2-seed0.csv")
     assert set(rl2_returns["control"]) == {"none", "zero_reward", "other_task_reward", "task_switch"}
     assert rl2_returns["episode"].max() == 5
-    assert "env-steps/s" in (results / "logs/train/PointNav/rl2-seed0.log").read_text()
+    for baseline in ("rl2", "varibad"):
+        assert "env-steps/s" in (results / f"logs/train/PointNav/{baseline}-seed0.log").read_text()
+    varibad = pd.read_csv(results / "train/PointNav/varibad-seed0/metrics.csv")
+    assert len(varibad) == 4 and varibad[["reward_loss", "kl"]].notna().all().all()
     returns = pd.read_csv(results / "eval/PointNav/mamba-ctx2-seed0.csv")
     assert set(returns["control"]) == {"none", "zero_reward", "other_task_reward", "task_switch"}
     numeric = summary.select_dtypes("number").to_numpy()
@@ -157,12 +164,13 @@ def test_smoke_outputs_exist_and_are_valid(smoke_run):
 
 
 # what follows one family's dataset in the smoke config (either family): Mamba at 2 contexts, the transformer
-# at one (its second is probed), RL^2, their evaluations, the reference curves and the figures
+# at one (its second is probed), RL^2 and VariBAD, their evaluations, the reference curves and the figures
 DOWNSTREAM_OF_A_DATASET = {
     "train": 3,
     "cost_probe": 1,
     "rl2_train": 1,
-    "evaluate": 4,
+    "varibad_train": 1,
+    "evaluate": 5,
     "reference": 1,
     "figures": 1,
     "all": 1,

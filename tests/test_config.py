@@ -14,8 +14,8 @@ from adbench.tasks import FAMILIES
 from .conftest import REPO, snakemake_cli
 
 SHIPPED = [[]] + [
-    # rl2_converged.yaml goes over mujoco.yaml, as its header says
-    [REPO / "workflow/configs/mujoco.yaml", path] if path.name == "rl2_converged.yaml" else [path]
+    # online_converged.yaml goes over mujoco.yaml, as its header says
+    [REPO / "workflow/configs/mujoco.yaml", path] if path.name == "online_converged.yaml" else [path]
     for path in sorted((REPO / "workflow/configs").glob("*.yaml"))
 ]
 

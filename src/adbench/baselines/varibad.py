@@ -41,9 +41,9 @@ class VariBADConfig(PPOSettings):
     vae_learning_rate: float = 0.003
     vae_updates: int = 16
     """VAE gradient steps per update (each over the rollout's trials)."""
-    vae_beliefs: int = 16
+    vae_beliefs: int = 8
     """posteriors drawn per trial in a VAE step: the steps whose beliefs decode."""
-    vae_decode: int = 256
+    vae_decode: int = 64
     """the trial's transitions each of those beliefs decodes the reward of."""
     kl_weight: float = 0.1
 

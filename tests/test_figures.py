@@ -157,9 +157,11 @@ def test_make_all_writes_a_figure_and_tables(tmp_path):
         "cost",
         "aggregate_scores",
         "probability_of_improvement",
+        "baseline_convergence",  # no baseline's training metrics given: AD's points alone
     ):
         assert Image.open(tmp_path / f"figures/{name}.png").size[0] > 100
         assert (tmp_path / f"figures/{name}.pdf").read_bytes().startswith(b"%PDF")
+    assert pd.read_csv(tmp_path / "tables/baseline_convergence.csv").empty
     comparison = pd.read_csv(tmp_path / "tables/comparison.csv")
     assert comparison[["x", "y"]].values.tolist() == [["mamba", "rl2"]]  # the one AD model against the baseline
     summary = pd.read_csv(tmp_path / "tables/summary.csv")

@@ -342,7 +342,7 @@ def plot_baseline_convergence(metrics: pd.DataFrame, summary: pd.DataFrame, path
     of its trials' episodes on the training tasks; thin: a seed, thick: their mean) and its held-out final
     return (a star at its total steps); each AD model's held-out final return at the env steps behind it
     (source histories and expert); the strongest floor and the source's final as lines."""
-    families = sorted(metrics["family"].unique())
+    families = sorted(set(metrics["family"]) | set(summary["family"]))
     fig, axes = plt.subplots(1, len(families), figsize=(5.2 * len(families) + 1.5, 4.0), squeeze=False)
     models = summary.assign(model=[label(a, c) for a, c in zip(summary["arch"], summary["context_episodes"])])
     palette = colours(sorted(models["model"].unique()))
@@ -461,10 +461,14 @@ def make_all(
     plot_context_scaling(summary, figure(out, "context_scaling"))
     plot_aggregates(summary, figure(out, "aggregate_scores"))
     plot_improvement(comparison, figure(out, "probability_of_improvement"))
-    if baseline_metrics:
-        curves = pd.concat([pd.read_csv(p) for p in baseline_metrics], ignore_index=True)
-        write_table(baseline_convergence(curves, summary), *table(out, "baseline_convergence"))
-        plot_baseline_convergence(curves, summary, figure(out, "baseline_convergence"))
+    # without an online baseline (`baselines: []`) the table is empty and the figure has AD's points alone
+    curves = (
+        pd.concat([pd.read_csv(p) for p in baseline_metrics], ignore_index=True)
+        if baseline_metrics
+        else pd.DataFrame(columns=["family", "arch", "seed", "env_steps", "last_return"])
+    )
+    write_table(baseline_convergence(curves, summary), *table(out, "baseline_convergence"))
+    plot_baseline_convergence(curves, summary, figure(out, "baseline_convergence"))
     if inference_csvs:
         inference = pd.concat([pd.read_csv(p) for p in inference_csvs], ignore_index=True)
         write_table(inference_summary(inference), *table(out, "task_inference"))

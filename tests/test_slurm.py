@@ -74,7 +74,12 @@ def test_smoke_workflow_through_slurm_matches_a_local_run(local_slurm, tmp_path,
             for key in ("observations", "actions", "rewards", "episode_returns"):
                 np.testing.assert_array_equal(a["tasks"][tid][key][...], b["tasks"][tid][key][...])
     summary = pd.read_csv(results / "tables/summary.csv")
-    assert list(summary.columns) == SUMMARY_COLUMNS and set(summary["arch"]) == {"mamba", "transformer", "rl2"}
+    assert list(summary.columns) == SUMMARY_COLUMNS and set(summary["arch"]) == {
+        "mamba",
+        "transformer",
+        "rl2",
+        "varibad",
+    }
     for name in ("in_context_return", "source_learning_curves", "context_scaling", "cost"):
         assert (results / f"figures/{name}.png").stat().st_size > 0
     assert planned_jobs(workdir) == {}

@@ -14,6 +14,7 @@ evaluate stage runs it through the same code, controls included.
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,27 @@ from ..provenance import git_revision
 from ..resume import load_progress, save_progress
 from ..seeding import derive_seed
 from ..sources.batched_nets import RunningMeanStd
-from ..sources.ppo import RewardScaler, gae, next_values
+from ..sources.ppo import PPOSettings, RewardScaler, gae, next_values
 from ..tasks import BatchedTasks
 
 # Every baseline's trials reset their tasks from the same seeds (the label RL^2 was published with),
 # so that baselines meet the same start states.
 RESET_LABEL = "rl2-reset"
+
+
+@dataclass
+class TrialSettings(PPOSettings):
+    """The source's PPO settings (other defaults), plus what every baseline's training has: the GRU's
+    width, the trial structure and the budget."""
+
+    hidden: int = 128
+    """the GRU's width."""
+    update_epochs: int = 4
+    updates: int = 100
+    """updates; each runs one trial on every training task."""
+    trial_episodes: int = 24
+    """episodes per trial (the GRU's state is reset between trials)."""
+    checkpoint_every: int = 25
 
 
 class TokenGRU(nn.Module):

@@ -12,25 +12,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..sources.ppo import PPOSettings, clipped_losses
-from .online import OnlineTrainer, TokenGRU
+from ..sources.ppo import clipped_losses
+from .online import OnlineTrainer, TokenGRU, TrialSettings
 
 ARCH = "rl2"
 
 
 @dataclass
-class RL2Config(PPOSettings):
-    """The source's PPO settings (other defaults), plus the trial structure and the budget."""
+class RL2Config(TrialSettings):
+    """The trials' settings, plus the segments of truncated BPTT."""
 
-    hidden: int = 128
-    update_epochs: int = 4
-    updates: int = 100
-    """PPO updates; each runs one trial on every training task."""
-    trial_episodes: int = 24
-    """episodes per trial (hidden state reset between trials)."""
     bptt_steps: int = 50
     """segment length of truncated BPTT, in steps (a trial's length must be a multiple of it)."""
-    checkpoint_every: int = 25
 
 
 class RL2Policy(TokenGRU):

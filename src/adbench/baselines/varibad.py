@@ -18,26 +18,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..sources.ppo import PPOSettings, clipped_losses
-from .online import OnlineTrainer, TokenGRU
+from ..sources.ppo import clipped_losses
+from .online import OnlineTrainer, TokenGRU, TrialSettings
 
 ARCH = "varibad"
 
 
 @dataclass
-class VariBADConfig(PPOSettings):
-    """The source's PPO settings (other defaults), the VAE's, the trial structure and the budget."""
+class VariBADConfig(TrialSettings):
+    """The VAE's settings beside the trials' (`hidden` is the encoder's GRU)."""
 
-    hidden: int = 128
-    """the encoder's GRU width."""
     latent_dim: int = 5
     policy_hidden: int = 64
     """width of the policy's and the value's two hidden layers."""
     decoder_hidden: int = 64
-    update_epochs: int = 4
-    updates: int = 100
-    trial_episodes: int = 24
-    checkpoint_every: int = 25
     vae_learning_rate: float = 0.003
     vae_updates: int = 16
     """VAE gradient steps per update (each over the rollout's trials)."""

@@ -33,7 +33,7 @@ from ..provenance import git_revision
 from ..resume import load_progress, save_progress
 from ..seeding import derive_seed
 from ..sources.batched_nets import RunningMeanStd
-from ..sources.ppo import PPOSettings, RewardScaler, gae, next_values
+from ..sources.ppo import PPOSettings, RewardScaler, clipped_losses, gae, next_values
 from ..tasks import BatchedTasks
 
 # Every baseline's trials reset their tasks from the same seeds (the label RL^2 was published with),
@@ -233,6 +233,23 @@ class OnlineTrainer:
         )
         adv = trial_advantages(torch.as_tensor(scaled, dtype=torch.float32), buf["values"], cfg.gamma, cfg.gae_lambda)
         return adv, adv + buf["values"]
+
+    def ppo_step(self, mean, value, d: dict, dims: tuple) -> dict:
+        """One PPO gradient step on a minibatch `d` (stored actions, log-probs, values, advantages,
+        returns) from the policy's fresh `mean` and `value`, averaged over `dims`; its losses."""
+        cfg = self.cfg
+        dist = torch.distributions.Normal(mean, self.policy.log_std.exp())
+        logp = dist.log_prob(d["actions"]).sum(-1)
+        pg_loss, v_loss = clipped_losses(
+            logp, d["log_probs"], d["adv"], value, d["values"], d["returns"], cfg.clip_coef, dims=dims
+        )
+        entropy = dist.entropy().sum(-1).mean()
+        loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.rl_parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        return {"pg_loss": pg_loss.item(), "v_loss": v_loss.item(), "entropy": entropy.item()}
 
     def observe(self, buf: dict) -> None:
         """Update the input statistics from a finished rollout; the next rollout (and the policy) use them."""

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..sources.ppo import clipped_losses
 from .online import OnlineTrainer, TokenGRU, TrialSettings
 
 ARCH = "rl2"
@@ -90,15 +89,5 @@ class RL2Trainer(OnlineTrainer):
             for start in range(0, n, mb):
                 d = {key: v[perm[start : start + mb]] for key, v in data.items()}
                 mean, value, _ = policy(d["obs"], d["prev_action"], d["prev_reward"], d["episode_start"], d["h0"])
-                dist = torch.distributions.Normal(mean, policy.log_std.exp())
-                logp = dist.log_prob(d["actions"]).sum(-1)
-                pg_loss, v_loss = clipped_losses(
-                    logp, d["log_probs"], d["adv"], value, d["values"], d["returns"], cfg.clip_coef, dims=(0, 1)
-                )
-                entropy = dist.entropy().sum(-1).mean()
-                loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-        return {"pg_loss": pg_loss.item(), "v_loss": v_loss.item(), "entropy": entropy.item()}
+                stats = self.ppo_step(mean, value, d, dims=(0, 1))
+        return stats

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..sources.ppo import clipped_losses
 from .online import OnlineTrainer, TokenGRU, TrialSettings
 
 ARCH = "varibad"
@@ -194,22 +193,10 @@ class VariBADTrainer(OnlineTrainer):
             for start in range(0, n, mb):
                 d = {key: v[perm[start : start + mb]] for key, v in data.items()}
                 mean, value = policy.heads(d["obs"], d["belief"])
-                dist = torch.distributions.Normal(mean, policy.log_std.exp())
-                logp = dist.log_prob(d["actions"]).sum(-1)
-                pg_loss, v_loss = clipped_losses(
-                    logp, d["log_probs"], d["adv"], value, d["values"], d["returns"], cfg.clip_coef, dims=(0,)
-                )
-                entropy = dist.entropy().sum(-1).mean()
-                loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(policy.rl_parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
+                stats = self.ppo_step(mean, value, d, dims=(0,))
         reward_loss, kl = self.vae_update(buf)
         return {
-            "pg_loss": pg_loss.item(),
-            "v_loss": v_loss.item(),
-            "entropy": entropy.item(),
+            **stats,
             "reward_loss": reward_loss,
             "kl": kl,
         }

@@ -8,7 +8,7 @@ import torch
 
 from adbench.baselines import BASELINES, policy_from_checkpoint
 from adbench.baselines.online import collect_trial, meta_train, run
-from adbench.baselines.varibad import VariBADConfig, VariBADPolicy, VariBADTrainer, consecutive_kl
+from adbench.baselines.varibad import VAE_KEYS, VariBADConfig, VariBADPolicy, VariBADTrainer, consecutive_kl
 from adbench.evaluate import COLUMNS, evaluate_model
 from adbench.models import checkpoint
 from adbench.tasks import BatchedTasks, split_tasks
@@ -108,7 +108,7 @@ def test_interrupted_meta_training_resumes_to_the_same_weights(tmp_path):
     tasks, _ = split_tasks("PointNav", 3, 1, 0)
     cfg = VariBADConfig(
         updates=4, trial_episodes=2, hidden=16, latent_dim=2, policy_hidden=8, decoder_hidden=8,
-        vae_beliefs=2, vae_decode=8, checkpoint_every=2, update_epochs=1,
+        vae_beliefs=2, vae_decode=8, vae_buffer=2, checkpoint_every=2, update_epochs=1,
     )  # fmt: skip
     whole = meta_train(VariBADTrainer, "PointNav", tasks, 10, cfg, seed=3)
     ckpt = tmp_path / "checkpoint.pt"
@@ -124,6 +124,29 @@ def test_interrupted_meta_training_resumes_to_the_same_weights(tmp_path):
         whole.vae_optimizer.state_dict()["state"].values(), resumed.vae_optimizer.state_dict()["state"].values()
     ):
         assert torch.equal(a["exp_avg"], b["exp_avg"])
+
+
+def test_the_vae_samples_the_last_rollouts_trials_at_an_annealed_rate():
+    tasks, _ = split_tasks("PointNav", 3, 1, 0)
+    env = BatchedTasks("PointNav", tasks, 10)
+    cfg = VariBADConfig(
+        updates=4, trial_episodes=2, hidden=16, latent_dim=2, policy_hidden=8, decoder_hidden=8,
+        vae_beliefs=2, vae_decode=8, vae_buffer=2, update_epochs=1, vae_learning_rate=0.01,
+    )  # fmt: skip
+    trainer = VariBADTrainer(env.obs_dim, env.act_dim, env.num_tasks, cfg, seed=0)
+    rollouts = []
+    for i in range(3):
+        buf = collect_trial(env, trainer.policy, cfg.trial_episodes, 0, i, trainer.generator)
+        rollouts.append(buf)
+        trainer.update(buf)
+        trainer.observe(buf)
+        assert trainer.vae_optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * (1 - i / 4))
+        trainer.update_index += 1
+    assert len(trainer.vae_trials) == 2  # the last two rollouts, oldest first
+    for kept, rollout in zip(trainer.vae_trials, rollouts[1:]):
+        assert all(torch.equal(kept[key], rollout[key]) for key in VAE_KEYS)
+    batch = trainer.remember(rollouts[0])  # now the third and the first, as one batch
+    assert torch.equal(batch["rewards"], torch.cat([rollouts[2]["rewards"], rollouts[0]["rewards"]]))
 
 
 @pytest.mark.slow

@@ -9,8 +9,9 @@ value are MLPs over the normalised observation and the posterior's mean and log-
 PPO with the belief held fixed: as in VariBAD's default, the policy gradient does not reach the
 encoder. Trials run several episodes, the discounted return runs across them (the BAMDP horizon).
 
-Left out: the decoder of next states and the buffer of past trials that the original samples its
-VAE batches from (here each VAE step samples the current rollout's trials).
+The VAE's steps sample their trials from a buffer of the last `vae_buffer` updates' trials, as the
+original samples past rollouts, so the encoder is not refitted to each new policy's trials alone; its
+learning rate anneals with the policy's. Left out: the decoder of next states.
 """
 
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from torch import nn
 from .online import OnlineTrainer, TokenGRU, TrialSettings
 
 ARCH = "varibad"
+VAE_KEYS = ("obs", "prev_action", "prev_reward", "episode_start", "actions", "rewards")
 
 
 @dataclass
@@ -33,7 +35,9 @@ class VariBADConfig(TrialSettings):
     decoder_hidden: int = 64
     vae_learning_rate: float = 0.003
     vae_updates: int = 16
-    """VAE gradient steps per update (each over the rollout's trials)."""
+    """VAE gradient steps per update, each over as many trials as a rollout has, drawn from the buffer."""
+    vae_buffer: int = 1
+    """updates whose trials the VAE's buffer holds (1: the current rollout's alone)."""
     vae_beliefs: int = 8
     """posteriors drawn per trial in a VAE step: the steps whose beliefs decode."""
     vae_decode: int = 64
@@ -130,6 +134,7 @@ class VariBADTrainer(OnlineTrainer):
         super().__init__(obs_dim, act_dim, num_tasks, cfg, seed)
         vae = [*self.policy.encoder_parameters(), *self.policy.decoder.parameters()]
         self.vae_optimizer = torch.optim.Adam(vae, lr=cfg.vae_learning_rate)
+        self.vae_trials: list = []  # the last `vae_buffer` rollouts' trials (VAE_KEYS), oldest first
 
     def make_policy(self, obs_dim: int, act_dim: int, cfg: VariBADConfig) -> VariBADPolicy:
         return VariBADPolicy(
@@ -157,10 +162,17 @@ class VariBADTrainer(OnlineTrainer):
         }
 
     def extra_state(self) -> dict:
-        return {"vae_optimizer": self.vae_optimizer.state_dict()}
+        return {"vae_optimizer": self.vae_optimizer.state_dict(), "vae_trials": self.vae_trials}
 
     def load_extra_state(self, s: dict) -> None:
         self.vae_optimizer.load_state_dict(s["vae_optimizer"])
+        self.vae_trials = s["vae_trials"]
+
+    def remember(self, buf: dict) -> dict:
+        """Add a rollout's trials to the VAE's buffer, dropping those beyond `vae_buffer` rollouts;
+        the buffer's trials as one batch (n, T, ...)."""
+        self.vae_trials = [*self.vae_trials, {key: buf[key] for key in VAE_KEYS}][-self.cfg.vae_buffer :]
+        return {key: torch.cat([t[key] for t in self.vae_trials]) for key in VAE_KEYS}
 
     def beliefs(self, buf: dict) -> torch.Tensor:
         """The posterior at every step of every trial (K, T, 2 latent), read from the trial's start."""
@@ -194,20 +206,26 @@ class VariBADTrainer(OnlineTrainer):
                 d = {key: v[perm[start : start + mb]] for key, v in data.items()}
                 mean, value = policy.heads(d["obs"], d["belief"])
                 stats = self.ppo_step(mean, value, d, dims=(0,))
-        reward_loss, kl = self.vae_update(buf)
+        self.vae_optimizer.param_groups[0]["lr"] = self.annealed(cfg.vae_learning_rate)
+        reward_loss, kl = self.vae_update(self.remember(buf), batch=buf["rewards"].shape[0])
         return {
             **stats,
             "reward_loss": reward_loss,
             "kl": kl,
         }
 
-    def vae_update(self, buf: dict) -> tuple:
-        """`vae_updates` steps of the negative ELBO: each draws `vae_beliefs` steps per trial, a latent from
-        each step's posterior, and decodes the rewards of `vae_decode` of the trial's transitions."""
+    def vae_update(self, trials: dict, batch: int | None = None) -> tuple:
+        """`vae_updates` steps of the negative ELBO, each over `batch` of the `trials` drawn without
+        replacement (all of them where batch is None or not fewer): each step draws `vae_beliefs` steps
+        per trial, a latent from each step's posterior, and decodes the rewards of `vae_decode` of the
+        trial's transitions."""
         cfg, policy = self.cfg, self.policy
-        k, steps = buf["rewards"].shape
-        executed = buf["actions"].clamp(-1.0, 1.0)
+        n, steps = trials["rewards"].shape
+        k = n if batch is None else min(batch, n)
         for _ in range(cfg.vae_updates):
+            pick = None if k == n else torch.randperm(n, generator=self.generator)[:k]
+            buf = trials if pick is None else {key: v[pick] for key, v in trials.items()}
+            executed = buf["actions"].clamp(-1.0, 1.0)
             belief = self.beliefs(buf)
             kl = consecutive_kl(belief).mean()
             at = torch.randint(steps, (k, cfg.vae_beliefs), generator=self.generator)

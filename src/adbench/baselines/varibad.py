@@ -36,7 +36,7 @@ class VariBADConfig(TrialSettings):
     vae_learning_rate: float = 0.003
     vae_updates: int = 16
     """VAE gradient steps per update, each over as many trials as a rollout has, drawn from the buffer."""
-    vae_buffer: int = 1
+    vae_buffer: int = 10
     """updates whose trials the VAE's buffer holds (1: the current rollout's alone)."""
     vae_beliefs: int = 8
     """posteriors drawn per trial in a VAE step: the steps whose beliefs decode."""

@@ -288,19 +288,23 @@ def test_task_noise_tells_the_expert_other_tasks_early_and_the_true_task_late(po
     np.testing.assert_array_equal(plain["actions"], again["actions"])  # 0 draws nothing: histories unchanged
 
 
+class ToldDirection:
+    """Stands in for AntDir's expert: acts out the direction it was told (its task features, cos and sin)
+    on its first two action dimensions, and records the observation it saw."""
+
+    family = "AntDir"
+
+    def mean_action(self, obs, features):
+        self.obs = obs
+        return np.concatenate([features, np.zeros((len(obs), 6))], axis=1)
+
+
 def test_the_steering_expert_tells_antdirs_expert_the_direction_to_the_goal():
     """AntGoal's observation is x, y followed by AntDir's; the steered expert sees AntDir's part and the
     direction from x, y to the goal, as AntDir's task features (cos, sin)."""
     from adbench.sources.noise_distill import steering
 
-    class Told:  # stands in for AntDir's expert: acts out what it was told
-        family = "AntDir"
-
-        def mean_action(self, obs, features):
-            self.obs = obs
-            return np.concatenate([features, np.zeros((len(obs), 6))], axis=1)
-
-    walker = Told()
+    walker = ToldDirection()
     goals = np.array([[3.0, 0.0], [0.0, 2.0], [-1.0, -1.0]])
     obs = np.concatenate([np.array([[1.0, 0.0], [0.0, 3.0], [0.0, 0.0]]), np.arange(81.0).reshape(3, 27)], axis=1)
     action = steering(walker, goals)(obs)
@@ -634,6 +638,43 @@ def test_counterfactuals_store_each_steps_reward_and_the_experts_action_under_ot
             assert np.linalg.norm(goal - task["goal"]) > 0.05  # another task than the history's
             expected = np.stack([np.clip(act({"goal": goal.tolist()}, o), -1, 1) for o in with_cf["observations"][i]])
             np.testing.assert_allclose(with_cf["counterfactual_actions"][i, :, k], expected, atol=2e-3)
+            goals.append(goal)
+    assert min(np.linalg.norm(a - b) for j, a in enumerate(goals) for b in goals[j + 1 :]) > 0.05
+
+
+def point_on_heading(start: np.ndarray, heading: np.ndarray, seen_from: np.ndarray, l1: float) -> np.ndarray:
+    """The point start + s heading (s >= 0) at L1 distance `l1` from `seen_from`."""
+    from scipy.optimize import brentq
+
+    s = brentq(lambda s: np.abs(seen_from - (start + s * heading)).sum() - l1, 0.0, 12.0)
+    return start + s * heading
+
+
+def test_antgoals_counterfactuals_steer_towards_another_goal_and_pay_its_distance():
+    """AntGoal's steered expert with counterfactuals: each stored counterfactual action heads from the ant's
+    recorded x, y towards one other goal, the same at every step of a history, and each counterfactual
+    reward is the executed step's under that goal: 1 - 0.1 |a|^2 - L1(x, y after the step, goal)."""
+    from adbench.sources.noise_distill import NoiseDistillConfig, run_noise_distill
+    from adbench.tasks import sample_tasks
+
+    tasks, horizon = sample_tasks("AntGoal", 2, 4), 6
+    cfg = NoiseDistillConfig(expert="steer", noise="gaussian", task_noise=1.0, counterfactuals=2)
+    hist = run_noise_distill("AntGoal", tasks, horizon, 2, cfg, seed=1, ppo=PPOConfig(), task_expert=ToldDirection())
+    goals = []
+    for i, task in enumerate(tasks):
+        obs = hist["observations"][i].reshape(-1, horizon, hist["observations"].shape[-1])
+        after = np.concatenate([obs[:, 1:, :2], hist["final_observations"][i][:, None, :2]], 1).reshape(-1, 2)
+        before = obs[:, :, :2].reshape(-1, 2).astype(np.float64)
+        actions = hist["actions"][i].astype(np.float64)
+        for k in range(2):
+            heading = hist["counterfactual_actions"][i, :, k, :2].astype(np.float64)
+            distance = 1.0 - 0.1 * (actions**2).sum(1) - hist["counterfactual_rewards"][i, :, k]
+            # the goal on the first step's heading at the first step's distance, then every step checked against it
+            goal = point_on_heading(before[0], heading[0], after[0], distance[0])
+            assert np.linalg.norm(goal) <= 3.0 + 1e-3 and np.linalg.norm(goal - task["goal"]) > 0.05
+            np.testing.assert_allclose(distance, np.abs(after - goal).sum(1), atol=1e-3)
+            to_goal = goal - before
+            np.testing.assert_allclose(heading, to_goal / np.linalg.norm(to_goal, axis=1, keepdims=True), atol=1e-3)
             goals.append(goal)
     assert min(np.linalg.norm(a - b) for j, a in enumerate(goals) for b in goals[j + 1 :]) > 0.05
 

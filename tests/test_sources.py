@@ -587,9 +587,10 @@ def goal_from_rewards(next_positions: np.ndarray, rewards: np.ndarray) -> np.nda
 
 
 def next_positions(hist: dict, learner: int, horizon: int) -> np.ndarray:
-    """PointNav's position after each step of one history (its observation is the position)."""
-    obs = hist["observations"][learner].reshape(-1, horizon, 2)
-    after = np.concatenate([obs[:, 1:], hist["final_observations"][learner][:, None]], 1)
+    """The x, y after each step of one history: the observation's first two entries (PointNav's whole
+    observation; AntGoal's x, y)."""
+    obs = hist["observations"][learner].reshape(-1, horizon, hist["observations"].shape[-1])
+    after = np.concatenate([obs[:, 1:, :2], hist["final_observations"][learner][:, None, :2]], 1)
     return after.reshape(-1, 2).astype(np.float64)
 
 
@@ -662,9 +663,8 @@ def test_antgoals_counterfactuals_steer_towards_another_goal_and_pay_its_distanc
     hist = run_noise_distill("AntGoal", tasks, horizon, 2, cfg, seed=1, ppo=PPOConfig(), task_expert=ToldDirection())
     goals = []
     for i, task in enumerate(tasks):
-        obs = hist["observations"][i].reshape(-1, horizon, hist["observations"].shape[-1])
-        after = np.concatenate([obs[:, 1:, :2], hist["final_observations"][i][:, None, :2]], 1).reshape(-1, 2)
-        before = obs[:, :, :2].reshape(-1, 2).astype(np.float64)
+        after = next_positions(hist, i, horizon)
+        before = hist["observations"][i][:, :2].astype(np.float64)
         actions = hist["actions"][i].astype(np.float64)
         for k in range(2):
             heading = hist["counterfactual_actions"][i, :, k, :2].astype(np.float64)

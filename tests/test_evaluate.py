@@ -533,7 +533,7 @@ class ResearchingClimber(RewardHillClimber):
 
 
 def _recovery(returns, control: int):
-    """Switch recovery (tables.run_scores' definition) of one control's runs, with its CI."""
+    """Switch recovery (scores.run_scores' definition) of one control's runs, with its CI."""
     from adbench.measures import switch_episode
 
     episodes = returns.shape[-1]

@@ -9,21 +9,19 @@ from scipy import stats
 from adbench.claims import claims, verdict
 from adbench.figures import make_all
 from adbench.measures import edge
+from adbench.scores import best_floor, floor_levels, task_levels
 from adbench.tables import (
     PROBED,
     SCALING_COLUMNS,
     SUMMARY_COLUMNS,
     TRAINED,
     baseline_convergence,
-    best_floor,
     compare,
     context_scaling,
-    floor_levels,
     inference_costs,
     inference_summary,
     source_improvement,
     summarize,
-    task_levels,
 )
 
 from .conftest import REPO
@@ -346,7 +344,7 @@ def test_normalised_score_uses_each_tasks_own_random_and_source_levels():
 
 
 def test_a_task_the_source_did_not_learn_is_divided_by_the_floor():
-    from adbench.tables import MIN_GAP_FRACTION, task_levels
+    from adbench.scores import MIN_GAP_FRACTION
 
     refs = _levels_refs(
         {"test-0000": -300.0, "test-0001": -100.0, "test-0002": -200.0},
@@ -655,7 +653,7 @@ def test_summary_confidence_intervals_are_seeded_per_row():
 
 
 def test_final_episodes_are_the_last_tenth_of_each_group_at_least_one():
-    from adbench.tables import final_episodes
+    from adbench.scores import final_episodes
 
     lengths = {"a": 40, "b": 25, "c": 11, "d": 10, "e": 3}  # last 4, 3, 2, 1 and 1 episodes
     df = pd.DataFrame([{"task": t, "episode": e} for t, n in lengths.items() for e in range(n)]).sample(

@@ -1,4 +1,4 @@
-"""The paper's three claims, judged on the normalised final return (from the strongest floor, `tables`):
+"""The paper's three claims, judged on the normalised final return (from the strongest floor, `scores`):
 
 1. `mamba_beats_transformer`: per family and context both were trained at, Mamba minus the transformer;
 2. `longer_context_helps`: per family and architecture, the longest trained context minus the shortest;
@@ -17,7 +17,8 @@ held-out tasks drawn once for both). The verdict rule (docs/methods.md):
 import pandas as pd
 
 from . import statistics
-from .tables import NO_CONTEXT, label, normalized_units
+from .scores import normalized_units
+from .tables import NO_CONTEXT, label
 
 MIN_SEEDS = 3
 MARGIN = 0.1  # of the floor-to-source range: "competitive" means not worse by more than this

@@ -14,9 +14,9 @@ from .atomic import atomic_path  # noqa: E402
 from .claims import CLAIMS, VERDICTS, claims  # noqa: E402
 from .outputs import figure, table  # noqa: E402
 from .provenance import git_revision  # noqa: E402
+from .scores import FLOORS, held_out  # noqa: E402
 from .tables import (  # noqa: E402
     ALL_FAMILIES,
-    FLOORS,
     NO_CONTEXT,
     PROBED,
     TRAINED,
@@ -26,7 +26,6 @@ from .tables import (  # noqa: E402
     curve_by_env_steps,
     episode_strides,
     final_inference,
-    held_out,
     inference_costs,
     inference_summary,
     label,

@@ -8,7 +8,7 @@
   mean goal). Families with neither have no task-blind floor.
 
 A policy that ignores rewards can reach the best of these; in-context RL must beat it. The names are
-`tables.FLOORS`, the arch column of the reference rows.
+`scores.FLOORS`, the arch column of the reference rows.
 """
 
 import numpy as np

@@ -240,6 +240,24 @@ def test_a_sampler_needs_train_tasks_and_takes_a_window_spanning_every_episode(d
         WindowSampler(only_test, 2, 1, 2, seed=0)
 
 
+def test_a_sampler_draws_windows_from_its_split_only(dataset, tmp_path):
+    """split='val' (the held-out loss) reads the validation tasks' histories and nothing else; the
+    default reads the train tasks'."""
+    marked = tmp_path / "marked.h5"
+    shutil.copy(dataset, marked)
+    with h5py.File(marked, "r+") as f:
+        splits = [g.attrs["split"] for g in f["tasks"].values()]
+        for g in f["tasks"].values():
+            if g.attrs["split"] == "val":
+                g["rewards"][...] = 7.0
+    assert "val" in splits and "train" in splits
+    val = WindowSampler(marked, 2, 2, 16, seed=0, split="val").sample()["prev_reward"][:, 1:]
+    train = WindowSampler(marked, 2, 2, 16, seed=0).sample()["prev_reward"][:, 1:]
+    assert (val == 7.0).all() and not (train == 7.0).any()
+    with pytest.raises(DatasetError, match="no val tasks to sample windows from"):
+        WindowSampler(with_every_task_in("train", dataset, tmp_path / "no-val.h5"), 2, 2, 4, seed=0, split="val")
+
+
 def test_noise_distillation_stores_the_experts_clean_action_for_the_true_task(cfg):
     """expert_actions: at every step the oracle's action for the true goal at the stored observation,
     clipped to the box; the executed action is that plus the annealed noise (equal once the noise is 0)."""

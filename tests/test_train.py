@@ -1,5 +1,8 @@
 import csv
+import math
+import shutil
 
+import h5py
 import pytest
 import torch
 
@@ -40,6 +43,35 @@ def test_metrics_and_checkpoint_metadata(tiny, dataset, tmp_path):
     _, ckpt = load_checkpoint(tmp_path / "model.pt", expect_arch="mamba")
     assert ckpt["meta"]["context_episodes"] == 2 and ckpt["meta"]["seed"] == 3 and ckpt["meta"]["horizon"] == 50
     assert ckpt["model_config"]["window"] == 100
+
+
+def test_the_heldout_loss_is_logged_without_changing_the_training(tiny, dataset, tmp_path):
+    """val_loss: the loss on windows of the validation tasks, at every log; drawn from their own seed, so
+    that the same run on a dataset without validation tasks ends with the same weights (and NaNs there)."""
+    no_val = tmp_path / "no-val.h5"
+    shutil.copy(dataset, no_val)
+    with h5py.File(no_val, "r+") as f:
+        for g in f["tasks"].values():
+            if g.attrs["split"] == "val":
+                g.attrs["split"] = "test"
+    train.run(tiny, dataset, "transformer", 2, 0, tmp_path / "with", progress=False)
+    train.run(tiny, no_val, "transformer", 2, 0, tmp_path / "without", progress=False)
+    with_val = list(csv.DictReader(open(tmp_path / "with" / "metrics.csv")))
+    without = list(csv.DictReader(open(tmp_path / "without" / "metrics.csv")))
+    assert all(math.isfinite(float(r["val_loss"])) for r in with_val)
+    assert all(math.isnan(float(r["val_loss"])) for r in without)
+    assert [r["loss"] for r in with_val] == [r["loss"] for r in without]
+    a, _ = load_checkpoint(tmp_path / "with" / "model.pt")
+    b, _ = load_checkpoint(tmp_path / "without" / "model.pt")
+    assert all(torch.equal(v, w) for v, w in zip(a.state_dict().values(), b.state_dict().values()))
+    # the logged value is the model's loss on those windows: the final model's, recomputed
+    batches = train.heldout_windows(
+        tiny, dataset, 2, train.derive_seed(0, "heldout-windows", "PointNav", "transformer", 2, 0)
+    )
+    assert len(batches) * tiny["train"]["batch_size"] >= train.HELDOUT_WINDOWS
+    assert train.heldout_loss(a, batches, torch.device("cpu")) == pytest.approx(
+        float(with_val[-1]["val_loss"]), rel=1e-5
+    )
 
 
 def test_training_lowers_the_loss(cfg, dataset, tmp_path):

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from . import config as cfglib
 from . import process
 from .atomic import atomic_path, write_csv
-from .data import WindowSampler, input_statistics, validate_file
+from .data import WindowSampler, input_statistics, open_histories, task_table, validate_file
 from .devices import pick_device
 from .models import build, count_parameters, save_checkpoint
 from .progress import say
@@ -37,7 +37,9 @@ METRICS = [
     "tokens_per_s",
     "seconds_per_step",
     "peak_mem_mib",
+    "val_loss",
 ]
+HELDOUT_WINDOWS = 64  # validation windows the held-out loss is measured on, the same ones at every log
 
 
 def lr_at(step: int, cfg: dict) -> float:
@@ -59,6 +61,29 @@ def train_step(model, optimizer, batch: dict, grad_clip: float) -> tuple:
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return loss, batch["action"].shape[0] * batch["action"].shape[1]
+
+
+def heldout_windows(cfg: dict, dataset, context_episodes: int, seed: int) -> list | None:
+    """HELDOUT_WINDOWS windows of the validation tasks, with the training target, in batches of the
+    training's size (None where the dataset has no validation tasks): drawn once from their own seed,
+    so that the training's random streams do not change."""
+    tcfg = cfg["train"]
+    with open_histories(dataset) as f:
+        if "val" not in {split for _, split, _ in task_table(f)}:
+            return None
+    sampler = WindowSampler(
+        dataset, context_episodes, cfg["dataset"]["episode_stride"], tcfg["batch_size"], seed, tcfg["target"], "val"
+    )
+    return [sampler.sample() for _ in range(math.ceil(HELDOUT_WINDOWS / tcfg["batch_size"]))]
+
+
+def heldout_loss(model, batches: list | None, device) -> float:
+    """The training loss on the held-out windows, averaged over windows (NaN without any): the gap to the
+    training loss is what the model learnt of its training tasks that does not carry over to new ones."""
+    if batches is None:
+        return math.nan
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return sum(model.loss({k: v.to(device) for k, v in b.items()}).item() for b in batches) / len(batches)
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -116,6 +141,7 @@ def run(
         device,
     )
     window = sampler.tokens_per_window
+    heldout = heldout_windows(cfg, dataset, context_episodes, derive_seed(seed, "heldout-windows", *run_key))
     settings_digest = cfglib.digest({"cfg": {s: cfg[s] for s in SECTIONS}, "run": list(run_key)})
     ckpt_path, step, rows = out_dir / "checkpoint.pt", 0, []
     saved = load_progress(ckpt_path, settings_digest, progress)
@@ -164,6 +190,7 @@ def run(
                     "tokens_per_s": tokens / elapsed,
                     "seconds_per_step": elapsed / steps,
                     "peak_mem_mib": peak_memory_mib(device),
+                    "val_loss": heldout_loss(model, heldout, device),
                 }
             )
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)

@@ -64,13 +64,23 @@ CHUNK_CACHE_BYTES = 2**30  # decompressed chunks kept by all of a sampler's arra
 
 
 class WindowSampler:
-    """Samples batches of windows lazily from the train split of a history file (one handle per process).
+    """Samples batches of windows lazily from one split of a history file (one handle per process): the
+    train split for training; the validation split for the held-out loss.
 
     The train arrays stay open, each with its own chunk cache (a share of CHUNK_CACHE_BYTES): a window
     reads one episode per stride from a compressed chunk that holds many, so a chunk decompressed once
     serves many windows; a freshly opened array would decompress it again for every episode read."""
 
-    def __init__(self, path, context_episodes: int, stride: int, batch_size: int, seed: int, target: str = "recorded"):
+    def __init__(
+        self,
+        path,
+        context_episodes: int,
+        stride: int,
+        batch_size: int,
+        seed: int,
+        target: str = "recorded",
+        split: str = "train",
+    ):
         self.path, self.context_episodes, self.stride, self.batch_size = path, context_episodes, stride, batch_size
         if target not in TARGETS:
             raise ValueError(f"unknown training target {target!r}; train.target is one of {list(TARGETS)}")
@@ -79,11 +89,11 @@ class WindowSampler:
         self._file, self._arrays = None, None
         with open_histories(path) as f:
             self.horizon, self.episodes = int(f.attrs["horizon"]), int(f.attrs["episodes"])
-            self.train_ids = [tid for tid, split, _ in task_table(f) if split == "train"]
-            if not self.train_ids:
-                raise DatasetError(f"{path}: no train tasks to sample windows from")
-            self.histories = f["tasks"][self.train_ids[0]]["rewards"].shape[0]
-            missing = [name for name in self.names if name not in f["tasks"][self.train_ids[0]]]
+            self.task_ids = [tid for tid, task_split, _ in task_table(f) if task_split == split]
+            if not self.task_ids:
+                raise DatasetError(f"{path}: no {split} tasks to sample windows from")
+            self.histories = f["tasks"][self.task_ids[0]]["rewards"].shape[0]
+            missing = [name for name in self.names if name not in f["tasks"][self.task_ids[0]]]
             if missing:
                 raise DatasetError(
                     f"{path} has no {missing[0]} for train.target '{target}': {TARGETS[target][1]}, or use "
@@ -99,11 +109,11 @@ class WindowSampler:
 
     @property
     def arrays(self) -> list:
-        """[{name: open dataset}] per train task, opened once with their share of the chunk cache."""
+        """[{name: open dataset}] per task of the split, opened once with their share of the chunk cache."""
         if self._arrays is None:
-            share = max(2**20, CHUNK_CACHE_BYTES // (len(self.train_ids) * len(self.names)))
+            share = max(2**20, CHUNK_CACHE_BYTES // (len(self.task_ids) * len(self.names)))
             self._file = open_histories(self.path, chunk_cache_bytes=share)
-            self._arrays = [{name: self._file["tasks"][tid][name] for name in self.names} for tid in self.train_ids]
+            self._arrays = [{name: self._file["tasks"][tid][name] for name in self.names} for tid in self.task_ids]
         return self._arrays
 
     def __getstate__(self):  # a worker opens its own handles
@@ -115,7 +125,7 @@ class WindowSampler:
 
     def sample(self) -> dict:
         b, c, k, h = self.batch_size, self.context_episodes, self.stride, self.horizon
-        tasks = self.rng.integers(len(self.train_ids), size=b)
+        tasks = self.rng.integers(len(self.task_ids), size=b)
         hists = self.rng.integers(self.histories, size=b)
         starts = self.rng.integers(self.episodes - window_span(c, k) + 1, size=b)
         windows = [read_window(self.arrays[task], hist, e0, c, k, h) for task, hist, e0 in zip(tasks, hists, starts)]

@@ -373,6 +373,43 @@ def test_the_counterfactual_target_tells_each_window_its_task_or_another_by_the_
     assert np.bincount(told, minlength=3).min() >= 10  # each of the three told tasks, about a third
 
 
+def test_windows_with_another_tasks_rewards_change_the_rewards_only(counterfactual):
+    """sample_with_other_rewards: the same windows twice, the second with the rewards of another of their
+    C + 1 tasks; the targets stay those of the told task. The held-out reward reliance reads them: zero
+    for a model that does not read rewards, above zero for one that acts on them."""
+    from adbench import train
+    from adbench.models import build
+
+    sampler = WindowSampler(counterfactual, 3, 2, batch_size=32, seed=4, target="counterfactual")
+    rng = np.random.default_rng()
+    rng.bit_generator.state = sampler.rng.bit_generator.state
+    told, other = sampler.sample_with_other_rewards()
+    for key in ("obs", "prev_action", "episode_start", "action"):
+        assert torch.equal(told[key], other[key]), key
+    tasks, hists, starts = rng.integers(4, size=32), rng.integers(1, size=32), rng.integers(12 - 4, size=32)
+    told_task = rng.integers(3, size=32)
+    other_task = (told_task + rng.integers(1, 3, size=32)) % 3
+    assert (other_task != told_task).all()
+    with h5py.File(counterfactual) as f:
+        train_tasks = [g for g in f["tasks"].values() if g.attrs["split"] == "train"]
+        for b, (task, hist, e0) in enumerate(zip(tasks, hists, starts)):
+            g = train_tasks[task]
+            steps = np.concatenate([np.arange((e0 + 2 * j) * 50, (e0 + 2 * j + 1) * 50) for j in range(3)])
+            series = np.concatenate([g["rewards"][hist][:, None], g["counterfactual_rewards"][hist]], axis=1)
+            for batch, t in ((told, told_task[b]), (other, other_task[b])):
+                np.testing.assert_array_equal(batch["prev_reward"][b, 1:].numpy(), series[steps[:-1], t])
+    with pytest.raises(ValueError, match="need train.target 'counterfactual'"):
+        WindowSampler(counterfactual, 3, 2, batch_size=2, seed=0, target="expert").sample_with_other_rewards()
+
+    model = build("transformer", 2, 2, d_model=16, n_layers=1, window=150)
+    windows = [(told, other)]
+    assert train.heldout_losses(model, windows, torch.device("cpu"))[1] != 0
+    with torch.no_grad():
+        model.embed.weight[:, 2 + 2] = 0.0  # the reward's column of the token embedding
+    val_loss, reliance = train.heldout_losses(model, windows, torch.device("cpu"))
+    assert np.isfinite(val_loss) and reliance == 0.0
+
+
 def test_a_file_with_one_counterfactual_array_is_refused(counterfactual, tmp_path):
     damaged = tmp_path / "damaged.h5"
     shutil.copy(counterfactual, damaged)

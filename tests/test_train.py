@@ -65,13 +65,13 @@ def test_the_heldout_loss_is_logged_without_changing_the_training(tiny, dataset,
     b, _ = load_checkpoint(tmp_path / "without" / "model.pt")
     assert all(torch.equal(v, w) for v, w in zip(a.state_dict().values(), b.state_dict().values()))
     # the logged value is the model's loss on those windows: the final model's, recomputed
-    batches = train.heldout_windows(
+    windows = train.heldout_windows(
         tiny, dataset, 2, train.derive_seed(0, "heldout-windows", "PointNav", "transformer", 2, 0)
     )
-    assert len(batches) * tiny["train"]["batch_size"] >= train.HELDOUT_WINDOWS
-    assert train.heldout_loss(a, batches, torch.device("cpu")) == pytest.approx(
-        float(with_val[-1]["val_loss"]), rel=1e-5
-    )
+    assert len(windows) * tiny["train"]["batch_size"] >= train.HELDOUT_WINDOWS
+    val_loss, reliance = train.heldout_losses(a, windows, torch.device("cpu"))
+    assert val_loss == pytest.approx(float(with_val[-1]["val_loss"]), rel=1e-5)
+    assert math.isnan(reliance) and math.isnan(float(with_val[-1]["val_reward_reliance"]))  # recorded target
 
 
 def test_training_lowers_the_loss(cfg, dataset, tmp_path):

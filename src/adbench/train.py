@@ -38,6 +38,7 @@ METRICS = [
     "seconds_per_step",
     "peak_mem_mib",
     "val_loss",
+    "val_reward_reliance",
 ]
 HELDOUT_WINDOWS = 64  # validation windows the held-out loss is measured on, the same ones at every log
 
@@ -63,27 +64,41 @@ def train_step(model, optimizer, batch: dict, grad_clip: float) -> tuple:
     return loss, batch["action"].shape[0] * batch["action"].shape[1]
 
 
-def heldout_windows(cfg: dict, dataset, context_episodes: int, seed: int) -> list | None:
+def heldout_windows(cfg: dict, dataset, context_episodes: int, seed: int) -> list:
     """HELDOUT_WINDOWS windows of the validation tasks, with the training target, in batches of the
-    training's size (None where the dataset has no validation tasks): drawn once from their own seed,
-    so that the training's random streams do not change."""
+    training's size, each beside the same windows with another task's rewards where the target is
+    counterfactual (else None); [] where the dataset has no validation tasks. Drawn once from their own
+    seed, so that the training's random streams do not change."""
     tcfg = cfg["train"]
     with open_histories(dataset) as f:
         if "val" not in {split for _, split, _ in task_table(f)}:
-            return None
+            return []
     sampler = WindowSampler(
         dataset, context_episodes, cfg["dataset"]["episode_stride"], tcfg["batch_size"], seed, tcfg["target"], "val"
     )
-    return [sampler.sample() for _ in range(math.ceil(HELDOUT_WINDOWS / tcfg["batch_size"]))]
+    paired = tcfg["target"] == "counterfactual"
+    return [
+        sampler.sample_with_other_rewards() if paired else (sampler.sample(), None)
+        for _ in range(math.ceil(HELDOUT_WINDOWS / tcfg["batch_size"]))
+    ]
 
 
-def heldout_loss(model, batches: list | None, device) -> float:
-    """The training loss on the held-out windows, averaged over windows (NaN without any): the gap to the
-    training loss is what the model learnt of its training tasks that does not carry over to new ones."""
-    if batches is None:
-        return math.nan
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        return sum(model.loss({k: v.to(device) for k, v in b.items()}).item() for b in batches) / len(batches)
+def heldout_losses(model, windows: list, device) -> tuple[float, float]:
+    """(val_loss, val_reward_reliance): the training loss on the held-out windows, whose gap to the
+    training loss is what the model learnt of its training tasks that does not carry over to new ones;
+    and how much that loss rises when the windows carry another task's rewards, which is how much the
+    model reads the task it must act for from the rewards (NaN where not measured)."""
+
+    def loss(batch):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            return model.loss({k: v.to(device) for k, v in batch.items()}).item()
+
+    if not windows:
+        return math.nan, math.nan
+    own = sum(loss(batch) for batch, _ in windows) / len(windows)
+    if windows[0][1] is None:
+        return own, math.nan
+    return own, sum(loss(other) for _, other in windows) / len(windows) - own
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -178,6 +193,7 @@ def run(
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower train.learning_rate")
         if step % tcfg["log_every"] == 0 or step == tcfg["steps"]:
             elapsed = time.perf_counter() - t0
+            val_loss, reliance = heldout_losses(model, heldout, device)
             rows.append(
                 {
                     "family": info["family"],
@@ -190,7 +206,8 @@ def run(
                     "tokens_per_s": tokens / elapsed,
                     "seconds_per_step": elapsed / steps,
                     "peak_mem_mib": peak_memory_mib(device),
-                    "val_loss": heldout_loss(model, heldout, device),
+                    "val_loss": val_loss,
+                    "val_reward_reliance": reliance,
                 }
             )
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)

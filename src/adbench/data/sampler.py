@@ -124,29 +124,54 @@ class WindowSampler:
         return window_tokens(self.context_episodes, self.horizon)
 
     def sample(self) -> dict:
+        arrays = self._windows()
+        rewards, targets = arrays["rewards"], arrays.get("expert_actions")
+        if self.target == "counterfactual":
+            told = self.rng.integers(arrays["counterfactual_rewards"].shape[-1] + 1, size=self.batch_size)
+            rewards, targets = _told(arrays, told, "rewards"), _told(arrays, told, "actions")
+        return make_tokens(arrays["observations"], arrays["actions"], rewards, self.horizon, targets)
+
+    def sample_with_other_rewards(self) -> tuple[dict, dict]:
+        """train.target counterfactual: a batch as `sample` makes it, and the same windows with the rewards
+        of another of their C + 1 tasks (the targets unchanged): the loss rises between them as much as
+        the model reads the task it must act for from the rewards."""
+        if self.target != "counterfactual":
+            raise ValueError("windows with another task's rewards need train.target 'counterfactual'")
+        arrays = self._windows()
+        tasks = arrays["counterfactual_rewards"].shape[-1] + 1
+        told = self.rng.integers(tasks, size=self.batch_size)
+        other = (told + self.rng.integers(1, tasks, size=self.batch_size)) % tasks
+        targets = _told(arrays, told, "actions")
+        return tuple(
+            make_tokens(arrays["observations"], arrays["actions"], _told(arrays, t, "rewards"), self.horizon, targets)
+            for t in (told, other)
+        )
+
+    def _windows(self) -> dict:
+        """{name: (batch, window steps, ...)}: a batch of windows, at uniformly drawn tasks, histories and
+        first episodes."""
         b, c, k, h = self.batch_size, self.context_episodes, self.stride, self.horizon
         tasks = self.rng.integers(len(self.task_ids), size=b)
         hists = self.rng.integers(self.histories, size=b)
         starts = self.rng.integers(self.episodes - window_span(c, k) + 1, size=b)
         windows = [read_window(self.arrays[task], hist, e0, c, k, h) for task, hist, e0 in zip(tasks, hists, starts)]
-        arrays = {name: np.stack([w[name] for w in windows]) for name in self.names}
-        rewards, targets = arrays["rewards"], arrays.get("expert_actions")
-        if self.target == "counterfactual":
-            rewards, targets = self._relabel(arrays)
-        return make_tokens(arrays["observations"], arrays["actions"], rewards, h, targets)
+        return {name: np.stack([w[name] for w in windows]) for name in self.names}
 
-    def _relabel(self, arrays: dict) -> tuple:
-        """train.target counterfactual: each window told one of its C + 1 tasks, uniformly: the true one
-        (its rewards, the expert's actions for it) or a counterfactual one (the rewards the same steps earn
-        under it, the expert's actions for it). The executed actions stay the model's input: in C of
-        C + 1 windows they pursue the history's own task, not the one the rewards and targets are for, so
-        only the rewards tell the model which task to act for."""
-        told = self.rng.integers(arrays["counterfactual_rewards"].shape[-1] + 1, size=self.batch_size)
-        rewards, targets = arrays["rewards"].copy(), arrays["expert_actions"].copy()
-        for b in np.flatnonzero(told):
-            rewards[b] = arrays["counterfactual_rewards"][b, :, told[b] - 1]
-            targets[b] = arrays["counterfactual_actions"][b, :, told[b] - 1]
-        return rewards, targets
+
+def _told(arrays: dict, told: np.ndarray, what: str) -> np.ndarray:
+    """train.target counterfactual: each window's rewards (`what` 'rewards') or targets ('actions') for
+    the task it is told, one of its C + 1: 0 the true one (its rewards, the expert's actions for it), k a
+    counterfactual one (the rewards the same steps earn under it, the expert's actions for it). The
+    executed actions stay the model's input: in C of C + 1 windows they pursue the history's own task,
+    not the one the rewards and targets are for, so only the rewards tell the model which task to act
+    for."""
+    true, other = (
+        ("rewards", "counterfactual_rewards") if what == "rewards" else ("expert_actions", "counterfactual_actions")
+    )
+    out = arrays[true].copy()
+    for b in np.flatnonzero(told):
+        out[b] = arrays[other][b, :, told[b] - 1]
+    return out
 
 
 def input_statistics(path) -> dict:

@@ -46,7 +46,7 @@ def test_metrics_and_checkpoint_metadata(tiny, dataset, tmp_path):
 
 
 def test_the_heldout_loss_is_logged_without_changing_the_training(tiny, dataset, tmp_path):
-    """val_loss: the loss on windows of the validation tasks, at every log; drawn from their own seed, so
+    """val_loss: the loss on windows of the validation tasks, every heldout_every steps; drawn from their own seed, so
     that the same run on a dataset without validation tasks ends with the same weights (and NaNs there)."""
     no_val = tmp_path / "no-val.h5"
     shutil.copy(dataset, no_val)
@@ -54,11 +54,12 @@ def test_the_heldout_loss_is_logged_without_changing_the_training(tiny, dataset,
         for g in f["tasks"].values():
             if g.attrs["split"] == "val":
                 g.attrs["split"] = "test"
+    tiny["train"]["heldout_every"] = 8  # at steps 8 and 12 (the last) of the logs at 4, 8, 12
     train.run(tiny, dataset, "transformer", 2, 0, tmp_path / "with", progress=False)
     train.run(tiny, no_val, "transformer", 2, 0, tmp_path / "without", progress=False)
     with_val = list(csv.DictReader(open(tmp_path / "with" / "metrics.csv")))
     without = list(csv.DictReader(open(tmp_path / "without" / "metrics.csv")))
-    assert all(math.isfinite(float(r["val_loss"])) for r in with_val)
+    assert [math.isfinite(float(r["val_loss"])) for r in with_val] == [False, True, True]
     assert all(math.isnan(float(r["val_loss"])) for r in without)
     assert [r["loss"] for r in with_val] == [r["loss"] for r in without]
     a, _ = load_checkpoint(tmp_path / "with" / "model.pt")

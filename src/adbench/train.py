@@ -193,7 +193,8 @@ def run(
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower train.learning_rate")
         if step % tcfg["log_every"] == 0 or step == tcfg["steps"]:
             elapsed = time.perf_counter() - t0
-            val_loss, reliance = heldout_losses(model, heldout, device)
+            measured = step % tcfg["heldout_every"] == 0 or step == tcfg["steps"]
+            val_loss, reliance = heldout_losses(model, heldout if measured else [], device)
             rows.append(
                 {
                     "family": info["family"],

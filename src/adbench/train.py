@@ -40,7 +40,7 @@ METRICS = [
     "val_loss",
     "val_reward_reliance",
 ]
-HELDOUT_WINDOWS = 64  # validation windows the held-out loss is measured on, the same ones at every log
+HELDOUT_WINDOWS = 64  # validation windows the held-out loss is measured on, the same ones every time
 
 
 def lr_at(step: int, cfg: dict) -> float:

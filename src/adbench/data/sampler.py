@@ -67,7 +67,7 @@ class WindowSampler:
     """Samples batches of windows lazily from one split of a history file (one handle per process): the
     train split for training; the validation split for the held-out loss.
 
-    The train arrays stay open, each with its own chunk cache (a share of CHUNK_CACHE_BYTES): a window
+    The arrays stay open, each with its own chunk cache (a share of CHUNK_CACHE_BYTES): a window
     reads one episode per stride from a compressed chunk that holds many, so a chunk decompressed once
     serves many windows; a freshly opened array would decompress it again for every episode read."""
 

@@ -7,13 +7,13 @@ import pandas as pd
 
 from .measures import edge, switch_episode
 
+# One evaluation run: within a model (RUN), and across models and controls (UNIT)
 RUN = ["seed", "eval_seed", "task"]
+UNIT = ["family", "arch", "context_episodes", "control", *RUN]
 # The trivial policies every score is measured from (the reference rule's rows): a uniform random
 # policy, one that outputs zeros, and one that acts well on the family's average task but is not told
 # the task (see `floors`). Scores run from the strongest of them, per family.
 FLOORS = ("random", "zero", "task_blind")
-
-UNIT = ["family", "arch", "context_episodes", "control", "seed", "eval_seed", "task"]
 
 
 def first_and_final(df: pd.DataFrame, start: int = 0) -> pd.DataFrame:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adbench import train
-from adbench.data import DatasetError
+from adbench.data import DatasetError, validate_file
 from adbench.models import load_checkpoint
 
 
@@ -67,7 +67,11 @@ def test_the_heldout_loss_is_logged_without_changing_the_training(tiny, dataset,
     assert all(torch.equal(v, w) for v, w in zip(a.state_dict().values(), b.state_dict().values()))
     # the logged value is the model's loss on those windows: the final model's, recomputed
     windows = train.heldout_windows(
-        tiny, dataset, 2, train.derive_seed(0, "heldout-windows", "PointNav", "transformer", 2, 0)
+        tiny,
+        dataset,
+        validate_file(dataset),
+        2,
+        train.derive_seed(0, "heldout-windows", "PointNav", "transformer", 2, 0),
     )
     assert len(windows) * tiny["train"]["batch_size"] >= train.HELDOUT_WINDOWS
     val_loss, reliance = train.heldout_losses(a, windows, torch.device("cpu"))

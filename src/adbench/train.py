@@ -17,7 +17,7 @@ from tqdm import tqdm
 from . import config as cfglib
 from . import process
 from .atomic import atomic_path, write_csv
-from .data import WindowSampler, input_statistics, open_histories, task_table, validate_file
+from .data import WindowSampler, input_statistics, validate_file
 from .devices import pick_device
 from .models import build, count_parameters, save_checkpoint
 from .progress import say
@@ -64,15 +64,14 @@ def train_step(model, optimizer, batch: dict, grad_clip: float) -> tuple:
     return loss, batch["action"].shape[0] * batch["action"].shape[1]
 
 
-def heldout_windows(cfg: dict, dataset, context_episodes: int, seed: int) -> list:
+def heldout_windows(cfg: dict, dataset, info: dict, context_episodes: int, seed: int) -> list:
     """HELDOUT_WINDOWS windows of the validation tasks, with the training target, in batches of the
     training's size, each beside the same windows with another task's rewards where the target is
     counterfactual (else None); [] where the dataset has no validation tasks. Drawn once from their own
-    seed, so that the training's random streams do not change."""
+    seed, so that the training's random streams do not change. `info`: the dataset's `validate_file`."""
     tcfg = cfg["train"]
-    with open_histories(dataset) as f:
-        if "val" not in {split for _, split, _ in task_table(f)}:
-            return []
+    if not info["n_val"]:
+        return []
     sampler = WindowSampler(
         dataset, context_episodes, cfg["dataset"]["episode_stride"], tcfg["batch_size"], seed, tcfg["target"], "val"
     )
@@ -156,7 +155,7 @@ def run(
         device,
     )
     window = sampler.tokens_per_window
-    heldout = heldout_windows(cfg, dataset, context_episodes, derive_seed(seed, "heldout-windows", *run_key))
+    heldout = heldout_windows(cfg, dataset, info, context_episodes, derive_seed(seed, "heldout-windows", *run_key))
     settings_digest = cfglib.digest({"cfg": {s: cfg[s] for s in SECTIONS}, "run": list(run_key)})
     ckpt_path, step, rows = out_dir / "checkpoint.pt", 0, []
     saved = load_progress(ckpt_path, settings_digest, progress)

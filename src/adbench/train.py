@@ -51,11 +51,15 @@ def lr_at(step: int, cfg: dict) -> float:
     return cfg["learning_rate"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def mixed_precision(device: torch.device):
+    """bfloat16 autocast on CUDA; full precision elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def train_step(model, optimizer, batch: dict, grad_clip: float) -> tuple:
     """One optimiser step on a batch of windows on the model's device (bfloat16 autocast on CUDA):
     (loss, tokens)."""
-    device = batch["action"].device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with mixed_precision(batch["action"].device):
         loss = model.loss(batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -89,7 +93,7 @@ def heldout_losses(model, windows: list, device) -> tuple[float, float]:
     model reads the task it must act for from the rewards (NaN where not measured)."""
 
     def loss(batch):
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.no_grad(), mixed_precision(device):
             return model.loss({k: v.to(device) for k, v in batch.items()}).item()
 
     if not windows:

@@ -374,22 +374,20 @@ def _two_family_models(mamba_final, transformer_final):
 
 
 def test_compare_gives_p_mamba_beats_transformer_per_family_and_over_families():
-    refs = pd.concat([_refs(), _refs().assign(family="F2")])
-    table = compare(_two_family_models(-10.0, -40.0), refs).set_index("family")
+    table = compare(_two_family_models(-10.0, -40.0)).set_index("family")
     assert sorted(table.index) == ["F2", "PointNav", "all"]
     assert (table["x"] == "mamba").all() and (table["y"] == "transformer").all()
     assert (table["context_episodes"] == 4).all()
     assert table.loc["all", "tasks"] == 12 and table.loc["PointNav", "tasks"] == 6 and table.loc["all", "runs"] == 2
     assert table["probability"].tolist() == [1.0, 1.0, 1.0]  # every mamba run above every transformer run
-    even = compare(_two_family_models(-25.0, -25.0), refs)
+    even = compare(_two_family_models(-25.0, -25.0))
     assert even["probability"].tolist() == [0.5, 0.5, 0.5] and (even["ci_low"] == 0.5).all()
 
 
 def test_compare_pools_only_the_families_that_have_both_models():
-    refs = pd.concat([_refs(), _refs().assign(family="F2")])
     models = _two_family_models(-10.0, -40.0)
     models = models[~((models["family"] == "F2") & (models["arch"] == "transformer"))]  # F2 has mamba alone
-    table = compare(models, refs)
+    table = compare(models)
     assert table[["family", "x", "y"]].values.tolist() == [["PointNav", "mamba", "transformer"]]  # no F2, no "all"
     assert table["probability"].tolist() == [1.0]
 
@@ -412,22 +410,22 @@ def test_compare_against_a_direct_mann_whitney_count_on_overlapping_runs():
             for e in range(episodes)
         ]
     ).sample(frac=1.0, random_state=2)
-    row = compare(models, _refs()).iloc[0]
+    row = compare(models).iloc[0]
     x, y = finals["mamba"], finals["transformer"]
     direct = np.mean([(x[:, t, None] > y[None, :, t]).mean() for t in range(tasks)])
     assert 0.55 < direct < 0.95  # overlapping, not separated
     assert row["probability"] == pytest.approx(direct)
     assert row["ci_low"] < row["probability"] < row["ci_high"]
     assert (row["runs"], row["tasks"], row["context_episodes"]) == (4, 3, 4)
-    assert compare(models[models["arch"] == "mamba"], _refs()).empty  # nothing to compare, columns kept
-    assert list(compare(models[models["arch"] == "mamba"], _refs()).columns) == list(row.index)
+    assert compare(models[models["arch"] == "mamba"]).empty  # nothing to compare, columns kept
+    assert list(compare(models[models["arch"] == "mamba"]).columns) == list(row.index)
 
 
 def test_compare_needs_every_task_to_have_every_run():
     models = _two_family_models(-10.0, -40.0)
     models = models[~((models["task"] == "test-0003") & (models["seed"] == 1) & (models["arch"] == "mamba"))]
     with pytest.raises(ValueError, match=r"tasks \['test-0003'\] lack some"):
-        compare(models, pd.concat([_refs(), _refs().assign(family="F2")]))
+        compare(models)
 
 
 def test_task_inference_numbers_against_a_direct_computation():
@@ -709,8 +707,7 @@ def test_comparison_confidence_intervals_are_seeded_per_row():
             for a, c in (("mamba", 4), ("mamba", 8), ("transformer", 4), ("transformer", 8), ("rl2", 0))
         ]
     )
-    refs = _noisy_refs(("PointNav", "F2"))
-    first, again = compare(models, refs, seed=3), compare(models, refs, seed=3)
+    first, again = compare(models, seed=3), compare(models, seed=3)
     pd.testing.assert_frame_equal(first, again)
     rows = first[first["family"] != "all"]
     assert len(rows) == 2 * 2 * 3  # per family and context: mamba-transformer, mamba-rl2, transformer-rl2
@@ -718,8 +715,8 @@ def test_comparison_confidence_intervals_are_seeded_per_row():
     # bootstrap CIs of a probability over 6 tasks take few values: one coincidence may happen; a seed shared
     # by the rows of two families, contexts or models would give four or more
     assert len(rows) - len(set(zip(rows["ci_low"], rows["ci_high"]))) <= 1
-    assert not np.allclose(first["ci_low"], compare(models, refs, seed=4)["ci_low"])
-    pd.testing.assert_frame_equal(compare(models, refs), compare(models, refs, seed=0))
+    assert not np.allclose(first["ci_low"], compare(models, seed=4)["ci_low"])
+    pd.testing.assert_frame_equal(compare(models), compare(models, seed=0))
 
 
 def test_scores_run_from_the_strongest_floor_which_the_summary_names():
@@ -801,10 +798,35 @@ def test_claims_of_a_hand_built_table_get_known_verdicts():
     assert (two_seeds["verdict"] == "inconclusive").all() and (two_seeds["training_seeds"] == 2).all()
 
 
+def test_a_family_whose_source_does_not_beat_its_floor_has_no_scale():
+    """F2's source falls (its final -87.5 below the random floor at -50): its normalised scores, their
+    aggregates and its claims are empty (`undefined`), its returns and P(X > Y) are still read; PointNav,
+    beside it in the same tables, is scored as alone."""
+    falling = _table("source", 0, -1.0, episodes=40, seeds=(0,)).assign(eval_seed=-1, family="F2")
+    refs = pd.concat([_refs(), _table("random", 0, 0.0).assign(context_episodes=0, family="F2"), falling])
+    levels = task_levels(refs).groupby("family")
+    assert levels["scaled"].all().to_dict() == {"F2": False, "PointNav": True}
+    assert levels["gap"].apply(lambda g: g.isna().all()).to_dict() == {"F2": True, "PointNav": False}
+    pointnav = pd.concat([_model("mamba", 4, -40.0), _model("transformer", 4, -30.0)])
+    models = pd.concat([pointnav, pointnav.assign(family="F2")])
+    s = summarize(models, refs).set_index(["family", "arch"])
+    assert s.loc["F2", ["normalized_final_iqm", "normalized_ci_low", "optimality_gap"]].isna().all().all()
+    assert s.loc[("F2", "mamba"), "final_return"] == pytest.approx(-40 + 0.25)
+    alone = summarize(pointnav, _refs()).set_index(["family", "arch"])
+    pd.testing.assert_frame_equal(s.loc[["PointNav"]], alone)
+    table = claims(models, refs).set_index("family")  # one claim each: Mamba against the transformer at 4
+    assert table.loc["F2", "verdict"] == "undefined" and np.isnan(table.loc["F2", "effect"])
+    assert table.loc["PointNav", "verdict"] == "contradicted"
+    assert table.loc["PointNav", "effect"] == pytest.approx(-10 / 37.5, abs=1e-6)
+    p = compare(models).set_index("family")["probability"]
+    assert p["F2"] == p["PointNav"] == 0.0  # every transformer run ends above every Mamba run
+
+
 def test_claim_verdict_rule():
     assert verdict(0.01, 0.5, 0.0, 3) == "supported" and verdict(-0.5, -0.01, 0.0, 5) == "contradicted"
     assert verdict(-0.01, 0.5, 0.0, 3) == "inconclusive" and verdict(0.2, 0.5, 0.0, 2) == "inconclusive"
     assert verdict(-0.09, 0.1, -0.1, 3) == "supported" and verdict(-0.3, -0.11, -0.1, 3) == "contradicted"
+    assert verdict(np.nan, np.nan, 0.0, 3) == "undefined"
 
 
 def _rl2_metrics(returns, seeds=(0, 1), steps_per_update=1000):

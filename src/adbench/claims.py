@@ -11,9 +11,12 @@ few tasks whose small floor-to-source gap makes their scores large) with the hie
 held-out tasks drawn once for both). The verdict rule (docs/methods.md):
 - fewer than MIN_SEEDS training seeds on either side: `inconclusive` (the CI cannot hold seed variance);
 - claims 1 and 2: `supported` if the CI lies above 0, `contradicted` if below 0, else `inconclusive`;
-- claim 3: `supported` if the CI lies above -MARGIN, `contradicted` if below -MARGIN, else `inconclusive`.
+- claim 3: `supported` if the CI lies above -MARGIN, `contradicted` if below -MARGIN, else `inconclusive`;
+- a family without a scale (its source does not beat its best floor, `scores.task_levels`): `undefined`,
+  with no effect (the score from the floor to such a source would run backwards).
 """
 
+import numpy as np
 import pandas as pd
 
 from . import statistics
@@ -23,7 +26,7 @@ from .tables import NO_CONTEXT, label
 MIN_SEEDS = 3
 MARGIN = 0.1  # of the floor-to-source range: "competitive" means not worse by more than this
 CLAIMS = ("mamba_beats_transformer", "longer_context_helps", "competitive_with_online")
-VERDICTS = ("supported", "inconclusive", "contradicted")
+VERDICTS = ("supported", "inconclusive", "contradicted", "undefined")
 COLUMNS = [
     "claim",
     "family",
@@ -38,18 +41,21 @@ COLUMNS = [
 
 
 def verdict(low: float, high: float, threshold: float, seeds: int) -> str:
-    """The rule above, for an effect whose CI is [low, high], judged against `threshold`."""
+    """The rule above, for an effect whose CI is [low, high] (NaN: no scale), judged against `threshold`."""
+    if np.isnan(low) or np.isnan(high):
+        return "undefined"
     if seeds < MIN_SEEDS:
         return "inconclusive"
     return "supported" if low > threshold else "contradicted" if high < threshold else "inconclusive"
 
 
-def _pairs(arrays: dict) -> list:
-    """(claim, family, (x key), (y key), threshold) of every comparison the evaluated models allow."""
+def _pairs(keys) -> list:
+    """(claim, family, (x key), (y key), threshold) of every comparison the evaluated models allow, given
+    the (family, arch, context) keys of the models."""
     out = []
-    families = sorted({f for f, _, _ in arrays})
+    families = sorted({f for f, _, _ in keys})
     for family in families:
-        models = {(a, c) for f, a, c in arrays if f == family}
+        models = {(a, c) for f, a, c in keys if f == family}
         contexts = {a: sorted(c for a2, c in models if a2 == a and c != NO_CONTEXT) for a, _ in models}
         for c in sorted(set(contexts.get("mamba", [])) & set(contexts.get("transformer", []))):
             out.append(("mamba_beats_transformer", family, ("mamba", c), ("transformer", c), 0.0))
@@ -71,14 +77,17 @@ def claims(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0) -> pd.DataFr
     training seeds of the two models, and the verdict."""
     units = normalized_units(models, refs)
     units = units[units["control"] == "none"]
-    arrays = {
-        key: statistics.unit_array(g, "normalized") for key, g in units.groupby(["family", "arch", "context_episodes"])
-    }
+    groups = dict(list(units.groupby(["family", "arch", "context_episodes"])))
     rows = []
-    for claim, family, x, y, threshold in _pairs(arrays):
-        ax, ay = arrays[(family, *x)], arrays[(family, *y)]
-        effect, low, high = statistics.difference(ax, ay, "iqm", statistics.row_seed(seed, claim, family, *x, *y))
-        seeds = min(ax.shape[0], ay.shape[0])
+    for claim, family, x, y, threshold in _pairs(groups):
+        gx, gy = groups[(family, *x)], groups[(family, *y)]
+        seeds = min(gx["seed"].nunique(), gy["seed"].nunique())
+        if gx["normalized"].isna().all():  # a family without a scale
+            effect = low = high = np.nan
+        else:
+            ax, ay = (statistics.unit_array(g, "normalized") for g in (gx, gy))
+            row_seed = statistics.row_seed(seed, claim, family, *x, *y)
+            effect, low, high = statistics.difference(ax, ay, "iqm", row_seed)
         rows.append(
             {
                 "claim": claim,

@@ -269,7 +269,7 @@ def plot_aggregates(summary: pd.DataFrame, path: Path) -> None:
 
 
 def plot_improvement(comparison: pd.DataFrame, path: Path) -> None:
-    """P(X > Y) on the normalised final return with its 95% CI, per family (and all together) and context."""
+    """P(X > Y) on the final return with its 95% CI, per family (and all together) and context."""
     names = [f"{r.family}, ctx {r.context_episodes}: {r.x} > {r.y}" for r in comparison.itertuples()]
     fig, ax = plt.subplots(figsize=(6, 0.3 * max(len(names), 2) + 0.9))
     tone = ["black" if f == ALL_FAMILIES else "tab:blue" for f in comparison["family"]]
@@ -378,7 +378,7 @@ def plot_baseline_convergence(metrics: pd.DataFrame, summary: pd.DataFrame, path
     _save(fig, path)
 
 
-VERDICT_COLOURS = dict(zip(VERDICTS, ["tab:green", "0.5", "tab:red"]))
+VERDICT_COLOURS = dict(zip(VERDICTS, ["tab:green", "0.5", "tab:red", "0.85"]))
 
 
 def plot_claims(table: pd.DataFrame, path: Path) -> None:
@@ -396,8 +396,8 @@ def plot_claims(table: pd.DataFrame, path: Path) -> None:
     for ax, claim in zip(axes[:, 0], present):
         rows = table[table["claim"] == claim]
         names = [
-            f"{f}: {c} ({s} seed{'s' if s != 1 else ''})"
-            for f, c, s in zip(rows["family"], rows["comparison"], rows["training_seeds"])
+            f"{f}: {c} ({s} seed{'s' if s != 1 else ''}{', no scale' if v == 'undefined' else ''})"
+            for f, c, s, v in zip(rows["family"], rows["comparison"], rows["training_seeds"], rows["verdict"])
         ]
         _intervals(
             ax, rows["effect"], rows["ci_low"], rows["ci_high"], names, [VERDICT_COLOURS[v] for v in rows["verdict"]]
@@ -452,7 +452,7 @@ def make_all(
     write_table(source_improvement(refs), *table(out, "source_improvement"))
     summary = summarize(models, refs, costs=costs)
     write_table(summary, *table(out, "summary"))
-    comparison = compare(models, refs)
+    comparison = compare(models)
     write_table(comparison, *table(out, "comparison"))
     verdicts = claims(models, refs)
     write_table(verdicts, *table(out, "claims"))

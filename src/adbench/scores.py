@@ -68,10 +68,12 @@ def best_floor(levels: pd.DataFrame) -> pd.Series:
 
 def task_levels(refs: pd.DataFrame) -> pd.DataFrame:
     """Per evaluated task: the best floor's mean return (`floor`, named in `floor_name`), the source's final
-    (last 10% of its history episodes) and the gap the normalised score divides by. A task whose
-    source-floor gap is below MIN_GAP_FRACTION of the family's median gap (the source barely beat the
-    floor there, or did worse) is divided by that instead, so that it neither explodes nor flips the
-    score's sign."""
+    (last 10% of its history episodes), whether its family has a scale (`scaled`) and the gap the
+    normalised score divides by. A task whose source-floor gap is below MIN_GAP_FRACTION of the family's
+    median gap (the source barely beat the floor there, or did worse) is divided by that instead, so that
+    it neither explodes nor flips the score's sign. A family whose source does not beat its best floor on
+    average over the tasks has no scale: a score from the floor to a source below it would run backwards,
+    so its gap is NaN and so are its normalised scores."""
     levels = floor_levels(refs)
     names = best_floor(levels)
     refs = held_out(refs)
@@ -81,15 +83,20 @@ def task_levels(refs: pd.DataFrame) -> pd.DataFrame:
     levels["floor_name"] = levels["family"].map(names)
     levels["floor"] = [levels.at[i, name] for i, name in levels["floor_name"].items()]
     gap = levels["source_final"] - levels["floor"]
-    least = MIN_GAP_FRACTION * gap.groupby(levels["family"]).transform(lambda g: np.median(np.abs(g)))
-    return levels.assign(gap=np.maximum(gap, least))
+    by_family = gap.groupby(levels["family"])
+    least = MIN_GAP_FRACTION * by_family.transform(lambda g: np.median(np.abs(g)))
+    scaled = by_family.transform("mean") > 0
+    return levels.assign(scaled=scaled, gap=np.maximum(gap, least).where(scaled))
 
 
 def normalized_units(models: pd.DataFrame, refs: pd.DataFrame) -> pd.DataFrame:
-    """run_scores with each unit's normalised final return: (final - best floor) / gap, with its task's levels."""
-    levels = task_levels(refs)[["family", "task", "floor", "gap"]]
+    """run_scores with each unit's normalised final return: (final - best floor) / gap, with its task's levels
+    (NaN in a family without a scale, `task_levels`)."""
+    levels = task_levels(refs)[["family", "task", "floor", "source_final", "gap"]]
     units = run_scores(models).merge(levels, on=["family", "task"], how="left", validate="many_to_one")
-    if units["gap"].isna().any():
-        missing = sorted(units.loc[units["gap"].isna(), "task"].unique())
-        raise ValueError(f"no floor or source reference for tasks {missing}; rerun the reference rule")
-    return units.assign(normalized=(units["final"] - units["floor"]) / units["gap"]).drop(columns=["floor", "gap"])
+    missing = units[["floor", "source_final"]].isna().any(axis=1)
+    if missing.any():
+        tasks = sorted(units.loc[missing, "task"].unique())
+        raise ValueError(f"no floor or source reference for tasks {tasks}; rerun the reference rule")
+    normalized = (units["final"] - units["floor"]) / units["gap"]
+    return units.assign(normalized=normalized).drop(columns=["floor", "source_final", "gap"])

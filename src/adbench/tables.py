@@ -10,7 +10,7 @@ import pandas as pd
 from . import statistics
 from .atomic import atomic_path
 from .measures import edge
-from .scores import FLOORS, RUN, final_episodes, held_out, normalized_units, task_levels
+from .scores import FLOORS, RUN, final_episodes, held_out, normalized_units, run_scores, task_levels
 
 SUMMARY_COLUMNS = [
     "family",
@@ -108,7 +108,10 @@ def source_kind(source: str) -> str:
 
 
 def unit_interval(units: pd.DataFrame, value: str, aggregate: str, seed: int) -> tuple[float, float, float]:
-    """(point, CI low, CI high) of an aggregate of `value` over the units, by the hierarchical bootstrap."""
+    """(point, CI low, CI high) of an aggregate of `value` over the units, by the hierarchical bootstrap;
+    NaN where `value` is (the normalised score of a family without a scale, `scores.task_levels`)."""
+    if units[value].isna().all():
+        return (np.nan, np.nan, np.nan)
     return statistics.interval(statistics.unit_array(units, value), aggregate, seed)
 
 
@@ -209,15 +212,17 @@ COMPARISON_COLUMNS = [
 ALL_FAMILIES = "all"
 
 
-def compare(models: pd.DataFrame, refs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """P(X > Y) on the normalised final return (`statistics.probability_of_improvement`), seeing the true
-    rewards: for each family and context, between the AD architectures (alphabetically, so P(mamba >
-    transformer)) and of each AD model over each baseline without a context (RL^2); and per context over
-    all families together (their tasks side by side), where every family has the same runs per task."""
-    units = normalized_units(models, refs)
+def compare(models: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """P(X > Y) on the final return (`statistics.probability_of_improvement`), seeing the true rewards: for
+    each family and context, between the AD architectures (alphabetically, so P(mamba > transformer)) and
+    of each AD model over each baseline without a context (RL^2); and per context over all families
+    together (their tasks side by side), where every family has the same runs per task. P(X > Y) compares
+    runs task by task, so it is the same on the normalised score (an increasing map per task), and it is
+    defined on a family without a scale too."""
+    units = run_scores(models)
     units = units[units["control"] == "none"]
     matrices = {
-        key: statistics.unit_array(g, "normalized") for key, g in units.groupby(["family", "arch", "context_episodes"])
+        key: statistics.unit_array(g, "final") for key, g in units.groupby(["family", "arch", "context_episodes"])
     }
     families = sorted(units["family"].unique())
     contexts = sorted(c for c in units["context_episodes"].unique() if c != NO_CONTEXT)

@@ -258,6 +258,18 @@ def test_a_family_without_an_oracle_cannot_have_the_oracle_expert():
         cfglib.validate(cfg)
 
 
+def test_fresh_expert_tasks_need_a_task_conditioned_expert():
+    cfg = cfglib.deep_merge(
+        cfglib.load([REPO / "config.yaml"]),
+        {
+            "families": ["PointNav"],
+            "source": {"algorithm": "noise_distill", "noise_distill": {"expert_tasks": "fresh"}},
+        },
+    )
+    with pytest.raises(cfglib.ConfigError, match=r"PointNav: source.noise_distill.expert_tasks 'fresh' trains a task"):
+        cfglib.validate(cfg)
+
+
 def test_expert_episodes_must_split_into_ppo_rollouts():
     cfg = cfglib.deep_merge(
         cfglib.load([REPO / "config.yaml"]),

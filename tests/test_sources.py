@@ -9,6 +9,8 @@ import torch
 from adbench.sources.batched_nets import BatchedMLP, tanh
 from adbench.sources.ppo import BatchedPPO, PPOConfig, next_values
 
+from .conftest import REPO
+
 
 def test_numpy_tanh_matches_torch_in_value_and_gradient():
     x = torch.randn(3, 40, 64, generator=torch.Generator().manual_seed(0)) * 3
@@ -180,6 +182,36 @@ def test_task_expert_round_trips_through_its_state_dict(pointnav_expert):
     copy = TaskExpert.from_state_dict(expert.state_dict())
     obs, feats = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32), np.ones((5, 2), np.float32)
     np.testing.assert_array_equal(copy.mean_action(obs, feats), expert.mean_action(obs, feats))
+
+
+def test_a_fresh_task_expert_trains_on_a_new_draw_of_tasks_each_rollout(monkeypatch):
+    """With fresh tasks every rollout after the first is on tasks the expert has not seen, the features it
+    is told follow them, and the draw is seeded: the same call trains the same expert."""
+    from adbench.sources import train_task_expert
+    from adbench.tasks import BatchedTasks, sample_tasks
+
+    told = []
+    original = BatchedTasks.set_tasks
+
+    def spy(self, rows, tasks):
+        told.append([tuple(t["goal"]) for t in tasks])
+        original(self, rows, tasks)
+
+    monkeypatch.setattr(BatchedTasks, "set_tasks", spy)
+    cfg = PPOConfig(learning_rate=3e-3, rollout_episodes=2, minibatches=2, update_epochs=2)
+    given = sample_tasks("PointNav", 3, 0)
+    runs = [train_task_expert("PointNav", given, 10, 8, cfg, seed=0, fresh_tasks=True) for _ in range(2)]
+    draws, again = told[:3], told[3:]
+    assert len(draws) == 3 and draws == again  # 4 rollouts: the first on the given tasks, then 3 draws
+    seen = {tuple(t["goal"]) for t in given} | {g for d in draws for g in d}
+    assert len(seen) == 12  # every draw is new
+    (a, ra), (b, rb) = runs
+    np.testing.assert_array_equal(ra, rb)
+    obs, feats = np.zeros((2, 2), np.float32), np.array([[-1.0, 0.0], [1.0, 0.0]], np.float32)
+    np.testing.assert_array_equal(a.mean_action(obs, feats), b.mean_action(obs, feats))
+    told.clear()
+    fixed, _ = train_task_expert("PointNav", given, 10, 8, cfg, seed=0)
+    assert not told and not np.array_equal(fixed.mean_action(obs, feats), a.mean_action(obs, feats))
 
 
 def test_noise_distillation_with_a_task_expert_needs_the_expert():
@@ -696,3 +728,17 @@ def test_counterfactuals_need_a_reward_that_the_task_changes_and_an_expert_told_
                 seed=0,
                 ppo=PPOConfig(),
             )
+
+
+def test_an_expert_is_defined_by_what_it_trains_on_not_by_how_its_histories_are_rolled_out():
+    from adbench import config as cfglib
+    from adbench.histories import expert_digest
+
+    base = cfglib.load([REPO / "config.yaml"])
+    changed = lambda section, key, value: {**base, section: {**base[section], key: value}}  # noqa: E731
+    nd = base["source"]["noise_distill"]
+    fresh = {**base, "source": {**base["source"], "noise_distill": {**nd, "expert_tasks": "fresh"}}}
+    noisier = {**base, "source": {**base["source"], "noise_distill": {**nd, "noise_std": 2.0}}}
+    assert expert_digest(fresh) != expert_digest(base)
+    assert expert_digest(changed("tasks", "n_train", 7)) != expert_digest(base)
+    assert expert_digest(noisier) == expert_digest(changed("tasks", "n_val", 3)) == expert_digest(base)

@@ -216,6 +216,11 @@ def _check_source(cfg: dict, family: str) -> None:
             f"{family}: source.noise_distill.search needs a task_ppo or steer expert and task_noise > 0 "
             f"(the search's step), got expert {expert!r} and task_noise {src['noise_distill']['task_noise']}"
         )
+    if src["noise_distill"]["expert_tasks"] == "fresh" and expert != "task_ppo":
+        raise ConfigError(
+            f"{family}: source.noise_distill.expert_tasks 'fresh' trains a task_ppo expert, got expert {expert!r}; "
+            f"set expert_tasks to 'train'"
+        )
     if expert in ("ppo", "task_ppo") and src["noise_distill"]["expert_episodes"] % rollout:
         raise ConfigError(
             f"{family}: source.noise_distill.expert_episodes ({src['noise_distill']['expert_episodes']}) "

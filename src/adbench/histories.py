@@ -58,7 +58,7 @@ def expert_digest(cfg: dict) -> str:
             "seed": src["seed"],
             "threads": src["threads"],
             "ppo": src["ppo"],
-            "expert": {k: src["noise_distill"][k] for k in ("expert", "expert_episodes")},
+            "expert": {k: src["noise_distill"][k] for k in ("expert", "expert_episodes", "expert_tasks")},
         }
     )
 
@@ -82,6 +82,7 @@ def train_expert(cfg: dict, family: str, out_path, progress=None) -> None:
         derive_seed(src["seed"], "expert", family),
         progress,
         src["threads"],
+        fresh_tasks=src["noise_distill"]["expert_tasks"] == "fresh",
     )
     last = max(1, returns.shape[1] // 10)
     say(

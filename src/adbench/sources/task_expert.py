@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..tasks import BatchedTasks
+from ..tasks import BatchedTasks, get_family
 from ..tasks.inference import task_features
 from .ppo import LOG_2PI, BatchedPPO, PPOConfig, RewardScaler, gae, next_values
 
@@ -74,10 +74,21 @@ class TaskExpert:
 
 
 def train_task_expert(
-    family: str, tasks: list, horizon: int, episodes: int, cfg: PPOConfig, seed: int, progress=None, threads: int = 1
+    family: str,
+    tasks: list,
+    horizon: int,
+    episodes: int,
+    cfg: PPOConfig,
+    seed: int,
+    progress=None,
+    threads: int = 1,
+    fresh_tasks: bool = False,
 ) -> tuple[TaskExpert, np.ndarray]:
     """Train one expert on all `tasks` at once for `episodes` episodes of each. Returns the expert and its
-    training returns (tasks, episodes)."""
+    training returns (tasks, episodes). With `fresh_tasks`, every rollout after the first replaces the
+    tasks by a new draw of as many from the family's distribution (a stream seeded by `seed`), so that
+    the expert's task input covers the distribution rather than a few points of it; a row of the returns
+    is then a slot, not one task."""
     if episodes % cfg.rollout_episodes:
         raise ValueError(
             f"source.noise_distill.expert_episodes ({episodes}) must be a multiple of "
@@ -95,8 +106,13 @@ def train_task_expert(
     bar = tqdm(
         range(num_updates), desc=f"task expert {family} x{n}", file=progress, mininterval=5, disable=not progress
     )
+    draws = np.random.default_rng([seed, 1])  # the fresh tasks and their first states: apart from the policy's
     episode = 0
     for update in bar:
+        if fresh_tasks and update:
+            env.set_tasks(range(n), get_family(family).sample(draws, n))
+            features = np.stack([task_features(family, t) for t in env.tasks]).astype(np.float32)
+            obs = env.reset(seed=int(draws.integers(2**31 - n)))
         buf = {key: [] for key in ("x", "actions", "log_probs", "values", "rewards", "episode_end")}
         final_values = {}  # step -> V(final observation) where the time limit cut the episode
         for i in range(steps_per_rollout):

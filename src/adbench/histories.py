@@ -5,6 +5,7 @@ import torch
 from . import config as cfglib
 from .atomic import atomic_path
 from .data import atomic_h5, open_histories, validate_file, write_root_attrs, write_task
+from .measures import edge
 from .models import checkpoint
 from .progress import say
 from .provenance import git_revision, package_versions
@@ -84,7 +85,7 @@ def train_expert(cfg: dict, family: str, out_path, progress=None) -> None:
         src["threads"],
         fresh_tasks=src["noise_distill"]["expert_tasks"] == "fresh",
     )
-    last = max(1, returns.shape[1] // 10)
+    last = edge(returns.shape[1])
     say(
         f"task expert {family}: mean return over training tasks, first {last} episodes "
         f"{returns[:, :last].mean():.1f}, last {last} {returns[:, -last:].mean():.1f}",

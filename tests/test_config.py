@@ -29,6 +29,20 @@ def test_every_shipped_config_is_valid_for_each_family_it_sets_up(extra):
     cfglib.validate(cfglib.deep_merge(cfg, {"families": families}))
 
 
+@pytest.mark.parametrize("extra", SHIPPED, ids=lambda extra: extra[-1].name if extra else "config.yaml")
+def test_a_shipped_config_that_sets_the_training_steps_sets_them_for_each_family(extra):
+    """A family's overrides in config.yaml are merged over any configfile's shared settings: a config that
+    sets the training steps must not leave a family at config.yaml's own per-family steps."""
+    path = extra[-1] if extra else REPO / "config.yaml"
+    own = yaml.safe_load(path.read_text())
+    if "steps" not in own.get("train", {}):
+        pytest.skip(f"{path.name} keeps the training steps it is merged over")
+    cfg = cfglib.load([REPO / "config.yaml", *extra])
+    for family in sorted({*cfg["families"], *own.get("overrides", {})}):
+        expected = own.get("overrides", {}).get(family, {}).get("train", {}).get("steps", own["train"]["steps"])
+        assert cfglib.for_family(cfg, family)["train"]["steps"] == expected, family
+
+
 def test_a_configfile_overriding_one_family_leaves_the_others_alone():
     """Snakemake updates config.yaml's dicts in place with each --configfile: no dict may be shared."""
     from snakemake.common.configfile import load_configfile

@@ -36,6 +36,9 @@ class NoiseDistillConfig:
     'steer' (AntGoal: AntDir's task-conditioned expert told the direction to the goal, see `steering`)."""
     expert_episodes: int = 200
     """PPO training episodes per task for the 'ppo' and 'task_ppo' experts (not part of the history)."""
+    expert_tasks: str = "train"
+    """'task_ppo': what the expert trained on ('train': the training tasks; 'fresh': a new draw each rollout,
+    see `task_expert.train_task_expert`); the rollout of histories does not depend on it."""
     clean_fraction: float = 0.1
     """final fraction of the history rolled out with no noise."""
     noise: str = "uniform"

@@ -735,10 +735,8 @@ def test_an_expert_is_defined_by_what_it_trains_on_not_by_how_its_histories_are_
     from adbench.histories import expert_digest
 
     base = cfglib.load([REPO / "config.yaml"])
-    changed = lambda section, key, value: {**base, section: {**base[section], key: value}}  # noqa: E731
-    nd = base["source"]["noise_distill"]
-    fresh = {**base, "source": {**base["source"], "noise_distill": {**nd, "expert_tasks": "fresh"}}}
-    noisier = {**base, "source": {**base["source"], "noise_distill": {**nd, "noise_std": 2.0}}}
-    assert expert_digest(fresh) != expert_digest(base)
-    assert expert_digest(changed("tasks", "n_train", 7)) != expert_digest(base)
-    assert expert_digest(noisier) == expert_digest(changed("tasks", "n_val", 3)) == expert_digest(base)
+    digest = lambda override: expert_digest(cfglib.deep_merge(base, override))  # noqa: E731
+    assert digest({"source": {"noise_distill": {"expert_tasks": "fresh"}}}) != expert_digest(base)
+    assert digest({"tasks": {"n_train": 7}}) != expert_digest(base)
+    assert digest({"source": {"noise_distill": {"noise_std": 2.0}}}) == expert_digest(base)
+    assert digest({"tasks": {"n_val": 3}}) == expert_digest(base)

@@ -74,6 +74,7 @@ def train_expert(cfg: dict, family: str, out_path, progress=None) -> None:
     torch.set_num_threads(src["threads"])
     train = [task for _, split, task in all_tasks(cfg, family) if split == "train"]
     horizon = cfglib.horizon(cfg, family)
+    trained_on_fresh = src["noise_distill"]["expert_tasks"] == "fresh"
     expert, returns = train_task_expert(
         family,
         train,
@@ -83,11 +84,12 @@ def train_expert(cfg: dict, family: str, out_path, progress=None) -> None:
         derive_seed(src["seed"], "expert", family),
         progress,
         src["threads"],
-        fresh_tasks=src["noise_distill"]["expert_tasks"] == "fresh",
+        fresh_tasks=trained_on_fresh,
     )
     last = edge(returns.shape[1])
+    trained_on = "fresh draws of tasks" if trained_on_fresh else "training tasks"
     say(
-        f"task expert {family}: mean return over training tasks, first {last} episodes "
+        f"task expert {family}: mean return over {trained_on}, first {last} episodes "
         f"{returns[:, :last].mean():.1f}, last {last} {returns[:, -last:].mean():.1f}",
         progress,
     )

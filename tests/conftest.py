@@ -26,6 +26,16 @@ def snakemake_cli(workdir, *args, timeout=1200) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """One run of the smoke workflow (`--cores 2`), shared by the modules that read it (test_envs,
+    test_workflow); a test that deletes an output runs the workflow again to put it back."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    run = snakemake_cli(workdir, "--configfile", str(REPO / "workflow/configs/smoke.yaml"), "--cores", "2")
+    assert run.returncode == 0, f"the smoke workflow failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return workdir
+
+
 @pytest.fixture(scope="session", autouse=True)
 def process_local_progress_lock():
     """tqdm's default lock is a semaphore shared by every process forked from this one: a test process

@@ -43,14 +43,6 @@ def _pip_packages(env: str) -> list:
     return next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
 
 
-@pytest.fixture(scope="module")
-def smoke_outputs(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("envs-smoke")
-    run = snakemake_cli(workdir, "--configfile", SMOKE, "--cores", "2")
-    assert run.returncode == 0, run.stderr[-3000:]
-    return workdir
-
-
 def _commands(workdir: Path, rule: str) -> list:
     """The shell commands Snakemake would run for `rule`'s jobs (forced), as it prints them; a rule
     outside the default target (the Minari export) is asked for by name."""
@@ -76,7 +68,7 @@ def test_every_rule_names_an_env_file_and_every_env_file_is_tested():
 
 
 @pytest.mark.parametrize("env", ["sim", "train", "figures", "export"])
-def test_a_venv_of_exactly_an_env_files_packages_runs_its_rules(env, smoke_outputs, tmp_path):
+def test_a_venv_of_exactly_an_env_files_packages_runs_its_rules(env, smoke_run, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     install = subprocess.run(
@@ -87,7 +79,7 @@ def test_a_venv_of_exactly_an_env_files_packages_runs_its_rules(env, smoke_outpu
     )
     assert install.returncode == 0, install.stderr[-3000:]
     workdir = tmp_path / "work"
-    shutil.copytree(smoke_outputs / "results", workdir / "results")
+    shutil.copytree(smoke_run / "results", workdir / "results")
     # the rules' shell prefix puts the repository's src/ on the path; the venv's python comes first
     environ = {
         "PATH": f"{venv / 'bin'}{os.pathsep}/usr/bin:/bin",
@@ -97,7 +89,7 @@ def test_a_venv_of_exactly_an_env_files_packages_runs_its_rules(env, smoke_outpu
     }
     ran = []
     for rule in _rules_by_env()[env]:
-        commands = _commands(smoke_outputs, rule)
+        commands = _commands(smoke_run, rule)
         assert commands, f"no job of rule {rule} planned"
         command = commands[0]
         run = subprocess.run(

@@ -37,13 +37,6 @@ def planned_jobs(workdir: Path, *args) -> dict:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("smoke")
-    snakemake(workdir, "--cores", "2")
-    return workdir
-
-
 def test_smoke_outputs_exist_and_are_valid(smoke_run):
     results = smoke_run / "results"
     info = validate_file(results / "datasets/PointNav.h5")

@@ -17,6 +17,7 @@ from adbench.config import shard_sizes
 from adbench.histories import merge_shards, run_shard
 
 REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "workflow/configs/smoke.yaml"
 
 
 def snakemake_cli(workdir, *args, timeout=1200) -> subprocess.CompletedProcess:
@@ -31,7 +32,7 @@ def smoke_run(tmp_path_factory) -> Path:
     """One run of the smoke workflow (`--cores 2`), shared by the modules that read it (test_envs,
     test_workflow); a test that deletes an output runs the workflow again to put it back."""
     workdir = tmp_path_factory.mktemp("smoke")
-    run = snakemake_cli(workdir, "--configfile", str(REPO / "workflow/configs/smoke.yaml"), "--cores", "2")
+    run = snakemake_cli(workdir, "--configfile", str(SMOKE), "--cores", "2")
     assert run.returncode == 0, f"the smoke workflow failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     return workdir
 
@@ -45,7 +46,7 @@ def process_local_progress_lock():
 
 @pytest.fixture(scope="session")
 def smoke_config() -> dict:
-    return cfglib.load([REPO / "config.yaml", REPO / "workflow/configs/smoke.yaml"])
+    return cfglib.load([REPO / "config.yaml", SMOKE])
 
 
 @pytest.fixture

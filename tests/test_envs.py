@@ -15,10 +15,9 @@ import yaml
 
 from adbench import config as cfglib
 
-from .conftest import REPO, snakemake_cli
+from .conftest import REPO, SMOKE, snakemake_cli
 
 pytestmark = pytest.mark.slow
-SMOKE = str(REPO / "workflow/configs/smoke.yaml")
 
 
 def _rules_by_env() -> dict:
@@ -47,7 +46,7 @@ def _commands(workdir: Path, rule: str) -> list:
     """The shell commands Snakemake would run for `rule`'s jobs (forced), as it prints them; a rule
     outside the default target (the Minari export) is asked for by name."""
     targets = [] if rule != "minari" else [rule]
-    run = snakemake_cli(workdir, *targets, "--configfile", SMOKE, "-n", "-p", "--cores", "2", "--forcerun", rule)
+    run = snakemake_cli(workdir, *targets, "--configfile", str(SMOKE), "-n", "-p", "--cores", "2", "--forcerun", rule)
     assert run.returncode == 0, run.stderr[-3000:]
     jobs = re.split(r"\n(?=\[[^\]]*\]\n(?:local)?rule )", run.stdout)
     return [

@@ -7,7 +7,7 @@ import yaml
 
 from adbench import resources
 
-from .conftest import REPO, snakemake_cli
+from .conftest import REPO, SMOKE, snakemake_cli
 
 
 def test_training_memory_and_time_grow_with_the_context(cfg):
@@ -37,7 +37,7 @@ def test_a_fixed_memory_below_a_jobs_need_is_an_error_naming_the_job(cfg):
 
 
 def test_workflow_stops_before_submitting_a_job_that_asks_too_little(tmp_path):
-    smoke = yaml.safe_load((REPO / "workflow/configs/smoke.yaml").read_text())
+    smoke = yaml.safe_load(SMOKE.read_text())
     smoke["resources"] = {"mem_mb": {"train": 100}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(smoke))
     run = snakemake_cli(tmp_path, "--configfile", str(tmp_path / "c.yaml"), "-n", timeout=300)

@@ -16,13 +16,13 @@ from adbench.data import validate_file
 from adbench.models import load_checkpoint
 from adbench.tables import SUMMARY_COLUMNS
 
-from .conftest import REPO, snakemake_cli
+from .conftest import REPO, SMOKE, snakemake_cli
 
 pytestmark = pytest.mark.slow
 
 
 def snakemake(workdir: Path, *args, check=True) -> subprocess.CompletedProcess:
-    run = snakemake_cli(workdir, "--configfile", str(REPO / "workflow/configs/smoke.yaml"), *args)
+    run = snakemake_cli(workdir, "--configfile", str(SMOKE), *args)
     if check and run.returncode != 0:
         raise AssertionError(f"snakemake {args} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     return run
@@ -245,7 +245,7 @@ def test_killed_histories_job_resumes_to_the_same_dataset(tmp_path, dataset):
         "--directory",
         str(tmp_path),
         "--configfile",
-        str(REPO / "workflow/configs/smoke.yaml"),
+        str(SMOKE),
         "--cores",
         "1",
         "results/datasets/PointNav.h5",
